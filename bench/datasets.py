@@ -1,0 +1,183 @@
+"""Datasets as numpy arrays (no torch), so bench/ and runtime/ users never need it."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_LABELS = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+# Per-pixel statistics of the Fashion-MNIST training images scaled to [0, 1].
+FASHION_MNIST_MEAN = 0.2860
+FASHION_MNIST_STD = 0.3530
+
+
+class DatasetError(ValueError):
+    """A data set is missing, malformed or unusable; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # float32, N x C x H x W, normalised
+    y: np.ndarray  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    calib: Split
+    labels: tuple[str, ...]
+    mean: float
+    std: float
+    fingerprint: str  # identifies the data for the stage cache
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.test.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), as used by MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DatasetError(f"cannot read IDX file {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path} is truncated (header incomplete)")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    count = int(np.prod(shape))
+    if len(data) - header != count:
+        raise DatasetError(f"{path} is truncated or padded: expected {count} bytes of data, found {len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.exists():
+            return candidate
+    raise DatasetError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {directory}; "
+        "install it with 'apt-get install dataset-fashion-mnist' or pass data.path"
+    )
+
+
+def load_fashion_mnist_raw(directory: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Raw uint8 images (N x 28 x 28) and int64 labels of the official train/test split."""
+    root = Path(directory) if directory else FASHION_MNIST_DIR
+    if not root.is_dir():
+        raise DatasetError(
+            f"data path {root} is not a directory; install 'dataset-fashion-mnist' (apt) or set data.path"
+        )
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DatasetError(f"{root}: {split} images {images.shape} and labels {labels.shape} do not match")
+        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
+    return out
+
+
+def normalize_images(images: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """uint8 N x H x W (or N x C x H x W) -> float32 N x C x H x W, standardised."""
+    x = np.asarray(images, dtype=np.float32) / 255.0
+    if x.ndim == 3:
+        x = x[:, None]
+    return (x - mean) / std
+
+
+def _subset(rng: np.random.Generator, n: int, limit: int | None) -> np.ndarray:
+    idx = rng.permutation(n)
+    return idx if limit is None else idx[: min(limit, n)]
+
+
+def load_fashion_mnist(
+    directory: str | os.PathLike | None = None,
+    *,
+    val_size: int = 5000,
+    calib_size: int = 256,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    seed: int = 0,
+) -> ImageDataset:
+    """Fashion-MNIST with a seeded train/validation split and calibration samples from the training split."""
+    raw = load_fashion_mnist_raw(directory)
+    return split_image_dataset(
+        "fashion-mnist", raw, FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+        val_size=val_size, calib_size=calib_size, limit_train=limit_train, limit_test=limit_test, seed=seed,
+    )
+
+
+def split_image_dataset(
+    name: str,
+    raw: dict[str, np.ndarray],
+    labels: tuple[str, ...],
+    mean: float,
+    std: float,
+    *,
+    val_size: int,
+    calib_size: int,
+    limit_train: int | None,
+    limit_test: int | None,
+    seed: int,
+) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    train_images, train_labels = raw["train_images"], raw["train_labels"]
+    n_classes = len(labels)
+    for split in ("train", "test"):
+        y = raw[f"{split}_labels"]
+        if len(y) == 0:
+            raise DatasetError(f"{name}: the {split} split is empty")
+        if y.min() < 0 or y.max() >= n_classes:
+            raise DatasetError(f"{name}: {split} labels must lie in [0, {n_classes - 1}], found {y.min()}..{y.max()}")
+    order = _subset(rng, len(train_labels), None if limit_train is None else limit_train + val_size)
+    if len(order) <= val_size:
+        raise DatasetError(f"{name}: {len(order)} training samples leave nothing after a validation split of {val_size}")
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    if len(np.unique(train_labels[train_idx])) < 2:
+        raise DatasetError(f"{name}: the training split holds a single class; a classifier needs at least two")
+    calib_idx = train_idx[: min(calib_size, len(train_idx))]
+    test_idx = np.sort(_subset(rng, len(raw["test_labels"]), limit_test))
+
+    def make(images: np.ndarray, y: np.ndarray, idx: np.ndarray) -> Split:
+        return Split(normalize_images(images[idx], mean, std), y[idx].astype(np.int64))
+
+    import hashlib
+
+    digest = hashlib.sha256()
+    for arr in (train_images, train_labels, raw["test_images"], raw["test_labels"], order, test_idx):
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return ImageDataset(
+        name=name,
+        train=make(train_images, train_labels, train_idx),
+        val=make(train_images, train_labels, val_idx),
+        test=make(raw["test_images"], raw["test_labels"], test_idx),
+        calib=make(train_images, train_labels, calib_idx),
+        labels=labels,
+        mean=mean,
+        std=std,
+        fingerprint=digest.hexdigest()[:16],
+    )

@@ -1,0 +1,64 @@
+"""Latency like hyperfine / trtexec: warm-up, timed runs in blocks cycled A, B, A, B so drift cancels."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+RunFn = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    p50_ci95: tuple[float, float]
+    runs: int
+    throughput: float  # samples per second at this batch size, from the median
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["p50_ci95"] = list(self.p50_ci95)
+        return d
+
+
+def bootstrap_median_ci(samples_ms: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(samples_ms), size=(resamples, len(samples_ms)))
+    medians = np.median(samples_ms[idx], axis=1)
+    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def summarize(samples_ms: np.ndarray, batch_size: int) -> LatencyStats:
+    p50, p90, p99 = (float(v) for v in np.percentile(samples_ms, [50, 90, 99]))
+    return LatencyStats(p50, p90, p99, float(samples_ms.mean()), bootstrap_median_ci(samples_ms), len(samples_ms),
+                        batch_size * 1000.0 / p50 if p50 > 0 else float("inf"))
+
+
+def time_block(run: RunFn, warmup: int, runs: int) -> np.ndarray:
+    for _ in range(warmup):
+        run()
+    out = np.empty(runs)
+    clock = time.perf_counter_ns
+    for i in range(runs):
+        start = clock()
+        run()
+        out[i] = clock() - start
+    return out / 1e6
+
+
+def measure_interleaved(runs_by_variant: Mapping[str, RunFn], batch_size: int, *, warmup: int, runs: int,
+                        rounds: int, on_block: Callable[[], None] | None = None) -> dict[str, LatencyStats]:
+    """Time every variant in `rounds` blocks each, cycling variants, and pool the samples per variant."""
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in runs_by_variant}
+    per_block = max(1, runs // rounds)
+    for _ in range(rounds):
+        for name, run in runs_by_variant.items():
+            samples[name].append(time_block(run, warmup, per_block))
+            if on_block:
+                on_block()
+    return {name: summarize(np.concatenate(s), batch_size) for name, s in samples.items()}

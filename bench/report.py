@@ -1,0 +1,158 @@
+"""Measure every variant (accuracy + latency through runtime/) and write report.json / report.md."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import environment
+from bench.accuracy import accuracy, top1_agreement
+from bench.latency import measure_interleaved
+
+SCHEMA_VERSION = 1
+BASELINE = "baseline"
+CANDIDATE = "compressed"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    path: Path
+    precision: str
+    description: str = ""
+
+
+def _progress(label: str, total: int):
+    try:
+        from compress.progress import progress_bar
+    except ImportError:  # bench used without the pipeline installed
+        import contextlib
+
+        return contextlib.nullcontext(lambda **_: None)
+    return progress_bar(label, total)
+
+
+def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
+                   rounds: int, threads: int) -> list[dict[str, Any]]:
+    """Accuracy on `split` and interleaved latency of every variant, in one run."""
+    from runtime import load
+
+    runners = {v.name: load(v.path, threads=threads) for v in variants}
+    try:
+        rows: dict[str, dict[str, Any]] = {}
+        logits = {}
+        for v in variants:
+            acc, logits[v.name] = accuracy(runners[v.name], split)
+            rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
+                            "precision": v.precision, "accuracy": acc, "size_bytes": v.path.stat().st_size,
+                            "latency_ms": {}}
+        reference = logits.get(BASELINE, next(iter(logits.values())))
+        for v in variants:
+            rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
+        with _progress("latency", len(batch_sizes) * rounds * len(variants)) as advance:
+            for b in batch_sizes:
+                x = np.ascontiguousarray(np.resize(split.x, (b, *split.x.shape[1:])))
+                feeds = {name: {r.inputs[0].name: x} for name, r in runners.items()}
+                fns = {name: (lambda r=r, f=feeds[name]: r.run_raw(f)) for name, r in runners.items()}
+                stats = measure_interleaved(fns, b, warmup=warmup, runs=runs, rounds=rounds, on_block=advance)
+                for name, s in stats.items():
+                    rows[name]["latency_ms"][str(b)] = s.to_dict()
+        return [rows[v.name] for v in variants]
+    finally:
+        for r in runners.values():
+            r.close()
+
+
+def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str = CANDIDATE) -> dict[str, Any]:
+    by_name = {r["name"]: r for r in rows}
+    if baseline not in by_name or candidate not in by_name:
+        return {}
+    base, cand = by_name[baseline], by_name[candidate]
+    return {
+        "baseline": baseline,
+        "candidate": candidate,
+        "accuracy_drop_pt": round(100.0 * (base["accuracy"] - cand["accuracy"]), 4),
+        "speedup_p50": {b: base["latency_ms"][b]["p50"] / cand["latency_ms"][b]["p50"]
+                        for b in base["latency_ms"] if b in cand["latency_ms"]},
+        "size_ratio": base["size_bytes"] / cand["size_bytes"],
+    }
+
+
+def build_report(recipe, data, variants: list[Variant], stages: list[dict], extra: dict, out_dir: Path) -> dict:
+    import compress
+
+    b = recipe.bench
+    start = time.perf_counter()
+    rows = bench_variants(variants, data.test, batch_sizes=b.batch_sizes, warmup=b.warmup, runs=b.runs,
+                          rounds=b.rounds, threads=b.threads)
+    for row in rows:
+        row["artifact"] = str(Path(row["artifact"]).relative_to(out_dir))
+    stages = stages + [{"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2),
+                        "metrics": {}}]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "edge-compress", "version": compress.__version__},
+        "recipe": recipe.to_dict(),
+        "target": recipe.target.name,
+        "dataset": {"name": data.name, "split": "test", "samples": len(data.test), "fingerprint": data.fingerprint},
+        "environment": {**environment.describe(b.threads), "timing": "blocks of runs cycled per variant"},
+        "variants": rows,
+        "comparison": compare(rows),
+        "stages": stages,
+        **extra,
+    }
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    batches = list(report["variants"][0]["latency_ms"]) if report["variants"] else []
+    base = next((r for r in report["variants"] if r["name"] == BASELINE), None)
+    header = ["variant", "precision", "accuracy", "size"] + [f"p50 b{b} (ms)" for b in batches] + \
+             [f"speed-up b{b}" for b in batches]
+    rows = []
+    for r in report["variants"]:
+        lat = [f"{r['latency_ms'][b]['p50']:.3f}" for b in batches]
+        speed = [f"{base['latency_ms'][b]['p50'] / r['latency_ms'][b]['p50']:.2f}x" if base else "-" for b in batches]
+        rows.append([r["name"], r["precision"], f"{r['accuracy']:.4f}", _fmt_bytes(r["size_bytes"])] + lat + speed)
+    return header, rows
+
+
+def to_markdown(report: dict) -> str:
+    header, rows = summary_rows(report)
+    c = report.get("comparison", {})
+    env = report["environment"]
+    lines = [
+        f"# Compression report: {report['recipe']['name']} -> {report['target']}",
+        "",
+        f"Dataset {report['dataset']['name']} ({report['dataset']['samples']} {report['dataset']['split']} samples); "
+        f"{env['cpu']}, {env['threads']} threads; onnxruntime {env['versions'].get('onnxruntime', '?')}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
+    if c:
+        speed = ", ".join(f"batch {b}: {v:.2f}x" for b, v in c["speedup_p50"].items())
+        lines += [f"**{c['candidate']} vs {c['baseline']}**: accuracy drop {c['accuracy_drop_pt']:.2f} pt; "
+                  f"p50 speed-up {speed}; {c['size_ratio']:.1f}x smaller.", ""]
+    lines += ["| stage | cached | wall (s) |", "|---|---|---|"]
+    lines += [f"| {s['name']} | {'yes' if s['cached'] else 'no'} | {s['wall_s']:.1f} |" for s in report["stages"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report: dict, out_dir: Path) -> None:
+    from compress.atomic import write_json, write_text
+
+    write_json(out_dir / "report.json", report)
+    write_text(out_dir / "report.md", to_markdown(report))

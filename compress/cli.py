@@ -1,0 +1,131 @@
+"""`compress` command line: a thin face over the Python API."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from compress.errors import CompressError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly_errors(fn):
+    """Known failures become one line on stderr and a non-zero exit; --debug shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except CompressError as e:
+            if debug:
+                raise
+            _fail(str(e), e.exit_code)
+        except Exception as e:  # noqa: BLE001 - the CLI must never end in a traceback
+            from runtime import RuntimeFailure
+            from targets import TargetError
+
+            if debug:
+                raise
+            if isinstance(e, (RuntimeFailure, TargetError)):
+                _fail(str(e), 2)
+            if isinstance(e, KeyboardInterrupt):
+                _fail("interrupted; rerun the same command to resume from the last finished stage", 130)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            _fail(f"unexpected {type(e).__name__}: {first[:300]} (rerun with --debug for the traceback)", 3)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="edge-compress")
+def main(debug: bool) -> None:
+    """Train-then-shrink: train, prune, distill, INT8-quantize, compile per target, benchmark."""
+
+
+@main.command()
+@click.option("--recipe", "recipe_ref", default=None, help="Built-in recipe name or YAML path (default cnn-fashion).")
+@click.option("--target", default=None, help="Target: cpu, gpu, jetson, mobile (overrides the recipe).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/default"),
+              show_default=True, help="Run directory: checkpoints, ONNX files, artifacts, reports.")
+@click.option("--data", "data_path", default=None, help="Directory with the data set's files (overrides data.path).")
+@click.option("--dump-config", is_flag=True, help="Print the effective recipe as YAML and exit.")
+@friendly_errors
+def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None, dump_config: bool) -> None:
+    """Run the whole pipeline and write report.json / report.md to --out."""
+    import dataclasses
+
+    from compress.recipe import RecipeError, dump_recipe, load_recipe
+
+    recipe = load_recipe(recipe_ref)
+    try:
+        if target is not None:
+            recipe = recipe.replace(target=dataclasses.replace(recipe.target, name=target))
+        if data_path is not None:
+            recipe = recipe.replace(data=dataclasses.replace(recipe.data, path=data_path))
+    except (ValueError, TypeError) as e:
+        raise RecipeError(str(e)) from None
+    from targets import KNOWN_TARGETS
+
+    if recipe.target.name not in KNOWN_TARGETS:
+        raise RecipeError(f"target {recipe.target.name!r} unknown; known: {', '.join(KNOWN_TARGETS)}")
+    if dump_config:
+        click.echo(dump_recipe(recipe), nl=False)
+        return
+    from compress.pipeline import run as run_pipeline
+
+    report = run_pipeline(recipe, out_dir)
+    print_summary(report, out_dir)
+
+
+def print_summary(report: dict, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.report import summary_rows
+
+    header, rows = summary_rows(report)
+    table = Table(title=f"{report['recipe']['name']} -> {report['target']} ({report['environment']['cpu']})")
+    for h in header:
+        table.add_column(h, justify="left" if h in ("variant", "precision") else "right")
+    for r in rows:
+        table.add_row(*r)
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    c = report.get("comparison")
+    if c:
+        speed = ", ".join(f"b{b} {v:.2f}x" for b, v in c["speedup_p50"].items())
+        console.print(f"compressed vs baseline: accuracy drop {c['accuracy_drop_pt']:.2f} pt, p50 speed-up {speed}, "
+                      f"{c['size_ratio']:.1f}x smaller")
+    console.print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
+
+
+@main.command()
+@friendly_errors
+def targets() -> None:
+    """List the targets and whether each is usable on this machine."""
+    from targets import availability
+
+    for name, (ok, why) in availability().items():
+        click.echo(f"{name:<8} {'yes' if ok else 'no ':<4} {why}")
+
+
+@main.command()
+@friendly_errors
+def recipes() -> None:
+    """List the built-in recipes."""
+    from compress.recipe import builtin_recipes
+
+    for name in builtin_recipes():
+        click.echo(name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Runs the stages in order over a content-keyed cache; every artifact lands in the run directory."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import compress
+from compress.cache import StageCache, StageRecord, stage_key
+from compress.errors import CompressError, GateFailed
+from compress.recipe import Recipe
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    out_dir: Path
+    cache: StageCache
+    records: list[tuple[StageRecord, bool]] = field(default_factory=list)
+
+    def stage(self, name: str, key: str, body: Callable[[], tuple[list[Path], dict[str, Any]]]) -> StageRecord:
+        """Run `body` unless a finished stage with the same key and intact outputs exists."""
+        cached = self.cache.lookup(name, key)
+        if cached is not None:
+            log(f"[{name}] cached ({cached.wall_s:.1f}s saved)")
+            self.records.append((cached, True))
+            return cached
+        log(f"[{name}] running")
+        start = time.perf_counter()
+        outputs, metrics = body()
+        record = self.cache.store(name, key, outputs, metrics, time.perf_counter() - start)
+        log(f"[{name}] done in {record.wall_s:.1f}s")
+        self.records.append((record, False))
+        return record
+
+
+def _section(recipe: Recipe, name: str) -> dict[str, Any]:
+    return dataclasses.asdict(getattr(recipe, name))
+
+
+def load_dataset(recipe: Recipe):
+    from bench.datasets import DatasetError, load_fashion_mnist
+
+    d = recipe.data
+    try:
+        return load_fashion_mnist(d.path, val_size=d.val_size, calib_size=d.calib_size,
+                                  limit_train=d.limit_train, limit_test=d.limit_test, seed=recipe.seed)
+    except DatasetError as e:
+        raise CompressError(str(e)) from None
+
+
+def prepare_out_dir(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise CompressError(f"--out {out_dir} is not writable: {e.strerror or e}") from None
+    return out_dir
+
+
+def run(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
+    """The whole train-then-shrink pipeline; returns the report (also written to out_dir)."""
+    import torch
+
+    from compress import checkpoints, export, prune, quantize, train
+    from compress.distill import make_kd_loss
+    from models import build_model
+    from targets import TargetError, TargetSpec, get_target
+
+    out_dir = prepare_out_dir(out_dir)
+    try:
+        target = get_target(recipe.target.name)
+    except TargetError as e:
+        raise CompressError(str(e)) from None
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = load_dataset(recipe)
+    log(f"data: {data.name} train {len(data.train)} / val {len(data.val)} / test {len(data.test)}, "
+        f"input {data.input_shape}, {data.num_classes} classes")
+    ctx = RunContext(recipe, out_dir, StageCache(out_dir))
+    model_options = {k: v for k, v in _section(recipe, "model").items() if k != "arch"}
+
+    def new_model():
+        return build_model(recipe.model.arch, data.input_shape, data.num_classes, **model_options)
+
+    def loop(epochs: float, lr: float):
+        t = recipe.train
+        return train.LoopConfig(epochs, t.batch_size, lr, t.weight_decay, t.optimizer, t.label_smoothing)
+
+    version = compress.__version__
+    # -- train -----------------------------------------------------------------------------------
+    baseline_pt = out_dir / "baseline.pt"
+    train_key = stage_key("train", version, recipe.seed, data.fingerprint, _section(recipe, "data"),
+                          _section(recipe, "model"), _section(recipe, "train"))
+
+    def do_train():
+        train.seed_everything(recipe.seed)
+        model = new_model()
+        t = recipe.train
+        curve = train.fit(model, data.train, loop(t.epochs, t.lr), seed=recipe.seed, label="train")
+        checkpoints.save_checkpoint(model, baseline_pt)
+        return [baseline_pt], {"val_accuracy": train.accuracy(model, data.val), "loss_curve": curve,
+                               "params": prune.count_params(model)}
+
+    train_rec = ctx.stage("train", train_key, do_train)
+    teacher = checkpoints.load_checkpoint(new_model(), baseline_pt)
+    if train_rec.metrics["val_accuracy"] < 1.5 / data.num_classes:
+        raise GateFailed(f"baseline reached only {train_rec.metrics['val_accuracy']:.3f} validation accuracy "
+                         "(near chance); raise train.epochs or check the data")
+
+    # -- prune + fine-tune ------------------------------------------------------------------------
+    student_source = baseline_pt
+    prune_key = stage_key("prune", train_key, _section(recipe, "prune"))
+    pruned_pt = out_dir / "pruned.pt"
+    if recipe.prune.enabled and recipe.prune.ratio > 0:
+        def do_prune():
+            train.seed_everything(recipe.seed)
+            example = torch.from_numpy(data.train.x[:2])
+            batch = (torch.from_numpy(data.train.x[:256]), torch.from_numpy(data.train.y[:256]))
+            result = prune.prune_channels(teacher, recipe.prune, example, data.num_classes, taylor_batch=batch)
+            acc_pruned = train.accuracy(result.model, data.val)
+            curve = []
+            if recipe.prune.finetune_epochs > 0:
+                curve = train.fit(result.model, data.train, loop(recipe.prune.finetune_epochs, recipe.prune.lr),
+                                  seed=recipe.seed + 1, label="fine-tune")
+            checkpoints.save_checkpoint(result.model, pruned_pt)
+            return [pruned_pt], {
+                "params_before": result.params_before, "params_after": result.params_after,
+                "channels_before": result.channels_before, "channels_after": result.channels_after,
+                "val_accuracy_pruned": acc_pruned, "val_accuracy": train.accuracy(result.model, data.val),
+                "loss_curve": curve,
+            }
+
+        ctx.stage("prune", prune_key, do_prune)
+        student_source = pruned_pt
+
+    # -- distill ----------------------------------------------------------------------------------
+    distill_key = stage_key("distill", prune_key, train_key, _section(recipe, "distill"), student_source.name)
+    student_pt = out_dir / "student.pt"
+    if recipe.distill.enabled:
+        def do_distill():
+            train.seed_everything(recipe.seed)
+            student = checkpoints.load_checkpoint(new_model(), student_source)
+            before = train.accuracy(student, data.val)
+            curve = train.fit(student, data.train, loop(recipe.distill.epochs, recipe.distill.lr),
+                              seed=recipe.seed + 2, label="distill", teacher=teacher,
+                              loss_fn=make_kd_loss(recipe.distill))
+            checkpoints.save_checkpoint(student, student_pt)
+            return [student_pt], {"val_accuracy_before": before, "val_accuracy": train.accuracy(student, data.val),
+                                  "loss_curve": curve}
+
+        ctx.stage("distill", distill_key, do_distill)
+    else:
+        student_pt = student_source
+
+    # -- export -----------------------------------------------------------------------------------
+    fp32_models = {"baseline": baseline_pt}
+    if student_source == pruned_pt:
+        fp32_models["pruned"] = pruned_pt
+    if recipe.distill.enabled:
+        fp32_models["distilled"] = student_pt
+    export_key = stage_key("export", version, distill_key, _section(recipe, "target"),
+                           {k: v.name for k, v in fp32_models.items()})
+    onnx_paths = {name: out_dir / f"{name}.onnx" for name in fp32_models}
+
+    def do_export():
+        parity = {}
+        for name, pt in fp32_models.items():
+            model = checkpoints.load_checkpoint(new_model(), pt)
+            export.export_onnx(model, data.calib.x, onnx_paths[name])
+            parity[name] = export.check_parity(model, onnx_paths[name], data.val.x[:512],
+                                               atol=recipe.target.parity_atol).to_dict()
+        return list(onnx_paths.values()), {"parity": parity}
+
+    export_rec = ctx.stage("export", export_key, do_export)
+    student_name = "distilled" if recipe.distill.enabled else ("pruned" if "pruned" in fp32_models else "baseline")
+
+    # -- quantize ---------------------------------------------------------------------------------
+    int8_sources = {"int8": "baseline"}
+    if student_name != "baseline":
+        int8_sources["compressed"] = student_name
+    quant_key = stage_key("quantize", version, export_key, _section(recipe, "quantize"), data.fingerprint)
+    int8_paths = {name: out_dir / f"{src}.int8.onnx" for name, src in int8_sources.items()}
+    if recipe.quantize.enabled:
+        def do_quantize():
+            from runtime import load
+
+            from bench.accuracy import predict, top1_agreement
+
+            info = {}
+            for name, src in int8_sources.items():
+                quantize.quantize_static_qdq(onnx_paths[src], int8_paths[name], data.calib.x, recipe.quantize)
+                with load(onnx_paths[src]) as fp32, load(int8_paths[name]) as int8:
+                    agreement = top1_agreement(predict(fp32, data.val.x), predict(int8, data.val.x))
+                info[name] = {"source": src, "val_top1_agreement_vs_fp32": agreement,
+                              "ops": quantize.op_precision(int8_paths[name])}
+            return list(int8_paths.values()), info
+
+        quant_rec = ctx.stage("quantize", quant_key, do_quantize)
+        shipped_name = "compressed" if "compressed" in int8_sources else "int8"
+        agreement = quant_rec.metrics[shipped_name]["val_top1_agreement_vs_fp32"]
+        if agreement < recipe.quantize.min_agreement:
+            raise GateFailed(
+                f"INT8 model agrees with its FP32 source on only {agreement:.3f} of validation samples "
+                f"(quantize.min_agreement {recipe.quantize.min_agreement}); try quantize.calibration: entropy "
+                f"or percentile; artifacts kept in {out_dir}"
+            )
+        shipped_source = int8_paths[shipped_name]
+    else:
+        quant_rec = None
+        shipped_source = onnx_paths[student_name]
+
+    # -- compile for the target -------------------------------------------------------------------
+    metadata = {
+        "producer": f"edge-compress {version}", "recipe": recipe.name, "dataset": data.name,
+        "labels": list(data.labels),
+        "preprocess": {"scale": 1 / 255.0, "mean": data.mean, "std": data.std, "layout": "NCHW"},
+        "source": shipped_source.name,
+    }
+    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
+    compile_key = stage_key("compile", version, quant_key if quant_rec else export_key, dataclasses.asdict(spec))
+    target_dir = out_dir / "target" / recipe.target.name
+
+    def do_compile():
+        artifact = target.compile(shipped_source, spec, target_dir, metadata)
+        from runtime import sidecar_path
+
+        return [artifact.path, sidecar_path(artifact.path)], {"artifact": str(artifact.path.relative_to(out_dir)),
+                                                              "runtime": artifact.runtime}
+
+    compile_rec = ctx.stage("compile", compile_key, do_compile)
+
+    # -- bench (never cached: latency is measured fresh in every run) ------------------------------
+    from bench.report import Variant, build_report, write_reports
+
+    variants = [Variant("baseline", onnx_paths["baseline"], "fp32", "uncompressed FP32 baseline")]
+    if "pruned" in onnx_paths:
+        variants.append(Variant("pruned", onnx_paths["pruned"], "fp32", "pruned + fine-tuned, no teacher"))
+    if "distilled" in onnx_paths:
+        variants.append(Variant("distilled", onnx_paths["distilled"], "fp32", "pruned + distilled"))
+    if quant_rec:
+        variants.append(Variant("int8", int8_paths["int8"], "int8", "baseline, static INT8 only"))
+    shipped_path = out_dir / compile_rec.metrics["artifact"]
+    variants.append(Variant("compressed", shipped_path, "int8" if quant_rec else "fp32",
+                            "shipped: " + ("pruned + distilled + INT8" if quant_rec and student_name != "baseline"
+                                           else student_name)))
+    stage_info = [{"name": r.name, "cached": cached, "wall_s": round(r.wall_s, 2), "metrics": r.metrics}
+                  for r, cached in ctx.records]
+    extra = {"parity": export_rec.metrics["parity"], "quantize": quant_rec.metrics if quant_rec else {}}
+    report = build_report(recipe, data, variants, stage_info, extra, out_dir)
+    write_reports(report, out_dir)
+    return report

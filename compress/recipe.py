@@ -1,0 +1,290 @@
+"""Recipe: one frozen config dataclass per stage, loaded from YAML with validation that names the fix."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from compress.errors import CompressError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "cnn-fashion"
+TARGET_NAMES = ("cpu", "gpu", "jetson", "mobile")
+
+
+class RecipeError(CompressError):
+    pass
+
+
+def _positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise RecipeError(f"{section}.{name} must be > 0, got {value}")
+
+
+def _non_negative(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise RecipeError(f"{section}.{name} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["fashion-mnist"] = "fashion-mnist"
+    path: str | None = None
+    val_size: int = 5000
+    calib_size: int = 256
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("data", val_size=self.val_size, calib_size=self.calib_size,
+                  limit_train=self.limit_train, limit_test=self.limit_test)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["resnet-cnn"] = "resnet-cnn"
+    width: int = 32
+    stages: int = 4
+    blocks_per_stage: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("model", width=self.width, stages=self.stages, blocks_per_stage=self.blocks_per_stage)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 2.0
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("train", epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        _non_negative("train", weight_decay=self.weight_decay, label_smoothing=self.label_smoothing)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    enabled: bool = True
+    ratio: float = 0.5
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    round_to: int = 8
+    finetune_epochs: float = 1.0
+    lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise RecipeError(f"prune.ratio must be in [0, 1) (the fraction of channels removed), got {self.ratio}")
+        _positive("prune", round_to=self.round_to, lr=self.lr)
+        _non_negative("prune", finetune_epochs=self.finetune_epochs)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    enabled: bool = True
+    epochs: float = 2.0
+    temperature: float = 4.0
+    alpha: float = 0.9
+    lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        _positive("distill", epochs=self.epochs, temperature=self.temperature, lr=self.lr)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise RecipeError(f"distill.alpha must be in [0, 1] (weight of the soft loss), got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    enabled: bool = True
+    mode: Literal["static"] = "static"
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    min_agreement: float = 0.98
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise RecipeError(f"quantize.min_agreement must be in [0, 1], got {self.min_agreement}")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: Literal["cpu", "gpu", "jetson", "mobile"] = "cpu"
+    parity_atol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _positive("target", parity_atol=self.parity_atol)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 32)
+    warmup: int = 20
+    runs: int = 200
+    rounds: int = 2
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes:
+            raise RecipeError("bench.batch_sizes must list at least one batch size, e.g. [1, 32]")
+        _positive("bench", runs=self.runs, rounds=self.rounds, threads=self.threads,
+                  **{f"batch_sizes[{i}]": b for i, b in enumerate(self.batch_sizes)})
+        _non_negative("bench", warmup=self.warmup)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = DEFAULT_RECIPE
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    quantize: QuantConfig = field(default_factory=QuantConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def replace(self, **sections: Any) -> "Recipe":
+        return dataclasses.replace(self, **sections)
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RecipeError(f"{where} = {value!r} is not allowed; expected {_type_name(tp)}{hint}")
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{where} = {value!r} has the wrong type; expected {_type_name(tp)}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where} = {value!r} has the wrong type; expected {_type_name(tp)}")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise RecipeError(f"{where} = {value!r} has the wrong type; expected {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where or 'recipe'} must be a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise RecipeError(f"unknown recipe key {path!r}; {hint}known keys: {', '.join(fields)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    try:
+        return cls(**kwargs)
+    except RecipeError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{where or 'recipe'}: {e}") from None
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    return _build(Recipe, data, "")
+
+
+def builtin_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise RecipeError(f"recipe {source} is not valid YAML{at}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {source} must be a YAML mapping with one section per stage")
+    return data
+
+
+def load_recipe(name_or_path: str | None = None) -> Recipe:
+    """A built-in recipe by name, or a YAML file by path."""
+    ref = name_or_path or DEFAULT_RECIPE
+    path = Path(ref)
+    if ref in builtin_recipes():
+        path = RECIPES_DIR / f"{ref}.yaml"
+    elif not (path.suffix in (".yaml", ".yml") or path.exists()):
+        raise RecipeError(f"recipe {ref!r} unknown; built-in: {', '.join(builtin_recipes())}, or give a YAML file path")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe {path}: {e.strerror or e}") from None
+    return recipe_from_dict(_parse_yaml(text, str(path)))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    import yaml
+
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

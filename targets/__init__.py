@@ -1,0 +1,48 @@
+"""Per-target compilers: `compile(onnx_path, spec, out_dir) -> Artifact`; the input is never modified."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KNOWN_TARGETS = ("cpu", "gpu", "jetson", "mobile")
+_MODULES = {"cpu": "targets.onnxruntime_cpu"}
+
+
+class TargetError(Exception):
+    """Unknown target, or one that cannot be built here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    threads: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    target: str
+    runtime: str
+    metadata: dict[str, Any]
+
+
+def get_target(name: str):
+    if name not in KNOWN_TARGETS:
+        raise TargetError(f"target {name!r} unknown; known: {', '.join(KNOWN_TARGETS)}")
+    if name not in _MODULES:
+        raise TargetError(f"target {name!r} is not built into this version yet; available: {', '.join(_MODULES)}")
+    return importlib.import_module(_MODULES[name])
+
+
+def availability() -> dict[str, tuple[bool, str]]:
+    """Each known target: usable on this machine, and why (not)."""
+    out = {}
+    for name in KNOWN_TARGETS:
+        try:
+            out[name] = get_target(name).available()
+        except TargetError as e:
+            out[name] = (False, str(e))
+    return out
