@@ -127,5 +127,17 @@ def recipes() -> None:
         click.echo(name)
 
 
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (bench and the CI gate)."""
+    try:
+        from compress.cli_bench import bench, check
+    except ImportError:
+        return
+    main.add_command(bench)
+    main.add_command(check)
+
+
+_register_optional_commands()
+
 if __name__ == "__main__":
     main()

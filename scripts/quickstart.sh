@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up, then run the main job: train, prune, distill and INT8 a CNN on Fashion-MNIST for ONNX Runtime (CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/compress run --target cpu --out "${1:-runs/fashion}"

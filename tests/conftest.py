@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from bench.datasets import FASHION_MNIST_DIR
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(),
+    reason=f"Fashion-MNIST not found in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
+)
+
+
+def small_recipe(**sections):
+    """The default recipe shrunk to seconds: a 3k-image subset, narrow model, short schedules."""
+    from compress.recipe import (BenchConfig, DataConfig, DistillConfig, ModelConfig, PruneConfig, Recipe,
+                                 TrainConfig)
+
+    base = Recipe(
+        name="small-test",
+        data=DataConfig(limit_train=3000, limit_test=1000, val_size=500, calib_size=64),
+        model=ModelConfig(width=16),
+        train=TrainConfig(epochs=2.0),
+        prune=PruneConfig(ratio=0.5, round_to=4, finetune_epochs=0.5),
+        distill=DistillConfig(epochs=1.0),
+        bench=BenchConfig(batch_sizes=(1, 8), warmup=2, runs=10, rounds=1),
+    )
+    return dataclasses.replace(base, **sections)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> tuple[dict, Path]:
+    """One real pipeline run on small data, shared by the tests that inspect its outputs."""
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip(f"Fashion-MNIST not found in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
+    from compress.pipeline import run
+
+    out = tmp_path_factory.mktemp("small-run")
+    return run(small_recipe(), out), out
