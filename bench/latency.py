@@ -1,9 +1,11 @@
 """Latency like hyperfine / trtexec: warm-up, timed runs in blocks cycled A, B, A, B so drift cancels."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping
+from typing import Callable, ContextManager, Mapping
 
 import numpy as np
 
@@ -51,14 +53,29 @@ def time_block(run: RunFn, warmup: int, runs: int) -> np.ndarray:
     return out / 1e6
 
 
-def measure_interleaved(runs_by_variant: Mapping[str, RunFn], batch_size: int, *, warmup: int, runs: int,
+OpenFn = Callable[[], ContextManager[RunFn]]
+
+
+def measure_interleaved(open_by_variant: Mapping[str, OpenFn], batch_size: int, *, warmup: int, runs: int,
                         rounds: int, on_block: Callable[[], None] | None = None) -> dict[str, LatencyStats]:
-    """Time every variant in `rounds` blocks each, cycling variants, and pool the samples per variant."""
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in runs_by_variant}
+    """Time every variant in `rounds` blocks each, cycling variants, and pool the samples per variant.
+
+    Each block opens its own session and closes it afterwards: idle ONNX Runtime sessions keep their
+    intra-op threads spinning, and on a 2-core box that slowed whichever session ran next by up to 50 %.
+    """
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in open_by_variant}
     per_block = max(1, runs // rounds)
     for _ in range(rounds):
-        for name, run in runs_by_variant.items():
-            samples[name].append(time_block(run, warmup, per_block))
+        for name, open_run in open_by_variant.items():
+            with open_run() as run:
+                samples[name].append(time_block(run, warmup, per_block))
+            gc.collect()
             if on_block:
                 on_block()
     return {name: summarize(np.concatenate(s), batch_size) for name, s in samples.items()}
+
+
+def measure_callables(runs_by_variant: Mapping[str, RunFn], batch_size: int, **kwargs) -> dict[str, LatencyStats]:
+    """`measure_interleaved` for plain callables that need no opening (e.g. a raw session vs a runner)."""
+    opens = {name: (lambda run=run: contextlib.nullcontext(run)) for name, run in runs_by_variant.items()}
+    return measure_interleaved(opens, batch_size, **kwargs)

@@ -38,32 +38,41 @@ def _progress(label: str, total: int):
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
                    rounds: int, threads: int) -> list[dict[str, Any]]:
     """Accuracy on `split` and interleaved latency of every variant, in one run."""
+    import contextlib
+
     from runtime import load
 
-    runners = {v.name: load(v.path, threads=threads) for v in variants}
-    try:
-        rows: dict[str, dict[str, Any]] = {}
-        logits = {}
-        for v in variants:
-            acc, logits[v.name] = accuracy(runners[v.name], split)
-            rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
-                            "precision": v.precision, "accuracy": acc, "size_bytes": v.path.stat().st_size,
-                            "latency_ms": {}}
-        reference = logits.get(BASELINE, next(iter(logits.values())))
-        for v in variants:
-            rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
-        with _progress("latency", len(batch_sizes) * rounds * len(variants)) as advance:
-            for b in batch_sizes:
-                x = np.ascontiguousarray(np.resize(split.x, (b, *split.x.shape[1:])))
-                feeds = {name: {r.inputs[0].name: x} for name, r in runners.items()}
-                fns = {name: (lambda r=r, f=feeds[name]: r.run_raw(f)) for name, r in runners.items()}
-                stats = measure_interleaved(fns, b, warmup=warmup, runs=runs, rounds=rounds, on_block=advance)
-                for name, s in stats.items():
-                    rows[name]["latency_ms"][str(b)] = s.to_dict()
-        return [rows[v.name] for v in variants]
-    finally:
-        for r in runners.values():
-            r.close()
+    rows: dict[str, dict[str, Any]] = {}
+    logits = {}
+    input_names = {}
+    for v in variants:
+        with load(v.path, threads=threads) as runner:
+            acc, logits[v.name] = accuracy(runner, split)
+            input_names[v.name] = runner.inputs[0].name
+        rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
+                        "precision": v.precision, "accuracy": acc, "size_bytes": v.path.stat().st_size,
+                        "latency_ms": {}}
+    reference = logits.get(BASELINE, next(iter(logits.values())))
+    for v in variants:
+        rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
+
+    def opener(v: Variant, x: np.ndarray):
+        @contextlib.contextmanager
+        def open_run():
+            with load(v.path, threads=threads) as runner:
+                feeds = {input_names[v.name]: x}
+                yield lambda: runner.run_raw(feeds)
+
+        return open_run
+
+    with _progress("latency", len(batch_sizes) * rounds * len(variants)) as advance:
+        for b in batch_sizes:
+            x = np.ascontiguousarray(np.resize(split.x, (b, *split.x.shape[1:])))
+            stats = measure_interleaved({v.name: opener(v, x) for v in variants}, b, warmup=warmup, runs=runs,
+                                        rounds=rounds, on_block=advance)
+            for name, s in stats.items():
+                rows[name]["latency_ms"][str(b)] = s.to_dict()
+    return [rows[v.name] for v in variants]
 
 
 def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str = CANDIDATE) -> dict[str, Any]:
