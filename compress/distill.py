@@ -1,10 +1,14 @@
-"""Knowledge distillation: a student learns from the teacher's softened logits plus the true labels."""
+"""Knowledge distillation: the student learns from the teacher's softened logits plus the true labels, and
+optionally matches the teacher's last feature map through a learned 1x1 projection."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from compress.recipe import DistillConfig
+
+FEATURE_LAYER = "features"  # the module whose output is the last feature map (models.ResNetCNN)
 
 
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor,
@@ -17,8 +21,46 @@ def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits:
     return alpha * soft + (1.0 - alpha) * hard
 
 
-def make_kd_loss(cfg: DistillConfig):
+class _Capture:
+    def __init__(self, module: nn.Module) -> None:
+        self.value: torch.Tensor | None = None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, _module, _inputs, output) -> None:
+        self.value = output
+
+
+class FeatureDistiller(nn.Module):
+    """Wraps the student so the optimiser also trains the projection; forward returns the student's logits."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, sample: torch.Tensor) -> None:
+        super().__init__()
+        self.student = student
+        self._student_feat = _Capture(student.get_submodule(FEATURE_LAYER))
+        self._teacher_feat = _Capture(teacher.get_submodule(FEATURE_LAYER))
+        with torch.no_grad():
+            student.eval(), teacher.eval()
+            student(sample), teacher(sample)
+        s_ch, t_ch = self._student_feat.value.shape[1], self._teacher_feat.value.shape[1]
+        self.projection = nn.Conv2d(s_ch, t_ch, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def feature_loss(self) -> torch.Tensor:
+        return F.mse_loss(self.projection(self._student_feat.value), self._teacher_feat.value)
+
+    def detach_hooks(self) -> nn.Module:
+        self._student_feat.handle.remove()
+        self._teacher_feat.handle.remove()
+        return self.student
+
+
+def make_kd_loss(cfg: DistillConfig, distiller: FeatureDistiller | None = None):
     def loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return kd_loss(student_logits, targets, teacher_logits, temperature=cfg.temperature, alpha=cfg.alpha)
+        value = kd_loss(student_logits, targets, teacher_logits, temperature=cfg.temperature, alpha=cfg.alpha)
+        if distiller is not None and cfg.feature_weight > 0:
+            value = value + cfg.feature_weight * distiller.feature_loss()
+        return value
 
     return loss

@@ -1,13 +1,19 @@
-"""Structured channel pruning through torch-pruning's dependency graph (residuals stay consistent)."""
+"""Pruning. Structured channel pruning goes through torch-pruning's dependency graph, so coupled layers
+(residual adds, batch norms, the next layer's inputs) shrink together; unstructured and 2:4 sparsity are
+options that shrink nothing an ONNX Runtime CPU kernel can skip (the report says so)."""
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from compress.recipe import PruneConfig
+
+SPARSITY_NOTE = ("unstructured and 2:4 sparsity keep dense weight tensors: ONNX Runtime on CPU runs them at "
+                 "dense speed and the file does not shrink; use method: channels for speed")
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,7 @@ class PruneResult:
     params_after: int
     channels_before: dict[str, int]
     channels_after: dict[str, int]
+    sparsity: float  # fraction of zero weights in conv / linear layers
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
@@ -27,44 +34,96 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def weight_sparsity(model: nn.Module) -> float:
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / max(1, total)
+
+
 def _classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
     """Layers whose outputs are the class logits: never prune those."""
     return [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
 
 
-def prune_channels(
-    model: nn.Module,
-    cfg: PruneConfig,
-    example_inputs: torch.Tensor,
-    num_classes: int,
-    *,
-    taylor_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> PruneResult:
-    """Return a pruned copy of `model`; the input is left untouched."""
-    import torch_pruning as tp
+def prune(model: nn.Module, cfg: PruneConfig, example_inputs: torch.Tensor, num_classes: int, *,
+          taylor_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+          between_steps: Callable[[nn.Module, int], None] | None = None) -> PruneResult:
+    """Return a pruned copy of `model` (the input is left untouched).
 
+    With `cfg.iterative_steps` > 1 the ratio is reached in steps and `between_steps(model, step)` runs after
+    every step but the last (the pipeline fine-tunes there).
+    """
     pruned = copy.deepcopy(model).eval()
     before = conv_widths(pruned)
     params_before = count_params(pruned)
+    if cfg.method == "channels":
+        _prune_channels(pruned, cfg, example_inputs, num_classes, taylor_batch, between_steps)
+    else:
+        _prune_unstructured(pruned, cfg, num_classes)
+    pruned.zero_grad(set_to_none=True)
+    return PruneResult(pruned, params_before, count_params(pruned), before, conv_widths(pruned),
+                       weight_sparsity(pruned))
+
+
+def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, between_steps) -> None:
+    import torch_pruning as tp
+
     if cfg.importance == "taylor":
         importance = tp.importance.GroupTaylorImportance()
     else:
         importance = tp.importance.GroupMagnitudeImportance(p=2)
     pruner = tp.pruner.BasePruner(
-        pruned,
-        example_inputs,
-        importance=importance,
-        pruning_ratio=cfg.ratio,
-        ignored_layers=_classifier_layers(pruned, num_classes),
-        round_to=cfg.round_to,
-        global_pruning=False,
+        model, example_inputs, importance=importance, pruning_ratio=cfg.ratio,
+        ignored_layers=_classifier_layers(model, num_classes), round_to=cfg.round_to,
+        global_pruning=cfg.scope == "global", iterative_steps=cfg.iterative_steps,
     )
-    if cfg.importance == "taylor":
-        if taylor_batch is None:
-            raise ValueError("Taylor importance needs a batch of training data")
-        x, y = taylor_batch
-        pruned.zero_grad()
-        nn.functional.cross_entropy(pruned(x), y).backward()
-    pruner.step()
-    pruned.zero_grad(set_to_none=True)
-    return PruneResult(pruned, params_before, count_params(pruned), before, conv_widths(pruned))
+    for step in range(cfg.iterative_steps):
+        if cfg.importance == "taylor":
+            if taylor_batch is None:
+                raise ValueError("Taylor importance needs a batch of training data")
+            x, y = taylor_batch
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+        pruner.step()
+        if between_steps is not None and step < cfg.iterative_steps - 1:
+            between_steps(model, step)
+
+
+def _prune_unstructured(model: nn.Module, cfg: PruneConfig, num_classes: int) -> None:
+    """Zero weights in place: magnitude (per layer) or 2:4 (two of every four along the input axis)."""
+    skip = {id(m) for m in _classifier_layers(model, num_classes)}
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, (nn.Conv2d, nn.Linear)) or id(m) in skip:
+                continue
+            w = m.weight
+            if cfg.method == "2:4":
+                flat = w.permute(0, *range(2, w.ndim), 1).reshape(-1, w.shape[1]) if w.ndim == 4 else w
+                if flat.shape[1] % 4:
+                    continue  # layers whose input width is not a multiple of 4 stay dense
+                groups = flat.reshape(-1, 4)
+                keep = groups.abs().topk(2, dim=1).indices
+                mask = torch.zeros_like(groups).scatter_(1, keep, 1.0).reshape(flat.shape)
+                if w.ndim == 4:
+                    mask = mask.reshape(w.shape[0], *w.shape[2:], w.shape[1]).permute(0, 3, 1, 2)
+            else:
+                k = int(cfg.ratio * w.numel())
+                if k == 0:
+                    continue
+                threshold = w.abs().flatten().kthvalue(k).values
+                mask = (w.abs() > threshold).float()
+            nn.utils.prune.custom_from_mask(m, "weight", mask)
+
+
+def make_sparsity_permanent(model: nn.Module) -> None:
+    """Fold torch's pruning masks into the weights so checkpoints hold plain tensors."""
+    for m in model.modules():
+        if hasattr(m, "weight_mask"):
+            nn.utils.prune.remove(m, "weight")
+
+
+def keep_zeros(model: nn.Module) -> None:
+    """Re-attach masks for weights that are already zero, so further training keeps the sparsity."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and bool((m.weight == 0).any()):
+            nn.utils.prune.custom_from_mask(m, "weight", (m.weight != 0).float())

@@ -29,11 +29,27 @@ class _Reader:
         pass
 
 
-def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray, cfg: QuantConfig,
-                        *, input_name: str = "input", exclude_nodes: tuple[str, ...] = ()) -> None:
+def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> None:
+    """onnxruntime's recommended pre-pass (shape inference, graph clean-up) before calibration."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with _quiet():
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+
+
+def quantizable_nodes(onnx_path: Path) -> list[tuple[str, str]]:
+    """(name, op type) of the nodes that carry weights worth quantizing."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return [(n.name, n.op_type) for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")]
+
+
+def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray, cfg: QuantConfig, *,
+                        input_name: str = "input", exclude_nodes: tuple[str, ...] = (),
+                        only_nodes: tuple[str, ...] = (), preprocessed: bool = False) -> None:
     """Write a QDQ INT8 copy of `fp32_path` to `out_path`; the input file is not modified."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not np.isfinite(calib).all():
         from compress.errors import CompressError
@@ -43,14 +59,17 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray, cfg:
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]
     activation = QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8
     with tempfile.TemporaryDirectory() as tmp, _quiet():
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        pre = fp32_path
+        if not preprocessed:
+            pre = Path(tmp) / "pre.onnx"
+            preprocess_for_quantization(fp32_path, pre)
         with atomic_path(out_path) as target:
             quantize_static(
                 str(pre), str(target), _Reader(input_name, calib),
                 quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
                 activation_type=activation, weight_type=QuantType.QInt8,
                 calibrate_method=method, nodes_to_exclude=list(exclude_nodes),
+                nodes_to_quantize=list(only_nodes) or None,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
 

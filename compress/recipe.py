@@ -74,16 +74,19 @@ class TrainConfig:
 @dataclass(frozen=True)
 class PruneConfig:
     enabled: bool = True
+    method: Literal["channels", "unstructured", "2:4"] = "channels"
     ratio: float = 0.5
+    scope: Literal["local", "global"] = "local"
     importance: Literal["magnitude", "taylor"] = "magnitude"
     round_to: int = 8
-    finetune_epochs: float = 1.0
+    iterative_steps: int = 1
+    finetune_epochs: float = 2.0
     lr: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise RecipeError(f"prune.ratio must be in [0, 1) (the fraction of channels removed), got {self.ratio}")
-        _positive("prune", round_to=self.round_to, lr=self.lr)
+        _positive("prune", round_to=self.round_to, lr=self.lr, iterative_steps=self.iterative_steps)
         _non_negative("prune", finetune_epochs=self.finetune_epochs)
 
 
@@ -91,12 +94,14 @@ class PruneConfig:
 class DistillConfig:
     enabled: bool = True
     epochs: float = 2.0
+    feature_weight: float = 0.0  # > 0 adds matching of the last feature map through a learned 1x1 projection
     temperature: float = 4.0
     alpha: float = 0.9
     lr: float = 0.05
 
     def __post_init__(self) -> None:
         _positive("distill", epochs=self.epochs, temperature=self.temperature, lr=self.lr)
+        _non_negative("distill", feature_weight=self.feature_weight)
         if not 0.0 <= self.alpha <= 1.0:
             raise RecipeError(f"distill.alpha must be in [0, 1] (weight of the soft loss), got {self.alpha}")
 
@@ -108,11 +113,13 @@ class QuantConfig:
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
-    min_agreement: float = 0.98
+    max_accuracy_drop: float = 0.5  # percentage points of validation accuracy below the FP32 source
+    search: bool = True  # try other calibration methods, then float fallback of the most sensitive layers
+    max_fallback_layers: int = 3
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_agreement <= 1.0:
-            raise RecipeError(f"quantize.min_agreement must be in [0, 1], got {self.min_agreement}")
+        _non_negative("quantize", max_accuracy_drop=self.max_accuracy_drop,
+                      max_fallback_layers=self.max_fallback_layers)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ def small_recipe(**sections):
         name="small-test",
         data=DataConfig(limit_train=3000, limit_test=1000, val_size=500, calib_size=64),
         model=ModelConfig(width=16),
-        train=TrainConfig(epochs=2.0),
-        prune=PruneConfig(ratio=0.5, round_to=4, finetune_epochs=0.5),
+        train=TrainConfig(epochs=2.0, batch_size=64),
+        prune=PruneConfig(ratio=0.5, round_to=4, finetune_epochs=1.0),
         distill=DistillConfig(epochs=1.0),
         bench=BenchConfig(batch_sizes=(1, 8), warmup=2, runs=10, rounds=1),
     )

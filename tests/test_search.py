@@ -1,0 +1,85 @@
+"""INT8 numbers against the FP32 reference, and the accuracy-aware search on small data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress.errors import GateFailed
+from compress.recipe import QuantConfig
+from compress.search import layer_sensitivity, search_int8, sqnr_db
+from tests.conftest import needs_fashion_mnist
+
+pytestmark = needs_fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def fp32_model(small_run):
+    from bench.datasets import load_fashion_mnist
+
+    _, out = small_run
+    data = load_fashion_mnist(limit_train=3000, val_size=500, calib_size=64, limit_test=1000)
+    return out / "distilled.onnx", data
+
+
+def test_sqnr_definition():
+    x = np.array([3.0, 4.0])
+    assert sqnr_db(x, x) == float("inf")
+    assert sqnr_db(x, x + np.array([0.03, 0.04])) == pytest.approx(40.0)
+
+
+def test_every_layer_quantized_alone_keeps_sqnr_above_20db(fp32_model, tmp_path):
+    from compress.quantize import preprocess_for_quantization
+    from compress.search import _predict
+
+    path, data = fp32_model
+    pre = tmp_path / "pre.onnx"
+    preprocess_for_quantization(path, pre)
+    x = data.val.x[:300]
+    rows = layer_sensitivity(pre, data.calib.x, x, _predict(path, x), QuantConfig(), tmp_path)
+    assert len(rows) >= 9  # stem, 4 blocks x 2 convs, 3 shortcuts (some fused), the classifier
+    for row in rows:
+        assert row["sqnr_db"] >= 20.0, row
+        assert row["top1_agreement"] >= 0.98, row
+
+
+def test_search_ships_a_candidate_within_the_bar(fp32_model, tmp_path):
+    path, data = fp32_model
+    out = tmp_path / "int8.onnx"
+    result = search_int8(path, out, data.calib.x, data.val.x, data.val.y, QuantConfig(max_accuracy_drop=1.0),
+                         tmp_path / "work")
+    assert out.is_file()
+    assert {c.calibration for c in result.candidates} == {"minmax", "entropy", "percentile"}
+    assert result.chosen.meets_bar and result.chosen.accuracy_drop_pt <= 1.0
+    assert result.chosen.agreement >= 0.98
+
+
+def test_strict_bar_triggers_sensitivity_ordered_fallback(fp32_model, tmp_path):
+    from compress.search import SearchFailed
+
+    path, data = fp32_model
+    # calibrating on images scaled to 2 % of their range makes every activation range far too narrow
+    bad_calib = (data.calib.x * 0.02).astype(np.float32)
+    cfg = QuantConfig(max_accuracy_drop=0.2, max_fallback_layers=2)
+    try:
+        result = search_int8(path, tmp_path / "int8.onnx", bad_calib, data.val.x, data.val.y, cfg, tmp_path / "w")
+    except SearchFailed as e:  # falling back two layers may not be enough; what was tried is still reported
+        result = e.result
+    names = [c.name for c in result.candidates]
+    assert names[:3] == ["ptq-minmax", "ptq-entropy", "ptq-percentile"]
+    assert all(not c.meets_bar for c in result.candidates[:3])
+    assert names[3:] == ["fallback-1", "fallback-2"] or names[3:] == ["fallback-1"]
+    fallback = result.candidates[3]
+    assert fallback.float_nodes == (result.sensitivity[0]["node"],)  # the most sensitive layer goes first
+    sqnrs = [r["sqnr_db"] for r in result.sensitivity]
+    assert len(sqnrs) >= 9 and sqnrs == sorted(sqnrs)
+    assert "sensitivity" in result.to_dict() and result.to_dict()["candidates"][3]["name"] == "fallback-1"
+
+
+def test_impossible_bar_fails_and_saves_the_most_accurate(fp32_model, tmp_path):
+    path, data = fp32_model
+    bad_calib = (data.calib.x * 0.02).astype(np.float32)
+    cfg = QuantConfig(max_accuracy_drop=0.0, max_fallback_layers=1)
+    out = tmp_path / "int8.onnx"
+    with pytest.raises(GateFailed, match=r"no INT8 candidate stayed within quantize.max_accuracy_drop=0.0 pt"):
+        search_int8(path, out, bad_calib, data.val.x, data.val.y, cfg, tmp_path / "w")
+    assert out.is_file()  # the most accurate candidate is kept for inspection
