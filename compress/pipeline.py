@@ -216,6 +216,19 @@ def run(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     export_rec = ctx.stage("export", export_key, do_export)
     student_name = "distilled" if recipe.distill.enabled else ("pruned" if "pruned" in fp32_models else "baseline")
 
+    def run_qat(checkpoint: Path, workdir: Path) -> Path:
+        from compress import qat
+
+        log("[quantize] PTQ missed the bar: quantization-aware fine-tuning")
+        train.seed_everything(recipe.seed)
+        model = qat.prepare(checkpoints.load_checkpoint(new_model(), checkpoint), data.calib.x)
+        train.fit(model, data.train, loop(recipe.quantize.qat_epochs, recipe.quantize.qat_lr), seed=recipe.seed + 3,
+                  label="qat", teacher=teacher, loss_fn=make_kd_loss(recipe.distill))
+        qat.calibrate(model, data.calib.x)
+        path = workdir / "qat.fp32.onnx"
+        export.export_onnx(qat.strip(model), data.calib.x, path)
+        return path
+
     # -- quantize ---------------------------------------------------------------------------------
     int8_sources = {"int8": "baseline"}
     if student_name != "baseline":
@@ -237,7 +250,8 @@ def run(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
                 if name == shipped_name:
                     with tempfile.TemporaryDirectory(dir=out_dir) as work:
                         result = search_int8(onnx_paths[src], int8_paths[name], data.calib.x, data.val.x, data.val.y,
-                                             recipe.quantize, Path(work), threads=recipe.bench.threads)
+                                             recipe.quantize, Path(work), threads=recipe.bench.threads,
+                                             qat=lambda workdir, src=src: run_qat(fp32_models[src], workdir))
                     extra = {"search": result.to_dict()}
                 else:
                     quantize.quantize_static_qdq(onnx_paths[src], int8_paths[name], data.calib.x, recipe.quantize)

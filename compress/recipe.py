@@ -116,10 +116,13 @@ class QuantConfig:
     max_accuracy_drop: float = 0.5  # percentage points of validation accuracy below the FP32 source
     search: bool = True  # try other calibration methods, then float fallback of the most sensitive layers
     max_fallback_layers: int = 3
+    qat_epochs: float = 0.5  # quantization-aware fine-tuning, tried only when PTQ and fallback miss the bar
+    qat_lr: float = 0.005
 
     def __post_init__(self) -> None:
         _non_negative("quantize", max_accuracy_drop=self.max_accuracy_drop,
-                      max_fallback_layers=self.max_fallback_layers)
+                      max_fallback_layers=self.max_fallback_layers, qat_epochs=self.qat_epochs)
+        _positive("quantize", qat_lr=self.qat_lr)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -94,9 +95,14 @@ def _latencies(paths: dict[str, Path], sample: np.ndarray, threads: int) -> dict
 
 
 def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                cfg: QuantConfig, workdir: Path, *, threads: int = 2) -> SearchResult:
-    """Write the chosen INT8 model to `out_path`. Raises GateFailed (best model still written) if none meets
-    `cfg.max_accuracy_drop`."""
+                cfg: QuantConfig, workdir: Path, *, threads: int = 2,
+                qat: Callable[[Path], Path] | None = None) -> SearchResult:
+    """Write the chosen INT8 model to `out_path`. Raises SearchFailed (best model still written) if none meets
+    `cfg.max_accuracy_drop`.
+
+    `qat(workdir)`, when given, fine-tunes with fake quantization and returns a float ONNX to quantize; it runs
+    only when post-training quantization and float fallback both miss the bar.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     pre = workdir / "pre.onnx"
     preprocess_for_quantization(fp32_path, pre)
@@ -104,9 +110,10 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
     fp32_acc = float((reference.argmax(1) == val_y).mean())
     candidates: list[Candidate] = []
 
-    def evaluate(name: str, calibration: str, float_nodes: tuple[str, ...]) -> Candidate:
+    def evaluate(name: str, calibration: str, float_nodes: tuple[str, ...], source: Path = pre) -> Candidate:
         path = workdir / f"{name}.onnx"
-        quantize_static_qdq(pre, path, calib, _with(cfg, calibration), exclude_nodes=float_nodes, preprocessed=True)
+        quantize_static_qdq(source, path, calib, _with(cfg, calibration), exclude_nodes=float_nodes,
+                            preprocessed=source == pre)
         logits = _predict(path, val_x)
         acc = float((logits.argmax(1) == val_y).mean())
         drop = 100.0 * (fp32_acc - acc)
@@ -129,6 +136,8 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
             cand = evaluate(f"fallback-{k}", best_method, tuple(r["node"] for r in sensitivity[:k]))
             if cand.meets_bar:
                 break
+    if cfg.search and qat is not None and cfg.qat_epochs > 0 and not any(c.meets_bar for c in candidates):
+        evaluate("qat", "minmax", (), source=qat(workdir))  # minmax matches the ranges QAT trained with
     p50 = _latencies({c.name: Path(c.path) for c in candidates}, np.ascontiguousarray(val_x[:1]), threads)
     candidates = [Candidate(**{**asdict(c), "p50_ms": round(p50[c.name], 4)}) for c in candidates]
     passing = [c for c in candidates if c.meets_bar]

@@ -75,11 +75,31 @@ def test_strict_bar_triggers_sensitivity_ordered_fallback(fp32_model, tmp_path):
     assert "sensitivity" in result.to_dict() and result.to_dict()["candidates"][3]["name"] == "fallback-1"
 
 
-def test_impossible_bar_fails_and_saves_the_most_accurate(fp32_model, tmp_path):
+def test_impossible_bar_tries_qat_then_fails_and_saves_the_most_accurate(fp32_model, small_run, tmp_path):
+    from compress import qat, train
+    from compress.checkpoints import load_checkpoint
+    from compress.export import export_onnx
+    from compress.search import SearchFailed
+    from models import build_model
+
     path, data = fp32_model
+    _, out = small_run
+
+    def quantization_aware(workdir):
+        student = load_checkpoint(build_model("resnet-cnn", (1, 28, 28), 10, width=16), out / "student.pt")
+        model = qat.prepare(student, data.calib.x)
+        train.fit(model, data.train, train.LoopConfig(0.1, 64, 0.005), seed=0, label="qat")
+        qat.calibrate(model, data.calib.x)
+        export_onnx(qat.strip(model), data.calib.x, workdir / "qat.fp32.onnx")
+        return workdir / "qat.fp32.onnx"
+
     bad_calib = (data.calib.x * 0.02).astype(np.float32)
-    cfg = QuantConfig(max_accuracy_drop=0.0, max_fallback_layers=1)
-    out = tmp_path / "int8.onnx"
-    with pytest.raises(GateFailed, match=r"no INT8 candidate stayed within quantize.max_accuracy_drop=0.0 pt"):
-        search_int8(path, out, bad_calib, data.val.x, data.val.y, cfg, tmp_path / "w")
-    assert out.is_file()  # the most accurate candidate is kept for inspection
+    cfg = QuantConfig(max_accuracy_drop=0.0, max_fallback_layers=1, qat_epochs=0.1)
+    out_path = tmp_path / "int8.onnx"
+    with pytest.raises(SearchFailed, match=r"no INT8 candidate stayed within quantize.max_accuracy_drop=0.0 pt") as e:
+        search_int8(path, out_path, bad_calib, data.val.x, data.val.y, cfg, tmp_path / "w", qat=quantization_aware)
+    names = [c.name for c in e.value.result.candidates]
+    assert names == ["ptq-minmax", "ptq-entropy", "ptq-percentile", "fallback-1", "qat"]
+    best = max(e.value.result.candidates, key=lambda c: c.val_accuracy)
+    assert e.value.result.chosen == best
+    assert out_path.is_file()  # the most accurate candidate is kept for inspection
