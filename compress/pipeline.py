@@ -15,6 +15,9 @@ from compress.errors import CompressError, GateFailed
 from compress.recipe import Recipe
 
 
+WORKDIR_PREFIX = ".work-"
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -66,7 +69,19 @@ def prepare_out_dir(out_dir: Path) -> Path:
         probe.unlink()
     except OSError as e:
         raise CompressError(f"--out {out_dir} is not writable: {e.strerror or e}") from None
+    remove_stale_temporaries(out_dir)
     return out_dir
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files and work dirs left by a run that was killed mid-write; never read, safe to delete."""
+    import shutil
+
+    for path in out_dir.rglob(".*.tmp*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+    for path in out_dir.glob(WORKDIR_PREFIX + "*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
@@ -248,7 +263,7 @@ def run(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
             info = {}
             for name, src in int8_sources.items():
                 if name == shipped_name:
-                    with tempfile.TemporaryDirectory(dir=out_dir) as work:
+                    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX, dir=out_dir) as work:
                         result = search_int8(onnx_paths[src], int8_paths[name], data.calib.x, data.val.x, data.val.y,
                                              recipe.quantize, Path(work), threads=recipe.bench.threads,
                                              qat=lambda workdir, src=src: run_qat(fp32_models[src], workdir))

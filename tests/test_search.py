@@ -103,3 +103,18 @@ def test_impossible_bar_tries_qat_then_fails_and_saves_the_most_accurate(fp32_mo
     best = max(e.value.result.candidates, key=lambda c: c.val_accuracy)
     assert e.value.result.chosen == best
     assert out_path.is_file()  # the most accurate candidate is kept for inspection
+
+
+def test_choose_prefers_speed_beyond_noise_and_accuracy_within_it():
+    from compress.search import Candidate, choose
+
+    def cand(name, acc, p50, ok=True, nodes=()):
+        return Candidate(name, "minmax", nodes, "", acc, 0.0, 1.0, p50, ok)
+
+    slow_accurate, fast = cand("a", 0.93, 0.20), cand("b", 0.92, 0.10)
+    assert choose([slow_accurate, fast]) is fast  # 2x faster is beyond the noise
+    near = cand("c", 0.925, 0.105)
+    assert choose([fast, near]) is near  # 5 % apart is noise: the more accurate wins
+    assert choose([cand("d", 0.95, 0.05, ok=False), fast]) is fast  # never one that misses the bar
+    misses = [cand("e", 0.90, 0.1, ok=False), cand("f", 0.91, 0.3, ok=False)]
+    assert choose(misses).name == "f"  # none passes: the most accurate is kept
