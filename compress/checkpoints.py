@@ -12,6 +12,11 @@ from models import resize_to_state_dict
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
+    """Only rank 0 writes under torchrun; the other ranks hold the same weights."""
+    from compress import distributed
+
+    if not distributed.is_main():
+        return
     with atomic_path(path) as tmp:
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
 

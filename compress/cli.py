@@ -57,10 +57,14 @@ def main(debug: bool) -> None:
               show_default=True, help="Run directory: checkpoints, ONNX files, artifacts, reports.")
 @click.option("--data", "data_path", default=None, help="Directory with the data set's files (overrides data.path).")
 @click.option("--dump-config", is_flag=True, help="Print the effective recipe as YAML and exit.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with this many processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on CUDA).")
 @friendly_errors
-def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None, dump_config: bool) -> None:
+def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None, dump_config: bool,
+        nproc: int) -> None:
     """Run the whole pipeline and write report.json / report.md to --out."""
     import dataclasses
+    import os
 
     from compress.recipe import RecipeError, dump_recipe, load_recipe
 
@@ -79,10 +83,31 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
     if dump_config:
         click.echo(dump_recipe(recipe), nl=False)
         return
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_distributed(nproc, recipe, target, out_dir, data_path)
     from compress.pipeline import run as run_pipeline
 
     report = run_pipeline(recipe, out_dir)
-    print_summary(report, out_dir)
+    if report is not None:
+        print_summary(report, out_dir)
+
+
+def launch_distributed(nproc: int, recipe, target: str | None, out_dir: Path, data_path: str | None) -> None:
+    """Re-run this command under torchrun; the effective recipe travels as a file so every rank sees the same."""
+    import subprocess
+
+    from compress.atomic import write_text
+    from compress.distributed import launch_command
+    from compress.pipeline import prepare_out_dir
+    from compress.recipe import dump_recipe
+
+    out_dir = prepare_out_dir(out_dir)
+    recipe_file = out_dir / "recipe.effective.yaml"
+    write_text(recipe_file, dump_recipe(recipe))
+    done = subprocess.run(launch_command(nproc, ["run", "--recipe", str(recipe_file), "--out", str(out_dir)]))
+    if done.returncode != 0:
+        raise CompressError(f"distributed run with {nproc} processes failed (exit {done.returncode}); "
+                            "the failing rank's error is printed above")
 
 
 def print_summary(report: dict, out_dir: Path) -> None:

@@ -45,10 +45,13 @@ class FeatureDistiller(nn.Module):
         self.projection = nn.Conv2d(s_ch, t_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
+        logits = self.student(x)
+        # projected here, not in the loss, so that DistributedDataParallel sees every parameter used
+        self._projected = self.projection(self._student_feat.value)
+        return logits
 
     def feature_loss(self) -> torch.Tensor:
-        return F.mse_loss(self.projection(self._student_feat.value), self._teacher_feat.value)
+        return F.mse_loss(self._projected, self._teacher_feat.value)
 
     def detach_hooks(self) -> nn.Module:
         self._student_feat.handle.remove()

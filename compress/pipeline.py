@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import compress
+from compress import distributed
 from compress.cache import StageCache, StageRecord, stage_key
 from compress.errors import CompressError, GateFailed
 from compress.recipe import Recipe
@@ -19,7 +20,8 @@ WORKDIR_PREFIX = ".work-"
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if distributed.is_main():
+        print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -30,7 +32,11 @@ class RunContext:
     records: list[tuple[StageRecord, bool]] = field(default_factory=list)
 
     def stage(self, name: str, key: str, body: Callable[[], tuple[list[Path], dict[str, Any]]]) -> StageRecord:
-        """Run `body` unless a finished stage with the same key and intact outputs exists."""
+        """Run `body` unless a finished stage with the same key and intact outputs exists.
+
+        Under torchrun every rank runs the body (training is data-parallel); rank 0 alone writes the outputs
+        and the record, and the others wait for it before reading them.
+        """
         cached = self.cache.lookup(name, key)
         if cached is not None:
             log(f"[{name}] cached ({cached.wall_s:.1f}s saved)")
@@ -39,7 +45,14 @@ class RunContext:
         log(f"[{name}] running")
         start = time.perf_counter()
         outputs, metrics = body()
-        record = self.cache.store(name, key, outputs, metrics, time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        if distributed.is_main():
+            record = self.cache.store(name, key, outputs, metrics, wall)
+        distributed.barrier()
+        if not distributed.is_main():
+            record = self.cache.lookup(name, key)
+            if record is None:
+                raise CompressError(f"[{name}] rank {distributed.rank()} cannot see rank 0's outputs in {self.out_dir}")
         log(f"[{name}] done in {record.wall_s:.1f}s")
         self.records.append((record, False))
         return record
@@ -69,7 +82,9 @@ def prepare_out_dir(out_dir: Path) -> Path:
         probe.unlink()
     except OSError as e:
         raise CompressError(f"--out {out_dir} is not writable: {e.strerror or e}") from None
-    remove_stale_temporaries(out_dir)
+    if distributed.is_main():
+        remove_stale_temporaries(out_dir)
+    distributed.barrier()
     return out_dir
 
 
@@ -84,8 +99,18 @@ def remove_stale_temporaries(out_dir: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
-    """The whole train-then-shrink pipeline; returns the report (also written to out_dir)."""
+def run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
+    """The whole train-then-shrink pipeline; returns the report (also written to out_dir).
+
+    Under torchrun, ranks other than 0 return None once the training stages are done."""
+    distributed.init()
+    try:
+        return _run(recipe, out_dir)
+    finally:
+        distributed.shutdown()
+
+
+def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     import torch
 
     from compress import checkpoints, export, prune, quantize, train
@@ -208,6 +233,12 @@ def run(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         ctx.stage("distill", distill_key, do_distill)
     else:
         student_pt = pruned_pt if prune_rec is not None else baseline_pt
+
+    # -- from here on a single process: export, quantize, compile and bench run on rank 0 -------------
+    distributed.barrier()
+    distributed.shutdown()
+    if not distributed.is_main():
+        return None
 
     # -- export -----------------------------------------------------------------------------------
     fp32_models = {"baseline": baseline_pt}

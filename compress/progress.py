@@ -9,7 +9,13 @@ from typing import Callable, Iterator
 
 @contextlib.contextmanager
 def progress_bar(label: str, total: int) -> Iterator[Callable[..., None]]:
-    """Yields `advance(**fields)`. On a terminal: a live bar; otherwise a line every ~10 % of the work."""
+    """Yields `advance(**fields)`. On a terminal: a live bar; otherwise a line every ~10 % of the work.
+    Under torchrun only rank 0 reports."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        yield lambda **_: None
+        return
     if sys.stderr.isatty():
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

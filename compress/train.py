@@ -59,6 +59,14 @@ def fit(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
     )
+    from compress import distributed
+
+    world, rank = (distributed.world_size(), distributed.rank()) if distributed.enabled() else (1, 0)
+    if distributed.enabled() and cfg.batch_size % world:
+        from compress.errors import CompressError
+
+        raise CompressError(f"batch_size {cfg.batch_size} does not split evenly over {world} processes; "
+                            f"use a multiple of {world}")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     x_all = torch.from_numpy(data.x)
@@ -72,6 +80,11 @@ def fit(
     model.train()
     if teacher is not None:
         teacher.eval()
+    forward = model
+    if distributed.enabled():
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model)  # averages gradients across ranks
     losses: list[float] = []
     order = rng.permutation(n)
     cursor = 0
@@ -79,12 +92,13 @@ def fit(
         for step in range(total_steps):
             if cursor + cfg.batch_size > n:
                 order, cursor = rng.permutation(n), 0
-            idx = torch.from_numpy(order[cursor : cursor + cfg.batch_size])
+            # every rank draws the same global batch and takes its own share (as DistributedSampler does)
+            idx = torch.from_numpy(order[cursor : cursor + cfg.batch_size][rank::world])
             cursor += cfg.batch_size
             x, y = x_all[idx], y_all[idx]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x)
+            logits = forward(x)
             if loss_fn is None:
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             else:
@@ -99,7 +113,7 @@ def fit(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(loss.item())
+            losses.append(distributed.mean_across_ranks(loss.item()))
             advance(loss=losses[-1])
     model.eval()
     if channels_last:
