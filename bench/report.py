@@ -155,6 +155,9 @@ def to_markdown(report: dict) -> str:
         speed = ", ".join(f"batch {b}: {v:.2f}x" for b, v in c["speedup_p50"].items())
         lines += [f"**{c['candidate']} vs {c['baseline']}**: accuracy drop {c['accuracy_drop_pt']:.2f} pt; "
                   f"p50 speed-up {speed}; {c['size_ratio']:.1f}x smaller.", ""]
+    notes = [f"- {s['name']}: {s['metrics']['note']}" for s in report.get("stages", []) if s.get("metrics", {}).get("note")]
+    if notes:
+        lines += ["Notes:", *notes, ""]
     lines += ["| stage | cached | wall (s) |", "|---|---|---|"]
     lines += [f"| {s['name']} | {'yes' if s['cached'] else 'no'} | {s['wall_s']:.1f} |" for s in report["stages"]]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from compress.recipe import PruneConfig
 
@@ -112,18 +113,18 @@ def _prune_unstructured(model: nn.Module, cfg: PruneConfig, num_classes: int) ->
                     continue
                 threshold = w.abs().flatten().kthvalue(k).values
                 mask = (w.abs() > threshold).float()
-            nn.utils.prune.custom_from_mask(m, "weight", mask)
+            torch_prune.custom_from_mask(m, "weight", mask)
 
 
 def make_sparsity_permanent(model: nn.Module) -> None:
     """Fold torch's pruning masks into the weights so checkpoints hold plain tensors."""
     for m in model.modules():
         if hasattr(m, "weight_mask"):
-            nn.utils.prune.remove(m, "weight")
+            torch_prune.remove(m, "weight")
 
 
 def keep_zeros(model: nn.Module) -> None:
     """Re-attach masks for weights that are already zero, so further training keeps the sparsity."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and bool((m.weight == 0).any()):
-            nn.utils.prune.custom_from_mask(m, "weight", (m.weight != 0).float())
+            torch_prune.custom_from_mask(m, "weight", (m.weight != 0).float())

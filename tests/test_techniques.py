@@ -1,0 +1,96 @@
+"""Pruning and distillation on a small CNN: structure (widths, sparsity) and numbers (losses)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench.datasets import Split
+from compress import prune, train
+from compress.distill import FeatureDistiller, kd_loss, make_kd_loss
+from compress.recipe import DistillConfig, PruneConfig
+from models import build_model
+
+
+def _model(width=16, seed=0):
+    torch.manual_seed(seed)
+    return build_model("resnet-cnn", (1, 16, 16), 4, width=width).eval()
+
+
+def _toy_split(n=512, seed=0) -> Split:
+    """Four classes told apart by which image quadrant is bright: learnable in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.normal(0, 0.3, (n, 1, 16, 16)).astype(np.float32)
+    for i, c in enumerate(y):
+        r, q = divmod(int(c), 2)
+        x[i, 0, r * 8 : r * 8 + 8, q * 8 : q * 8 + 8] += 1.5
+    return Split(x, y.astype(np.int64))
+
+
+EXAMPLE = torch.zeros(2, 1, 16, 16)
+
+
+@pytest.mark.parametrize("ratio, round_to", [(0.5, 8), (0.3, 4), (0.75, 2)])
+def test_channel_pruning_rounds_widths_and_keeps_residuals_consistent(ratio, round_to):
+    model = _model()
+    result = prune.prune(model, PruneConfig(ratio=ratio, round_to=round_to), EXAMPLE, num_classes=4)
+    for name, width in result.channels_after.items():
+        assert width % round_to == 0, (name, width)
+        assert width < result.channels_before[name]
+    assert result.params_after < result.params_before
+    assert prune.conv_widths(model) == result.channels_before  # the input model is untouched
+    out = result.model(torch.randn(3, 1, 16, 16))  # residual adds still line up
+    assert out.shape == (3, 4)
+
+
+def test_global_scope_prunes_layers_unevenly():
+    result = prune.prune(_model(), PruneConfig(ratio=0.5, scope="global", round_to=1), EXAMPLE, num_classes=4)
+    kept = [result.channels_after[n] / result.channels_before[n] for n in result.channels_after]
+    assert max(kept) - min(kept) > 0.05
+
+
+def test_iterative_pruning_fine_tunes_between_steps():
+    calls = []
+    cfg = PruneConfig(ratio=0.5, iterative_steps=3, round_to=1)
+    result = prune.prune(_model(), cfg, EXAMPLE, 4, between_steps=lambda m, step: calls.append(step))
+    assert calls == [0, 1]
+    assert all(w == b // 2 for w, b in zip(result.channels_after.values(), result.channels_before.values()))
+
+
+def test_unstructured_pruning_reaches_the_ratio_without_shrinking_tensors():
+    model = _model()
+    result = prune.prune(model, PruneConfig(method="unstructured", ratio=0.6), EXAMPLE, 4)
+    prune.make_sparsity_permanent(result.model)
+    assert result.params_after == result.params_before  # dense tensors: nothing to gain on ORT CPU
+    assert 0.55 <= prune.weight_sparsity(result.model) <= 0.62
+
+
+def test_two_four_sparsity_zeros_two_of_every_four_inputs():
+    result = prune.prune(_model(), PruneConfig(method="2:4"), EXAMPLE, 4)
+    prune.make_sparsity_permanent(result.model)
+    conv = result.model.features[1].conv2  # 32 input channels
+    groups = conv.weight.detach().permute(0, 2, 3, 1).reshape(-1, 4)
+    assert bool(((groups == 0).sum(dim=1) >= 2).all())
+
+
+def test_kd_loss_reduces_to_cross_entropy_without_the_teacher_term():
+    s, t = torch.randn(8, 4), torch.randn(8, 4)
+    y = torch.randint(0, 4, (8,))
+    assert torch.allclose(kd_loss(s, y, t, temperature=4.0, alpha=0.0), torch.nn.functional.cross_entropy(s, y))
+    assert kd_loss(t, y, t, temperature=4.0, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_with_feature_matching_decreases_the_loss_and_learns():
+    data = _toy_split()
+    teacher = _model(width=16, seed=1)
+    train.fit(teacher, data, train.LoopConfig(3.0, 32, 0.05), seed=0, label="teacher")
+    assert train.accuracy(teacher, data) >= 0.9
+    student = prune.prune(teacher, PruneConfig(ratio=0.5, round_to=4), EXAMPLE, 4).model
+    cfg = DistillConfig(epochs=2.0, feature_weight=1.0)
+    distiller = FeatureDistiller(student, teacher, torch.from_numpy(data.x[:2]))
+    curve = train.fit(distiller, data, train.LoopConfig(2.0, 32, 0.05), seed=0, label="distill", teacher=teacher,
+                      loss_fn=make_kd_loss(cfg, distiller))
+    distiller.detach_hooks()
+    assert curve[-1] < 0.5 * curve[0]
+    assert train.accuracy(student, data) >= 0.9
