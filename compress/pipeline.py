@@ -230,8 +230,9 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
             return [student_pt], {"val_accuracy_before": before, "val_accuracy": train.accuracy(student, data.val),
                                   "loss_curve": curve}
 
-        ctx.stage("distill", distill_key, do_distill)
+        distill_rec = ctx.stage("distill", distill_key, do_distill)
     else:
+        distill_rec = None
         student_pt = pruned_pt if prune_rec is not None else baseline_pt
 
     # -- from here on a single process: export, quantize, compile and bench run on rank 0 -------------
@@ -260,7 +261,10 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         return list(onnx_paths.values()), {"parity": parity}
 
     export_rec = ctx.stage("export", export_key, do_export)
-    student_name = "distilled" if recipe.distill.enabled else ("pruned" if "pruned" in fp32_models else "baseline")
+    # the student that goes on to INT8: whichever of fine-tuned and distilled did better on validation
+    student_val = {name: rec.metrics["val_accuracy"] for name, rec in (("pruned", prune_rec), ("distilled", distill_rec))
+                   if rec is not None}
+    student_name = max(student_val, key=lambda n: (student_val[n], n == "distilled")) if student_val else "baseline"
 
     def run_qat(checkpoint: Path, workdir: Path) -> Path:
         from compress import qat
@@ -279,7 +283,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     int8_sources = {"int8": "baseline"}
     if student_name != "baseline":
         int8_sources["compressed"] = student_name
-    quant_key = stage_key("quantize", version, export_key, _section(recipe, "quantize"), data.fingerprint)
+    quant_key = stage_key("quantize", version, export_key, _section(recipe, "quantize"), data.fingerprint, student_name)
     int8_paths = {name: out_dir / f"{src}.int8.onnx" for name, src in int8_sources.items()}
     if recipe.quantize.enabled:
         shipped_name = "compressed" if "compressed" in int8_sources else "int8"
@@ -346,13 +350,15 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         variants.append(Variant("int8", int8_paths["int8"], "int8", "baseline, static INT8 only"))
     shipped_path = out_dir / compile_rec.metrics["artifact"]
     variants.append(Variant("compressed", shipped_path, "int8" if quant_rec else "fp32",
-                            "shipped: " + ("pruned + distilled + INT8" if quant_rec and student_name != "baseline"
-                                           else student_name)))
+                            "shipped: " + {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned",
+                                           "baseline": "baseline"}[student_name] + (" + INT8" if quant_rec else "")))
     stage_info = [{"name": r.name, "cached": cached, "wall_s": round(r.wall_s, 2), "metrics": r.metrics}
                   for r, cached in ctx.records]
     extra = {"parity": export_rec.metrics["parity"], "quantize": quant_rec.metrics if quant_rec else {}}
     report = build_report(recipe, data, variants, stage_info, extra, out_dir)
     report["distillation"] = distillation_effect(report["variants"])
+    report["student"] = {"chosen": student_name, "val_accuracy": student_val,
+                         "rule": "higher validation accuracy of the pruned students; ties go to the distilled one"}
     write_reports(report, out_dir)
     return report
 
