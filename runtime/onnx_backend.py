@@ -7,13 +7,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import ArtifactError, BackendMissing, RuntimeFailure
+from runtime.onnx_check import CorruptModel, check_onnx_bytes
 from runtime.runner import Runner, TensorSpec
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_, "tensor(string)": np.object_,
 }
+_OPTIMIZATION = ("none", "basic", "extended", "all")
+OPTIONS = ("threads", "providers", "optimization", "spinning")
 
 
 def _import_ort():
@@ -24,23 +28,58 @@ def _import_ort():
     return onnxruntime
 
 
-def _check_onnx_bytes(path: Path) -> None:
-    """Cheap structural check so that obviously wrong files never reach native code."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    # An ONNX ModelProto starts with field 1 (ir_version, varint) -> tag byte 0x08.
-    if not head or head[0] != 0x08:
-        raise ArtifactError(f"{path} is not an ONNX model (it does not start with an ONNX header)")
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def sniff_format(head: bytes) -> str | None:
+    """A name for a file that is plainly some other format, for the error message."""
+    if head[4:8] == b"TFL3":
+        return "a TFLite model (use the .tflite suffix)"
+    if head[:2] == b"PK":
+        return "a zip archive (a PyTorch checkpoint? export it to ONNX first)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (a PyTorch checkpoint? export it to ONNX first)"
+    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff":
+        return "an image"
+    if head[:4] == b"\x89HDF":
+        return "an HDF5 file (a Keras model?)"
+    if head and all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+        return "a text file"
+    return None
+
+
+def check_onnx_file(path: Path) -> tuple[bytes, dict]:
+    """Reads the file and checks its structure in pure Python; raises ArtifactError with a one-line reason."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"artifact {path} cannot be read: {e.strerror or e}") from None
+    other = sniff_format(data[:32])
+    if other:
+        raise ArtifactError(f"artifact {path} is not an ONNX model: it looks like {other}")
+    try:
+        info = check_onnx_bytes(data)
+    except CorruptModel as e:
+        raise ArtifactError(f"artifact {path} is not a valid ONNX model (corrupt or truncated?): {e}") from None
+    return data, info
 
 
 class OnnxRunner(Runner):
+    """ONNX Runtime InferenceSession; `run` is thread-safe in ONNX Runtime, so no lock is taken."""
+
     backend = "onnxruntime"
 
     def __init__(self, path: Path, metadata: Mapping[str, Any] | None = None, *, threads: int | None = None,
                  providers: Sequence[str] | None = None, optimization: str = "all", spinning: bool = True) -> None:
         super().__init__(path, metadata)
+        if optimization not in _OPTIMIZATION:
+            raise ValueError(f"optimization {optimization!r} unknown; known: {', '.join(_OPTIMIZATION)}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        data, info = check_onnx_file(self.path)
         ort = _import_ort()
-        _check_onnx_bytes(self.path)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -59,30 +98,40 @@ class OnnxRunner(Runner):
         missing = [p for p in wanted if p not in available]
         if missing:
             raise BackendMissing(f"ONNX Runtime provider(s) {missing} not available here; available: {available}")
+        # Load the very bytes that were checked; a model with external weights must be loaded from its path.
+        source = str(self.path) if info["external_data"] else data
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
+            self._session = ort.InferenceSession(source, sess_options=opts, providers=wanted)
         except Exception as e:  # onnxruntime raises its own exception types for bad models
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"{self.path} cannot be loaded by ONNX Runtime: {first[:300]}") from None
+            raise ArtifactError(f"artifact {self.path} cannot be loaded by ONNX Runtime: {_first_line(e)}") from None
+        del data
         self.providers = self._session.get_providers()
         self.inputs = tuple(self._spec(i) for i in self._session.get_inputs())
         self.outputs = tuple(self._spec(o) for o in self._session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
 
     @staticmethod
     def _spec(arg: Any) -> TensorSpec:
-        dims = tuple(d if isinstance(d, int) else None for d in arg.shape)
-        return TensorSpec(arg.name, dims, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
+        dims = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
+        names = tuple(d if isinstance(d, str) else None for d in arg.shape)
+        dtype = _ORT_TYPES.get(arg.type)
+        if dtype is None:
+            raise ArtifactError(f"model tensor {arg.name!r} has type {arg.type}, which this runtime does not feed")
+        return TensorSpec(arg.name, dims, np.dtype(dtype), names if any(names) else ())
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        session = self._session
+        if session is None:
+            raise self._closed_error()
         try:
-            return self._session.run(None, feeds)
+            return session.run(self._output_names, feeds)
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RuntimeFailure(f"inference failed in ONNX Runtime: {first[:300]}") from None
+            raise RuntimeFailure(f"inference failed in ONNX Runtime: {_first_line(e)}") from None
 
     def run_raw(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """No validation: for benchmarks that measure the session itself."""
-        return self._session.run(None, feeds)
+        return self._session.run(self._output_names, feeds)
 
     def close(self) -> None:
+        super().close()
         self._session = None

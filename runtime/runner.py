@@ -8,22 +8,29 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime.errors import InputError
+from runtime.errors import InputError, RuntimeFailure
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple[int | str | None, ...]  # str or None marks a dynamic dimension
+    shape: tuple[int | None, ...]  # None marks a dynamic dimension
     dtype: np.dtype
+    dim_names: tuple[str | None, ...] = ()  # the symbolic name of each dynamic dimension, where the model has one
+    quantization: tuple[float, int] | None = None  # (scale, zero point) of a quantized input or output
 
     def describe(self) -> str:
-        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        names = self.dim_names or (None,) * len(self.shape)
+        dims = ", ".join(str(d) if d is not None else (n or "?") for d, n in zip(self.shape, names))
         return f"{self.name}: {self.dtype.name}[{dims}]"
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(d is None for d in self.shape)
 
 
 class Runner:
-    """Subclasses implement `_run(feeds) -> list of arrays` and fill the specs."""
+    """Subclasses fill `inputs` / `outputs` and implement `_run(feeds) -> list of arrays` (thread-safe)."""
 
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
@@ -32,6 +39,8 @@ class Runner:
     def __init__(self, path: Path, metadata: Mapping[str, Any] | None) -> None:
         self.path = Path(path)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self._checks: tuple | None = None
+        self.closed = False
 
     def __enter__(self) -> "Runner":
         return self
@@ -40,67 +49,112 @@ class Runner:
         self.close()
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
     def __repr__(self) -> str:
         ins = "; ".join(s.describe() for s in self.inputs)
-        return f"<{type(self).__name__} {self.path.name} [{self.backend}] inputs {ins}>"
+        outs = "; ".join(s.describe() for s in self.outputs)
+        return f"<{type(self).__name__} {self.path.name} [{self.backend}] inputs {ins} -> {outs}>"
+
+    # -- validation ------------------------------------------------------------------------------------------
+    def _compile_checks(self) -> tuple:
+        """Per input: (name, dtype, rank, fixed dims as (axis, size) pairs, spec); computed once."""
+        checks = tuple(
+            (s.name, s.dtype, len(s.shape), tuple((i, d) for i, d in enumerate(s.shape) if d is not None), s)
+            for s in self.inputs
+        )
+        self._checks = checks
+        return checks
 
     def validate(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Checks names, dtypes and shapes against the model; returns the feeds as a dict of C-contiguous arrays.
+
+        Raises InputError saying what was expected. Nothing is converted: a float64 array for a float32
+        input is an error, not a silent copy.
+        """
+        checks = self._checks or self._compile_checks()
         if isinstance(feeds, np.ndarray):
-            if len(self.inputs) != 1:
-                names = ", ".join(s.name for s in self.inputs)
-                raise InputError(f"model has {len(self.inputs)} inputs ({names}); pass a dict of arrays")
-            feeds = {self.inputs[0].name: feeds}
-        if not isinstance(feeds, Mapping):
-            raise InputError(f"inputs must be a numpy array or a dict of them, got {type(feeds).__name__}")
-        expected = {s.name: s for s in self.inputs}
-        unknown = sorted(set(feeds) - set(expected))
-        missing = sorted(set(expected) - set(feeds))
-        if unknown or missing:
-            raise InputError(
-                f"input names {sorted(feeds)} do not match the model's: expected "
-                + "; ".join(s.describe() for s in self.inputs)
-            )
+            if len(checks) != 1:
+                raise InputError(f"model has {len(checks)} inputs ({self._expected()}); pass a dict of arrays")
+            feeds = {checks[0][0]: feeds}
+        elif not isinstance(feeds, Mapping):
+            raise InputError(f"inputs must be a numpy array or a dict of them, got {type(feeds).__name__}; "
+                             f"expected {self._expected()}")
+        if len(feeds) != len(checks):
+            self._raise_names(feeds)
         checked = {}
-        for name, spec in expected.items():
-            value = feeds[name]
-            if not isinstance(value, np.ndarray):
-                raise InputError(f"input {name!r} must be a numpy array, got {type(value).__name__}")
-            if value.dtype != spec.dtype:
+        for name, dtype, rank, fixed, spec in checks:
+            try:
+                value = feeds[name]
+            except KeyError:
+                self._raise_names(feeds)
+            if type(value) is not np.ndarray and not isinstance(value, np.ndarray):
+                raise InputError(f"input {name!r} must be a numpy array, got {type(value).__name__}; "
+                                 f"expected {spec.describe()}")
+            if value.dtype != dtype:
                 raise InputError(f"input {name!r} has dtype {value.dtype.name}; expected {spec.describe()}")
-            if value.ndim != len(spec.shape) or any(
-                isinstance(d, int) and d != v for d, v in zip(spec.shape, value.shape)
-            ):
-                raise InputError(f"input {name!r} has shape {list(value.shape)}; expected {spec.describe()}")
-            if 0 in value.shape:
-                raise InputError(f"input {name!r} is empty (shape {list(value.shape)})")
-            checked[name] = np.ascontiguousarray(value)
+            shape = value.shape
+            if len(shape) != rank:
+                raise InputError(f"input {name!r} has rank {len(shape)} (shape {list(shape)}); "
+                                 f"expected {spec.describe()}")
+            for axis, size in fixed:
+                if shape[axis] != size:
+                    raise InputError(f"input {name!r} has shape {list(shape)}; expected {spec.describe()} "
+                                     f"(axis {axis} must be {size})")
+            if value.size == 0:
+                raise InputError(f"input {name!r} is empty (shape {list(shape)}); expected {spec.describe()}")
+            checked[name] = value if value.flags.c_contiguous else np.ascontiguousarray(value)
         return checked
 
+    def _expected(self) -> str:
+        return "; ".join(s.describe() for s in self.inputs)
+
+    def _raise_names(self, feeds: Mapping) -> None:
+        expected = {s.name for s in self.inputs}
+        unknown = sorted(str(k) for k in feeds if k not in expected)
+        missing = sorted(n for n in expected if n not in feeds)
+        parts = ([f"unknown {unknown}"] if unknown else []) + ([f"missing {missing}"] if missing else [])
+        raise InputError(f"input names do not match the model ({', '.join(parts)}); expected {self._expected()}")
+
+    # -- inference -------------------------------------------------------------------------------------------
     def infer(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
-        """Run the model; returns {output name: array}. Safe to call from several threads."""
+        """Run the model on a dict of arrays (or one array for a one-input model); returns {output name: array}.
+
+        Inputs are validated first (InputError). Safe to call from several threads at once.
+        """
         outs = self._run(self.validate(feeds))
         return {spec.name: out for spec, out in zip(self.outputs, outs)}
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def _closed_error(self) -> RuntimeFailure:
+        return RuntimeFailure(f"runner for {self.path.name} is closed; load the artifact again")
+
     # -- pre/post-processing stored with the artifact by the pipeline --------------------------
     def preprocess(self, raw: np.ndarray) -> np.ndarray:
+        """Raw inputs (e.g. uint8 images N x H x W) -> the model's input, using the sidecar's "preprocess"."""
+        spec = self.inputs[0]
         pre = self.metadata.get("preprocess")
+        raw = np.asarray(raw)
         if not pre:
-            return np.asarray(raw, dtype=self.inputs[0].dtype)
-        x = np.asarray(raw, dtype=np.float32) * float(pre.get("scale", 1.0))
-        if x.ndim == len(self.inputs[0].shape) - 1:
-            x = x[:, None] if pre.get("layout", "NCHW") == "NCHW" else x[..., None]
-        return ((x - float(pre.get("mean", 0.0))) / float(pre.get("std", 1.0))).astype(self.inputs[0].dtype)
+            x = raw.astype(np.float32) if spec.quantization else raw
+        else:
+            x = raw.astype(np.float32) * float(pre.get("scale", 1.0))
+            if x.ndim == len(spec.shape) - 1:
+                x = x[:, None] if pre.get("layout", "NCHW") == "NCHW" else x[..., None]
+            x = (x - float(pre.get("mean", 0.0))) / float(pre.get("std", 1.0))
+        if spec.quantization and np.issubdtype(spec.dtype, np.integer):
+            scale, zero = spec.quantization
+            info = np.iinfo(spec.dtype)
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+        return np.ascontiguousarray(x, dtype=spec.dtype)
 
     def predict(self, raw: np.ndarray) -> list[str]:
         """Raw inputs (e.g. uint8 images, N x H x W) -> label names, using the stored preprocessing."""
         logits = next(iter(self.infer(self.preprocess(raw)).values()))
         labels = self.metadata.get("labels") or [str(i) for i in range(logits.shape[-1])]
-        return [labels[i] for i in logits.argmax(-1)]
+        return [labels[i] for i in logits.reshape(len(logits), -1).argmax(-1)]
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
