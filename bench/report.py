@@ -164,7 +164,9 @@ def to_markdown(report: dict) -> str:
 
 
 def write_reports(report: dict, out_dir: Path) -> None:
+    from bench.html import to_html
     from compress.atomic import write_json, write_text
 
     write_json(out_dir / "report.json", report)
     write_text(out_dir / "report.md", to_markdown(report))
+    write_text(out_dir / "report.html", to_html(report))

@@ -137,9 +137,9 @@ class TargetConfig:
 @dataclass(frozen=True)
 class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 32)
-    warmup: int = 20
+    warmup: int = 10
     runs: int = 200
-    rounds: int = 2
+    rounds: int = 8  # blocks per variant; >= 3 lets the confidence interval resample whole blocks
     threads: int = 2
 
     def __post_init__(self) -> None:
