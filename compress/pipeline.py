@@ -123,6 +123,12 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         target = get_target(recipe.target.name)
     except TargetError as e:
         raise CompressError(str(e)) from None
+    if getattr(target, "SOURCE", "onnx") == "torch":
+        raise CompressError(f"target {recipe.target.name!r} converts from torch (litert-torch) and is not wired into "
+                            "compress run yet; use targets.tflite.compile_module on a checkpoint (see README)")
+    ok, why = target.available()
+    if not ok:  # fail before training, not after
+        raise CompressError(f"target {recipe.target.name!r} cannot be built here: {why}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_dataset(recipe)
     log(f"data: {data.name} train {len(data.train)} / val {len(data.val)} / test {len(data.test)}, "
@@ -330,11 +336,14 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     target_dir = out_dir / "target" / recipe.target.name
 
     def do_compile():
-        artifact = target.compile(shipped_source, spec, target_dir, metadata)
         from runtime import sidecar_path
 
-        return [artifact.path, sidecar_path(artifact.path)], {"artifact": str(artifact.path.relative_to(out_dir)),
-                                                              "runtime": artifact.runtime}
+        if recipe.target.name in ("gpu", "jetson"):  # compared with ONNX Runtime CPU on real inputs
+            artifact = target.compile(shipped_source, spec, target_dir, metadata, check=data.val.x[:256])
+        else:
+            artifact = target.compile(shipped_source, spec, target_dir, metadata)
+        files = list(artifact.files) or [artifact.path, sidecar_path(artifact.path)]
+        return files, {"artifact": str(artifact.path.relative_to(out_dir)), "runtime": artifact.runtime}
 
     compile_rec = ctx.stage("compile", compile_key, do_compile)
 
@@ -349,6 +358,8 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     if quant_rec:
         variants.append(Variant("int8", int8_paths["int8"], "int8", "baseline, static INT8 only"))
     shipped_path = out_dir / compile_rec.metrics["artifact"]
+    if shipped_path.is_dir():  # a jetson bundle: bench the graph it builds its engine from, on ONNX Runtime here
+        shipped_path = shipped_path / "model.onnx"
     variants.append(Variant("compressed", shipped_path, "int8" if quant_rec else "fp32",
                             "shipped: " + {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned",
                                            "baseline": "baseline"}[student_name] + (" + INT8" if quant_rec else "")))

@@ -17,6 +17,8 @@ SIDECAR_SUFFIX = ".meta.json"
 _BACKENDS = {
     ".onnx": ("runtime.onnx_backend", "OnnxRunner", ("threads", "providers", "optimization", "spinning")),
     ".tflite": ("runtime.tflite_backend", "TFLiteRunner", ("threads",)),
+    ".engine": ("runtime.tensorrt_backend", "TensorRTRunner", ("device",)),
+    ".plan": ("runtime.tensorrt_backend", "TensorRTRunner", ("device",)),
 }
 PROBE_TIMEOUT_S = 300
 
@@ -38,6 +40,10 @@ def load(path: str | os.PathLike, *, isolate: bool = False, **options: Any) -> R
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"artifact {p} does not exist")
+    if p.is_dir() and (p / "manifest.json").is_file():  # a jetson deploy bundle
+        from runtime.tensorrt_backend import TensorRTRunner
+
+        return TensorRTRunner(p, {}, **options)
     if not p.is_file():
         raise ArtifactError(f"artifact {p} is not a file")
     if p.stat().st_size == 0:

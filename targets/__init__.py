@@ -1,4 +1,9 @@
-"""Per-target compilers: `compile(onnx_path, spec, out_dir) -> Artifact`; the input is never modified."""
+"""Per-target compilers: `compile(onnx_path, spec, out_dir, metadata) -> Artifact`; the input is never modified.
+
+A target module has `available() -> (bool, why)` and `compile(...)`. One whose converter works from the torch
+module rather than the ONNX graph (mobile: litert-torch) says so with `SOURCE = "torch"` and offers
+`compile_module(model, spec, out_dir, metadata, calib=..., check=...)` instead.
+"""
 from __future__ import annotations
 
 import importlib
@@ -7,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 KNOWN_TARGETS = ("cpu", "gpu", "jetson", "mobile")
-_MODULES = {"cpu": "targets.onnxruntime_cpu"}
+_MODULES = {"cpu": "targets.onnxruntime_cpu", "gpu": "targets.gpu", "jetson": "targets.jetson",
+            "mobile": "targets.tflite"}
 
 
 class TargetError(Exception):
@@ -27,6 +33,8 @@ class Artifact:
     target: str
     runtime: str
     metadata: dict[str, Any]
+    # every file the artifact consists of (for the stage cache); empty means `path` and its sidecar
+    files: tuple[Path, ...] = ()
 
 
 def get_target(name: str):

@@ -103,3 +103,18 @@ def test_shipped_artifact_runs_through_runtime_with_labels(small_run):
         labels = model.predict(raw["test_images"][:200])
     truth = [model.metadata["labels"][i] for i in raw["test_labels"][:200]]
     assert np.mean([a == b for a, b in zip(labels, truth)]) >= 0.6
+
+
+def test_jetson_target_writes_a_deploy_bundle_reusing_the_cached_stages(small_run):
+    from compress.pipeline import run
+    from compress.recipe import TargetConfig
+
+    _, out = small_run
+    report = run(small_recipe(target=TargetConfig(name="jetson")), out)
+    cached = {s["name"]: s["cached"] for s in report["stages"]}
+    assert cached["train"] and cached["distill"] and not cached["compile"]
+    bundle = out / "target" / "jetson"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert {"model.onnx", "build_engine.sh", "manifest.json"} <= {p.name for p in bundle.iterdir()}
+    assert manifest["preset"] and "trtexec" in (bundle / "build_engine.sh").read_text()
+    assert report["target"] == "jetson" and _variant(report, "compressed")["accuracy"] >= 0.6
