@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -29,9 +30,9 @@ def test_two_processes_match_one_and_write_one_set_of_artifacts(small_run, tmp_p
     # figures are close but not bitwise equal. 1,000 test images: 3 pt is ~2.5 standard errors.
     assert abs(acc["baseline"] - single["baseline"]) <= 0.03
     assert acc["baseline"] >= 0.65
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    single_files = sorted(p.relative_to(single_out).as_posix() for p in single_out.rglob("*") if p.is_file())
-    assert [f for f in files if f != "recipe.effective.yaml"] == single_files  # one set, nothing per rank
+    # Which student (fine-tuned or distilled) wins by validation accuracy may differ between the runs, so its
+    # INT8 file name is normalised; everything else must be the same single set, nothing per rank.
+    assert _artifact_names(out) == _artifact_names(single_out)
     assert done.stdout.count("compressed vs baseline") == 1  # only rank 0 reports
 
 
@@ -45,3 +46,9 @@ def test_a_failing_rank_ends_the_run_with_an_error(tmp_path):
     assert done.returncode != 0
     assert "batch_size 63 does not split evenly over 2 processes" in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: distributed run with 2 processes failed")
+
+
+def _artifact_names(root):
+    names = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(re.sub(r"^(pruned|distilled)\.int8\.onnx$", "student.int8.onnx", n)
+                  for n in names if n != "recipe.effective.yaml")
