@@ -10,9 +10,26 @@ import click
 from compress.errors import CompressError
 
 
+RANK_ERRORS_ENV = "EDGE_COMPRESS_RANK_ERRORS"
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
+    _record_rank_error(message)
     sys.exit(code)
+
+
+def _record_rank_error(message: str) -> None:
+    """Under `--nproc`, a rank's error also goes to a file: torchrun may kill the other ranks and interleave
+    or drop their output, and the launcher's one-line error should name the cause."""
+    import os
+
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if folder and "RANK" in os.environ:
+        try:
+            Path(folder, f"rank-{os.environ['RANK']}.txt").write_text(message)
+        except OSError:
+            pass
 
 
 def friendly_errors(fn):
@@ -56,12 +73,14 @@ def main(debug: bool) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/default"),
               show_default=True, help="Run directory: checkpoints, ONNX files, artifacts, reports.")
 @click.option("--data", "data_path", default=None, help="Directory with the data set's files (overrides data.path).")
+@click.option("--model", "model_factory", default=None, metavar="MODULE:FACTORY",
+              help="Your own CNN: FACTORY(input_shape, num_classes) -> torch.nn.Module (sets model.arch custom).")
 @click.option("--dump-config", is_flag=True, help="Print the effective recipe as YAML and exit.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with this many processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on CUDA).")
 @friendly_errors
-def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None, dump_config: bool,
-        nproc: int) -> None:
+def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None,
+        model_factory: str | None, dump_config: bool, nproc: int) -> None:
     """Run the whole pipeline and write report.json / report.md to --out."""
     import dataclasses
     import os
@@ -74,6 +93,8 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
             recipe = recipe.replace(target=dataclasses.replace(recipe.target, name=target))
         if data_path is not None:
             recipe = recipe.replace(data=dataclasses.replace(recipe.data, path=data_path))
+        if model_factory is not None:
+            recipe = recipe.replace(model=dataclasses.replace(recipe.model, arch="custom", factory=model_factory))
     except (ValueError, TypeError) as e:
         raise RecipeError(str(e)) from None
     from targets import KNOWN_TARGETS
@@ -84,6 +105,8 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
         click.echo(dump_recipe(recipe), nl=False)
         return
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if recipe.model.is_text:
+            raise RecipeError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
         return launch_distributed(nproc, recipe, target, out_dir, data_path)
     from compress.pipeline import run as run_pipeline
 
@@ -101,13 +124,21 @@ def launch_distributed(nproc: int, recipe, target: str | None, out_dir: Path, da
     from compress.pipeline import prepare_out_dir
     from compress.recipe import dump_recipe
 
+    import os
+    import tempfile
+
     out_dir = prepare_out_dir(out_dir)
     recipe_file = out_dir / "recipe.effective.yaml"
     write_text(recipe_file, dump_recipe(recipe))
-    done = subprocess.run(launch_command(nproc, ["run", "--recipe", str(recipe_file), "--out", str(out_dir)]))
+    with tempfile.TemporaryDirectory(prefix="edge-compress-ranks-") as errors:  # not in out_dir: ranks clean it
+        env = {**os.environ, RANK_ERRORS_ENV: errors}
+        done = subprocess.run(launch_command(nproc, ["run", "--recipe", str(recipe_file), "--out", str(out_dir)]),
+                              env=env)
+        reports = sorted(Path(errors).glob("rank-*.txt"), key=lambda p: p.stat().st_mtime)
+        first = f"rank {reports[0].stem.split('-')[1]}: {reports[0].read_text().strip()}" if reports else \
+            "the failing rank's error is printed above"
     if done.returncode != 0:
-        raise CompressError(f"distributed run with {nproc} processes failed (exit {done.returncode}); "
-                            "the failing rank's error is printed above")
+        raise CompressError(f"distributed run with {nproc} processes failed (exit {done.returncode}); {first}")
 
 
 def print_summary(report: dict, out_dir: Path) -> None:

@@ -44,8 +44,9 @@ def test_a_failing_rank_ends_the_run_with_an_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "compress.cli", "run", "--recipe", str(recipe), "--out",
                            str(tmp_path / "out"), "--nproc", "2"], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    assert "batch_size 63 does not split evenly over 2 processes" in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("error: distributed run with 2 processes failed")
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: distributed run with 2 processes failed"), last
+    assert "batch_size 63 does not split evenly over 2 processes" in last, last  # the cause, in the one line
 
 
 def _artifact_names(root):
