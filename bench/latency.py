@@ -85,6 +85,12 @@ def measure_interleaved(open_by_variant: Mapping[str, OpenFn], batch_size: int, 
     Each block opens its own session and closes it afterwards: idle ONNX Runtime sessions keep their
     intra-op threads spinning, and on a 2-core box that slowed whichever session ran next by up to 50 %.
     """
+    samples = interleaved_blocks(open_by_variant, warmup=warmup, runs=runs, rounds=rounds, on_block=on_block)
+    return {name: summarize(np.concatenate(s), batch_size, blocks=s) for name, s in samples.items()}
+
+
+def interleaved_blocks(open_by_variant, *, warmup: int, runs: int, rounds: int, on_block=None) -> dict[str, list[np.ndarray]]:
+    """Per variant, `rounds` blocks of per-call times (ms), the variants' blocks cycled round by round."""
     samples: dict[str, list[np.ndarray]] = {name: [] for name in open_by_variant}
     per_block = max(1, runs // rounds)
     for _ in range(rounds):
@@ -94,7 +100,7 @@ def measure_interleaved(open_by_variant: Mapping[str, OpenFn], batch_size: int, 
             gc.collect()
             if on_block:
                 on_block()
-    return {name: summarize(np.concatenate(s), batch_size, blocks=s) for name, s in samples.items()}
+    return samples
 
 
 def measure_callables(runs_by_variant: Mapping[str, RunFn], batch_size: int, **kwargs) -> dict[str, LatencyStats]:

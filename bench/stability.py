@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import copy
-import gc
 
 import numpy as np
 
@@ -50,17 +49,9 @@ class _WithBlockCI:
 
 def measure_interleaved_with_block_ci(open_by_variant, batch_size, *, warmup, runs, rounds, on_block=None):
     """bench.latency.measure_interleaved, also reporting the block-bootstrap CI (the proposed default)."""
-    from bench.latency import summarize, time_block
+    from bench.latency import interleaved_blocks, summarize
 
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in open_by_variant}
-    per_block = max(1, runs // rounds)
-    for _ in range(rounds):
-        for name, open_run in open_by_variant.items():
-            with open_run() as run:
-                samples[name].append(time_block(run, warmup, per_block))
-            gc.collect()
-            if on_block:
-                on_block()
+    samples = interleaved_blocks(open_by_variant, warmup=warmup, runs=runs, rounds=rounds, on_block=on_block)
     return {name: _WithBlockCI(summarize(np.concatenate(s), batch_size), block_bootstrap_median_ci(s),
                                [float(np.median(b)) for b in s]) for name, s in samples.items()}
 

@@ -17,7 +17,6 @@ Where TensorRT and a CUDA driver exist locally (a Jetson itself, or a dev box wi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import shutil
@@ -82,11 +81,9 @@ def _options(spec: TargetSpec) -> tuple[dict[str, Any], Preset, trt_build.Engine
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from compress.cache import file_digest
+
+    return file_digest(path)
 
 
 def build_script(profiles: dict[str, dict[str, list[int]]], config: trt_build.EngineConfig) -> str:
