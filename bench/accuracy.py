@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.datasets import Split
+TEXT_INPUTS = ("input_ids", "attention_mask")
 
 
 def predict(runner, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -11,8 +11,40 @@ def predict(runner, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def accuracy(runner, split: Split, batch_size: int = 256) -> tuple[float, np.ndarray]:
-    logits = predict(runner, split.x, batch_size)
+def is_text(split) -> bool:
+    return hasattr(split, "input_ids")
+
+
+def predict_split(runner, split, batch_size: int = 256) -> np.ndarray:
+    """Logits for every row of an image split (`x`) or a tokenized text split (`input_ids`, `attention_mask`;
+    batches of similar length, each padded only to its longest row), in the split's order."""
+    if not is_text(split):
+        return predict(runner, split.x, batch_size)
+    from bench.text_data import sorted_chunks
+
+    out = None
+    for idx in sorted_chunks(split, min(batch_size, 32)):
+        rows = split.take(idx)
+        logits = next(iter(runner.infer(dict(zip(TEXT_INPUTS, (rows.input_ids, rows.attention_mask)))).values()))
+        if out is None:
+            out = np.zeros((len(split), logits.shape[1]), np.float32)
+        out[idx] = logits
+    return out
+
+
+def latency_feeds(split, batch: int, input_name: str, seq_length: int | None = None) -> dict[str, np.ndarray]:
+    """A batch of real rows for timing: images repeated to `batch`; text rows cut or padded to `seq_length`."""
+    if not is_text(split):
+        return {input_name: np.ascontiguousarray(np.resize(split.x, (batch, *split.x.shape[1:])))}
+    from bench.text_data import at_length
+
+    rows = split.take(np.resize(np.arange(len(split)), batch), crop=False)
+    rows = at_length(rows, seq_length or split.input_ids.shape[1])
+    return dict(zip(TEXT_INPUTS, (rows.input_ids, rows.attention_mask)))
+
+
+def accuracy(runner, split, batch_size: int = 256) -> tuple[float, np.ndarray]:
+    logits = predict_split(runner, split, batch_size)
     return float((logits.argmax(1) == split.y).mean()), logits
 
 

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from bench import environment
-from bench.accuracy import accuracy, top1_agreement
+from bench.accuracy import accuracy, latency_feeds, top1_agreement
 from bench.latency import measure_interleaved
 
 SCHEMA_VERSION = 1
@@ -36,8 +35,11 @@ def _progress(label: str, total: int):
 
 
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
-                   rounds: int, threads: int) -> list[dict[str, Any]]:
-    """Accuracy on `split` and interleaved latency of every variant, in one run."""
+                   rounds: int, threads: int, seq_length: int | None = None) -> list[dict[str, Any]]:
+    """Accuracy on `split` and interleaved latency of every variant, in one run.
+
+    `split` holds images (`x`) or token ids (`input_ids`, `attention_mask`); text is timed on real rows cut or
+    padded to `seq_length`."""
     import contextlib
 
     from runtime import load
@@ -56,19 +58,19 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     for v in variants:
         rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
 
-    def opener(v: Variant, x: np.ndarray):
+    def opener(v: Variant, batch: int):
+        feeds = latency_feeds(split, batch, input_names[v.name], seq_length)
+
         @contextlib.contextmanager
         def open_run():
             with load(v.path, threads=threads) as runner:
-                feeds = {input_names[v.name]: x}
                 yield lambda: runner.run_raw(feeds)
 
         return open_run
 
     with _progress("latency", len(batch_sizes) * rounds * len(variants)) as advance:
         for b in batch_sizes:
-            x = np.ascontiguousarray(np.resize(split.x, (b, *split.x.shape[1:])))
-            stats = measure_interleaved({v.name: opener(v, x) for v in variants}, b, warmup=warmup, runs=runs,
+            stats = measure_interleaved({v.name: opener(v, b) for v in variants}, b, warmup=warmup, runs=runs,
                                         rounds=rounds, on_block=advance)
             for name, s in stats.items():
                 rows[name]["latency_ms"][str(b)] = s.to_dict()
@@ -95,8 +97,9 @@ def build_report(recipe, data, variants: list[Variant], stages: list[dict], extr
 
     b = recipe.bench
     start = time.perf_counter()
+    seq_length = getattr(data, "max_length", None)
     rows = bench_variants(variants, data.test, batch_sizes=b.batch_sizes, warmup=b.warmup, runs=b.runs,
-                          rounds=b.rounds, threads=b.threads)
+                          rounds=b.rounds, threads=b.threads, seq_length=seq_length)
     for row in rows:
         row["artifact"] = str(Path(row["artifact"]).relative_to(out_dir))
     stages = stages + [{"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2),
@@ -107,7 +110,8 @@ def build_report(recipe, data, variants: list[Variant], stages: list[dict], extr
         "recipe": recipe.to_dict(),
         "target": recipe.target.name,
         "dataset": {"name": data.name, "split": "test", "samples": len(data.test), "fingerprint": data.fingerprint},
-        "environment": {**environment.describe(b.threads), "timing": "blocks of runs cycled per variant"},
+        "environment": {**environment.describe(b.threads), "timing": "blocks of runs cycled per variant",
+                        **({"sequence_length": seq_length} if seq_length else {})},
         "variants": rows,
         "comparison": compare(rows),
         "stages": stages,

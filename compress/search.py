@@ -7,7 +7,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -77,7 +77,8 @@ def layer_sensitivity(pre_path: Path, calib: np.ndarray, x: np.ndarray, referenc
     return sorted(rows, key=lambda r: r["sqnr_db"])
 
 
-def _latencies(paths: dict[str, Path], sample: np.ndarray, threads: int) -> dict[str, float]:
+def latencies(paths: dict[str, Path], make_feeds: Callable[[Any], dict], batch: int, threads: int) -> dict[str, float]:
+    """p50 ms of each model, interleaved in one run; `make_feeds(runner)` gives the inputs to time."""
     from bench.latency import measure_interleaved
     from runtime import load
 
@@ -85,12 +86,12 @@ def _latencies(paths: dict[str, Path], sample: np.ndarray, threads: int) -> dict
         @contextlib.contextmanager
         def open_run():
             with load(path, threads=threads) as runner:
-                feeds = {runner.inputs[0].name: sample}
+                feeds = make_feeds(runner)
                 yield lambda: runner.run_raw(feeds)
 
         return open_run
 
-    stats = measure_interleaved({n: opener(p) for n, p in paths.items()}, len(sample), warmup=10, runs=120, rounds=2)
+    stats = measure_interleaved({n: opener(p) for n, p in paths.items()}, batch, warmup=10, runs=120, rounds=2)
     return {n: s.p50 for n, s in stats.items()}
 
 
@@ -141,7 +142,8 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
     # Calibration and QAT change scales and weights, not the graph: one latency per set of float layers.
     structures = {c.float_nodes: Path(c.path) for c in reversed(candidates)}
     names = {nodes: f"structure-{i}" for i, nodes in enumerate(structures)}
-    p50 = _latencies({names[n]: p for n, p in structures.items()}, np.ascontiguousarray(val_x[:1]), threads)
+    sample = np.ascontiguousarray(val_x[:1])
+    p50 = latencies({names[n]: p for n, p in structures.items()}, lambda r: {r.inputs[0].name: sample}, 1, threads)
     candidates = [Candidate(**{**asdict(c), "p50_ms": round(p50[names[c.float_nodes]], 4)}) for c in candidates]
     chosen = choose(candidates)
     _copy(Path(chosen.path), out_path)

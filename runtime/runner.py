@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from runtime.errors import InputError, RuntimeFailure
+from runtime.errors import ArtifactError, BackendMissing, InputError, RuntimeFailure
 
 
 @dataclass(frozen=True)
@@ -153,12 +153,54 @@ class Runner:
     def predict(self, raw: np.ndarray) -> list[str]:
         """Raw inputs (e.g. uint8 images, N x H x W) -> label names, using the stored preprocessing."""
         logits = next(iter(self.infer(self.preprocess(raw)).values()))
+        return self._labels(logits)
+
+    def _labels(self, logits: np.ndarray) -> list[str]:
         labels = self.metadata.get("labels") or [str(i) for i in range(logits.shape[-1])]
         return [labels[i] for i in logits.reshape(len(logits), -1).argmax(-1)]
 
+    def encode_texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Texts -> the model's int64 `input_ids` / `attention_mask`, with the tokenizer stored beside the artifact
+        (its own `tokenizer.json`, truncation to the trained length included). Needs the `tokenizers` package."""
+        pre = self.metadata.get("preprocess") or {}
+        if pre.get("kind") != "text":
+            raise InputError(f"{self.path.name} does not take text (its metadata has no text preprocessing)")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
+            raise InputError("texts must be a non-empty list of strings")
+        tokenizer = self._tokenizer(pre)
+        encodings = tokenizer.encode_batch(list(texts))
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), np.int64)
+        mask = np.zeros_like(ids)
+        for i, e in enumerate(encodings):
+            ids[i, : len(e.ids)] = e.ids
+            mask[i, : len(e.ids)] = 1
+        names = pre.get("inputs", ["input_ids", "attention_mask"])
+        return {names[0]: ids, names[1]: mask}
+
+    def predict_texts(self, texts: Sequence[str]) -> list[str]:
+        """Texts -> label names (a text classifier compiled by the pipeline)."""
+        logits = next(iter(self.infer(self.encode_texts(texts)).values()))
+        return self._labels(logits)
+
+    def _tokenizer(self, pre: Mapping[str, Any]):
+        if getattr(self, "_text_tokenizer", None) is None:
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                raise BackendMissing("text models need the tokenizers package (pip install 'edge-compress[runtime]')"
+                                     ) from None
+            path = self.path.parent / str(pre.get("tokenizer", "tokenizer.json"))
+            try:
+                self._text_tokenizer = Tokenizer.from_file(str(path))
+            except Exception as e:  # tokenizers raises a bare Exception on missing or bad files
+                raise ArtifactError(f"tokenizer {path} is missing or unreadable: {str(e).splitlines()[0][:200]}"
+                                    ) from None
+            self._text_tokenizer.no_padding()
+        return self._text_tokenizer
+
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    from runtime.errors import ArtifactError
 
     try:
         data = json.loads(path.read_text())

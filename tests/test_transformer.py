@@ -1,0 +1,253 @@
+"""The Transformer path on a tiny random BERT and a toy sentiment set: seconds, with numeric assertions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench.text_data import EncodedSplit, TextSplit
+from compress import transformer_shrink as ts
+from compress.errors import CompressError, GateFailed
+from models.hf import load_encoder, save_encoder, word_level_tokenizer
+from models.transformer import EncoderConfig, build_encoder, count_parameters
+
+GOOD = ["great", "delicious", "love", "perfect", "tasty", "excellent"]
+BAD = ["awful", "stale", "hate", "bland", "broken", "terrible"]
+FILLER = ["the", "coffee", "tea", "bag", "arrived", "box", "was", "this", "snack", "flavor", "it", "really"]
+RARE = ["zesty", "gritty"]  # in the tokenizer's vocabulary but never in the toy training texts
+
+
+def _texts(n: int, seed: int) -> TextSplit:
+    """Label 1 iff the review holds a word from GOOD (else one from BAD), among 4-20 filler words."""
+    rng = np.random.default_rng(seed)
+    texts, y = [], []
+    for _ in range(n):
+        label = int(rng.integers(0, 2))
+        words = list(rng.choice(FILLER, size=int(rng.integers(4, 21))))
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(GOOD if label else BAD)))
+        texts.append(" ".join(words))
+        y.append(label)
+    return TextSplit(tuple(texts), np.array(y, dtype=np.int64))
+
+
+TOKENIZER = word_level_tokenizer(GOOD + BAD + FILLER + RARE, max_length=32)
+TINY = EncoderConfig(vocab_size=TOKENIZER.vocab_size, hidden=32, layers=2, heads=4, ffn=64, max_positions=128,
+                     dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[EncodedSplit, EncodedSplit]:
+    return TOKENIZER.encode_split(_texts(512, 0)), TOKENIZER.encode_split(_texts(128, 1))
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> torch.nn.Module:
+    train, _ = data
+    model = build_encoder(TINY, seed=0)
+    losses = ts.fit_text(model, train, ts.TextLoopConfig(epochs=10, batch_size=32, lr=3e-3, warmup=0.1), seed=0)
+    assert losses[-1] < 0.5 * losses[0], losses
+    return model
+
+
+def test_tokenizer_pads_masks_and_truncates():
+    ids, mask = TOKENIZER.encode(["great coffee", "the " * 100], pad_to="longest")
+    assert ids.dtype == np.int64 and mask.dtype == np.int64
+    assert ids.shape == (2, 32)  # truncated to max_length
+    assert mask[0].sum() == 4 and mask[1].sum() == 32  # [CLS] great coffee [SEP]
+    assert (ids[0, 4:] == TOKENIZER.special.pad).all()
+    ids, _ = TOKENIZER.encode(["great"], pad_to="longest")
+    assert ids.shape == (1, 3)
+
+
+def test_fine_tune_beats_chance_by_far(trained, data):
+    _, test = data
+    acc = ts.accuracy_of(ts.predict_text_logits(trained, test), test.y)
+    assert acc >= 0.9, acc
+
+
+def test_padding_does_not_change_logits(trained, data):
+    _, test = data
+    short = ts.predict_text_logits(trained, test)  # each batch padded to its own longest row
+    with torch.no_grad():
+        full = trained(torch.from_numpy(test.input_ids), torch.from_numpy(test.attention_mask)).numpy()
+    assert np.abs(short - full).max() <= 1e-5
+
+
+def test_layer_drop_copies_teacher_weights_exactly(trained):
+    keep = ts.evenly_spaced_layers(2, 1)
+    assert keep == (0,) and ts.evenly_spaced_layers(6, 3) == (0, 2, 4) and ts.evenly_spaced_layers(6, 2) == (0, 3)
+    student = ts.drop_layers(trained, (1,))
+    assert student.config.layers == 1 and len(student.encoder.layer) == 1
+    t, s = trained.state_dict(), student.state_dict()
+    for key, value in s.items():
+        source = key.replace("encoder.layer.0.", "encoder.layer.1.")
+        assert torch.equal(value, t[source]), key
+    assert len(trained.encoder.layer) == 2  # the teacher is untouched
+
+
+def test_ffn_and_head_pruning_shrink_and_keep_the_largest(trained, data):
+    _, test = data
+    pruned = ts.prune_ffn(trained, 0.5, round_to=8)
+    assert pruned.config.layer_ffn == (32, 32)
+    assert [l.intermediate.dense.out_features for l in pruned.encoder.layer] == [32, 32]
+    kept_scores = ts.ffn_neuron_scores(pruned)[0]
+    assert torch.allclose(kept_scores.sort().values, ts.ffn_neuron_scores(trained)[0].sort().values[-32:])
+    heads = ts.prune_heads(pruned, [2, 3])
+    assert heads.config.layer_heads == (2, 3)
+    assert heads.encoder.layer[0].attention.self.query.out_features == 2 * TINY.head_dim
+    assert count_parameters(heads) < count_parameters(pruned) < count_parameters(trained)
+    # keeping everything is the identity
+    same = ts.prune_heads(ts.prune_ffn(trained, 1.0, round_to=8), 4)
+    assert np.abs(ts.predict_text_logits(same, test) - ts.predict_text_logits(trained, test)).max() <= 1e-5
+    # and the pruned model round-trips through a checkpoint with its per-layer widths
+    with pytest.raises(CompressError, match="choose 1..4"):
+        ts.prune_heads(trained, 5)
+
+
+def test_checkpoint_round_trip_keeps_pruned_shapes(trained, data, tmp_path):
+    _, test = data
+    model = ts.prune_vocab(ts.prune_heads(ts.prune_ffn(trained, 0.5, round_to=8), 2),
+                           np.arange(20), unk_id=TOKENIZER.special.unk)
+    back = load_encoder(save_encoder(model, tmp_path / "ckpt"))
+    assert back.config == model.config
+    assert np.abs(ts.predict_text_logits(back, test) - ts.predict_text_logits(model, test)).max() == 0.0
+
+
+def test_vocab_pruning_is_exact_on_in_vocab_text(trained, data):
+    train, test = data
+    keep = ts.used_token_ids(train.input_ids, train.attention_mask, TOKENIZER.special.all)
+    assert len(keep) < TINY.vocab_size  # RARE words dropped
+    pruned = ts.prune_vocab(trained, keep, unk_id=TOKENIZER.special.unk)
+    assert pruned.embeddings.word_embeddings.num_embeddings == len(keep)
+    assert pruned.config.input_vocab_size == TINY.vocab_size
+    diff = np.abs(ts.predict_text_logits(pruned, test) - ts.predict_text_logits(trained, test)).max()
+    assert diff <= 1e-5, diff
+    # a dropped token reads as [UNK], exactly as if the tokenizer had produced [UNK]
+    ids, mask = TOKENIZER.encode(["zesty coffee"])
+    unk_ids = ids.copy()
+    unk_ids[0, 1] = TOKENIZER.special.unk
+    with torch.no_grad():
+        a = pruned(torch.from_numpy(ids), torch.from_numpy(mask))
+        b = trained(torch.from_numpy(unk_ids), torch.from_numpy(mask))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_onnx_parity_at_two_batches_and_two_lengths_then_int8(trained, data, tmp_path):
+    train, test = data
+    keep = ts.used_token_ids(train.input_ids, train.attention_mask, TOKENIZER.special.all)
+    model = ts.prune_vocab(trained, keep, unk_id=TOKENIZER.special.unk)
+    fp32 = tmp_path / "fp32.onnx"
+    ts.export_text_onnx(model, fp32)
+    parity = ts.check_text_parity(model, fp32, test, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 64))
+    assert parity.max_abs_diff <= 1e-4 and parity.top1_agreement == 1.0
+    assert parity.samples == 2 * (8 + 8)
+    import onnx
+
+    graph = onnx.load(str(fp32)).graph
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input]
+    assert all(isinstance(d[0], str) and isinstance(d[1], str) for d in dims), dims  # batch and seq symbolic
+    ref = ts.ort_text_logits(ts.ort_session(fp32), test)
+    for scope in ts.INT8_SCOPES:
+        q = tmp_path / f"int8-{scope}.onnx"
+        ts.quantize_dynamic_int8(fp32, q, scope=scope)
+        ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+        assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
+        check = ts.check_int8(ref, ts.ort_text_logits(ts.ort_session(q), test), test.y, max_drop=0.05,
+                              min_agreement=0.95)
+        assert check.agreement >= 0.95 and check.majority_share < 0.8
+
+
+def test_int8_gate_catches_a_collapse():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    fp32 = np.stack([-(y * 2.0 - 1), y * 2.0 - 1], 1).astype(np.float32)  # perfect
+    collapsed = np.tile([[0.1, 0.2]], (200, 1)).astype(np.float32)  # always class 1
+    with pytest.raises(GateFailed, match="collapsed towards one class"):
+        ts.check_int8(fp32, collapsed, y)
+    assert ts.check_int8(fp32, fp32 * 0.9, y).agreement == 1.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(hidden=30, heads=4), "not a multiple of heads 4; try heads="),
+    (dict(pooling="max"), "pooling 'max' unknown; known: mean, cls"),
+    (dict(layer_ffn=(8,)), "layer_ffn has 1 entries for 2 layers"),
+])
+def test_bad_encoder_configs_name_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TINY.with_(**kwargs)
+
+
+def test_bad_shrink_arguments_name_the_fix(trained):
+    with pytest.raises(CompressError, match="cannot keep 7 of 6 layers"):
+        ts.evenly_spaced_layers(6, 7)
+    with pytest.raises(CompressError, match="distinct indices in 0..1"):
+        ts.drop_layers(trained, (0, 0))
+    with pytest.raises(CompressError, match="keep ratio must lie in"):
+        ts.prune_ffn(trained, 0.0)
+    with pytest.raises(CompressError, match="lower the learning rate|positive"):
+        ts.TextLoopConfig(lr=0)
+
+
+def test_the_int8_search_refuses_a_model_whose_outlier_features_collapse_int8(trained, data, tmp_path, capsys):
+    """onnxruntime issue 9599's mechanism: a few huge activation channels set the per-tensor INT8 scale and
+    every other channel rounds to zero. Scaling head 0's value rows by 1000 and the output projection's
+    matching columns by 1/1000 leaves the FP32 function unchanged but collapses every dynamic INT8 candidate;
+    the search must save the most accurate one, print its table and raise, never ship it silently."""
+    import copy
+
+    from compress.recipe import QuantConfig
+    from compress.search import SearchFailed
+    from compress.text_pipeline import TextData, search_dynamic_int8
+
+    _, test = data
+    model = copy.deepcopy(trained)
+    d = TINY.head_dim
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            value, out = layer.attention.self.value, layer.attention.output.dense
+            value.weight[:d] *= 1000.0
+            value.bias[:d] *= 1000.0
+            out.weight[:, :d] /= 1000.0
+    assert np.abs(ts.predict_text_logits(model, test) - ts.predict_text_logits(trained, test)).max() <= 1e-4
+    fp32 = tmp_path / "outliers.onnx"
+    ts.export_text_onnx(model, fp32)
+    texts = TextData("toy", ("bad", "good"), test, test, test, 32, "toy")
+    cfg = QuantConfig(mode="dynamic", max_accuracy_drop=1.0)
+    with pytest.raises(SearchFailed, match="no dynamic INT8 candidate stayed within") as failed:
+        search_dynamic_int8(fp32, tmp_path / "out.int8.onnx", texts, cfg, tmp_path)
+    result = failed.value.result
+    assert result.fp32_val_accuracy >= 0.95
+    assert len(result.candidates) == 4 and not any(c.meets_bar for c in result.candidates)
+    assert all(c.val_accuracy <= 0.8 for c in result.candidates)  # near chance on a separable set
+    assert (tmp_path / "out.int8.onnx").is_file()
+    assert "dynamic-all" in capsys.readouterr().err
+
+
+def test_hidden_state_distillation_teaches_the_skipped_layers(trained, data):
+    """Student layer i (teacher layer 2i) learns teacher layer 2i+1's output: the cosine loss falls with training
+    and the student stays accurate."""
+    train, test = data
+    assert ts.skip_layer_targets((0, 2, 4), 6) == (1, 3, 5)
+    assert ts.skip_layer_targets((0, 1), 2) == (0, 1)  # no layer dropped: every layer matches itself
+    student = ts.drop_layers(trained, (0,))
+    targets = ts.skip_layer_targets((0,), TINY.layers)
+    assert targets == (1,)
+    soft, hidden = ts.teacher_outputs(trained, train, targets)
+    assert np.abs(soft - ts.predict_text_logits(trained, train)).max() <= 1e-5
+    assert all(len(r) == n for r, n in zip(hidden.rows, train.lengths))
+
+    def mean_hidden_loss(model) -> float:
+        b = train.take(np.arange(128))
+        ids, mask = torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask)
+        with torch.no_grad():
+            _, h = model.forward_with_hidden(ids, mask)
+            return ts.hidden_loss(h, hidden.batch(np.arange(128), ids.shape[1]), mask).item()
+
+    identical = trained.forward_with_hidden(torch.from_numpy(test.input_ids), torch.from_numpy(test.attention_mask))
+    assert ts.hidden_loss(identical[1][1:], torch.stack([identical[1][1]], dim=2),
+                          torch.from_numpy(test.attention_mask)).item() <= 1e-6
+    before = mean_hidden_loss(student)
+    ts.fit_text(student, train, ts.TextLoopConfig(epochs=3, batch_size=32, lr=3e-3, temperature=2.0, alpha=0.5),
+                seed=1, teacher_logits=soft, teacher_hidden=hidden, hidden_weight=1.0)
+    assert mean_hidden_loss(student) < 0.5 * before
+    assert ts.accuracy_of(ts.predict_text_logits(student, test), test.y) >= 0.9
