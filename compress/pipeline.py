@@ -276,10 +276,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         return list(onnx_paths.values()), {"parity": parity}
 
     export_rec = ctx.stage("export", export_key, do_export)
-    # the student that goes on to INT8: whichever of fine-tuned and distilled did better on validation
-    student_val = {name: rec.metrics["val_accuracy"] for name, rec in (("pruned", prune_rec), ("distilled", distill_rec))
-                   if rec is not None}
-    student_name = max(student_val, key=lambda n: (student_val[n], n == "distilled")) if student_val else "baseline"
+    student_name, student_val = choose_student(prune_rec, distill_rec)
 
     def run_qat(checkpoint: Path, workdir: Path) -> Path:
         from compress import qat
@@ -357,7 +354,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     compile_rec = ctx.stage("compile", compile_key, do_compile)
 
     # -- bench (never cached: latency is measured fresh in every run) ------------------------------
-    from bench.report import Variant, build_report, write_reports
+    from bench.report import Variant
 
     variants = [Variant("baseline", onnx_paths["baseline"], "fp32", "uncompressed FP32 baseline")]
     if "pruned" in onnx_paths:
@@ -372,14 +369,29 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     variants.append(Variant("compressed", shipped_path, "int8" if quant_rec else "fp32",
                             "shipped: " + {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned",
                                            "baseline": "baseline"}[student_name] + (" + INT8" if quant_rec else "")))
+    return finish_report(ctx, data, variants, export_rec, quant_rec, student_name, student_val)
+
+
+def choose_student(prune_rec: StageRecord | None, distill_rec: StageRecord | None) -> tuple[str, dict[str, float]]:
+    """The student that goes on to INT8: whichever of fine-tuned and distilled did better on validation."""
+    val = {name: rec.metrics["val_accuracy"] for name, rec in (("pruned", prune_rec), ("distilled", distill_rec))
+           if rec is not None}
+    return (max(val, key=lambda n: (val[n], n == "distilled")) if val else "baseline"), val
+
+
+def finish_report(ctx: RunContext, data, variants: list, export_rec: StageRecord, quant_rec: StageRecord | None,
+                  student_name: str, student_val: dict[str, float]) -> dict[str, Any]:
+    """Bench every variant (never cached), add the stage records and write report.json / .md / .html."""
+    from bench.report import build_report, write_reports
+
     stage_info = [{"name": r.name, "cached": cached, "wall_s": round(r.wall_s, 2), "metrics": r.metrics}
                   for r, cached in ctx.records]
     extra = {"parity": export_rec.metrics["parity"], "quantize": quant_rec.metrics if quant_rec else {}}
-    report = build_report(recipe, data, variants, stage_info, extra, out_dir)
+    report = build_report(ctx.recipe, data, variants, stage_info, extra, ctx.out_dir)
     report["distillation"] = distillation_effect(report["variants"])
     report["student"] = {"chosen": student_name, "val_accuracy": student_val,
                          "rule": "higher validation accuracy of the pruned students; ties go to the distilled one"}
-    write_reports(report, out_dir)
+    write_reports(report, ctx.out_dir)
     return report
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import compress
 from compress.cache import StageCache, stage_key
 from compress.errors import CompressError, GateFailed
-from compress.pipeline import WORKDIR_PREFIX, RunContext, _section, distillation_effect, log, prepare_out_dir
+from compress.pipeline import (WORKDIR_PREFIX, RunContext, _section, choose_student, finish_report, log,
+                               prepare_out_dir)
 from compress.recipe import Recipe
 
 TEXT_TARGETS = ("cpu",)
@@ -216,9 +217,7 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         return list(onnx_paths.values()), {"parity": parity}
 
     export_rec = ctx.stage("export", export_key, do_export)
-    student_val = {name: rec.metrics["val_accuracy"] for name, rec in (("pruned", prune_rec), ("distilled", distill_rec))
-                   if rec is not None}
-    student_name = max(student_val, key=lambda n: (student_val[n], n == "distilled")) if student_val else "baseline"
+    student_name, student_val = choose_student(prune_rec, distill_rec)
 
     # -- dynamic INT8: ONNX Runtime alone on the baseline, and the gated search on the student -------------
     q = recipe.quantize
@@ -280,7 +279,7 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     compile_rec = ctx.stage("compile", compile_key, do_compile)
 
     # -- bench (never cached) ------------------------------------------------------------------------
-    from bench.report import Variant, build_report, write_reports
+    from bench.report import Variant
 
     described = {"pruned": "shrunk + fine-tuned, no teacher", "distilled": "shrunk + distilled",
                  "baseline": "baseline"}
@@ -290,15 +289,7 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         variants.append(Variant("int8", int8_paths["int8"], "int8", "baseline, ONNX Runtime dynamic INT8 only"))
     variants.append(Variant("compressed", out_dir / compile_rec.metrics["artifact"], "int8" if quant_rec else "fp32",
                             "shipped: " + described[student_name] + (" + dynamic INT8" if quant_rec else "")))
-    stage_info = [{"name": r.name, "cached": cached, "wall_s": round(r.wall_s, 2), "metrics": r.metrics}
-                  for r, cached in ctx.records]
-    extra = {"parity": export_rec.metrics["parity"], "quantize": quant_rec.metrics if quant_rec else {}}
-    report = build_report(recipe, data, variants, stage_info, extra, out_dir)
-    report["distillation"] = distillation_effect(report["variants"])
-    report["student"] = {"chosen": student_name, "val_accuracy": student_val,
-                         "rule": "higher validation accuracy of the pruned students; ties go to the distilled one"}
-    write_reports(report, out_dir)
-    return report
+    return finish_report(ctx, data, variants, export_rec, quant_rec, student_name, student_val)
 
 
 def shrink_encoder(model, p, train, special) -> tuple[Any, dict[str, Any], np.ndarray | None]:
