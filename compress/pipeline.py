@@ -257,14 +257,9 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         return None
 
     # -- export -----------------------------------------------------------------------------------
-    fp32_models = {"baseline": baseline_pt}
-    if prune_rec is not None:
-        fp32_models["pruned"] = pruned_pt
-    if recipe.distill.enabled:
-        fp32_models["distilled"] = student_pt
-    export_key = stage_key("export", version, distill_key, _section(recipe, "target"),
-                           {k: v.name for k, v in fp32_models.items()})
-    onnx_paths = {name: out_dir / f"{name}.onnx" for name in fp32_models}
+    fp32_models, export_key, onnx_paths = export_plan(recipe, distill_key, baseline_pt,
+                                                      pruned_pt if prune_rec is not None else None,
+                                                      student_pt if recipe.distill.enabled else None)
 
     def do_export():
         parity = {}
@@ -370,6 +365,16 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
                             "shipped: " + {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned",
                                            "baseline": "baseline"}[student_name] + (" + INT8" if quant_rec else "")))
     return finish_report(ctx, data, variants, export_rec, quant_rec, student_name, student_val)
+
+
+def export_plan(recipe: Recipe, distill_key: str, baseline: Path, pruned: Path | None,
+                distilled: Path | None) -> tuple[dict[str, Path], str, dict[str, Path]]:
+    """The FP32 checkpoints to export by variant name, the export stage's key and the ONNX path of each."""
+    models = {name: path for name, path in (("baseline", baseline), ("pruned", pruned), ("distilled", distilled))
+              if path is not None}
+    key = stage_key("export", compress.__version__, distill_key, _section(recipe, "target"),
+                    {k: v.name for k, v in models.items()})
+    return models, key, {name: baseline.parent / f"{name}.onnx" for name in models}
 
 
 def choose_student(prune_rec: StageRecord | None, distill_rec: StageRecord | None) -> tuple[str, dict[str, float]]:

@@ -16,8 +16,8 @@ import numpy as np
 import compress
 from compress.cache import StageCache, stage_key
 from compress.errors import CompressError, GateFailed
-from compress.pipeline import (WORKDIR_PREFIX, RunContext, _section, choose_student, finish_report, log,
-                               prepare_out_dir)
+from compress.pipeline import (WORKDIR_PREFIX, RunContext, _section, choose_student, export_plan, finish_report,
+                               log, prepare_out_dir)
 from compress.recipe import Recipe
 
 TEXT_TARGETS = ("cpu",)
@@ -198,14 +198,9 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         distill_rec = ctx.stage("distill", distill_key, do_distill)
 
     # -- export with dynamic batch and sequence axes, checked against torch -------------------------
-    fp32_models = {"baseline": baseline_pt}
-    if prune_rec is not None:
-        fp32_models["pruned"] = pruned_pt
-    if distill_rec is not None:
-        fp32_models["distilled"] = student_pt
-    export_key = stage_key("export", version, distill_key, _section(recipe, "target"),
-                           {k: v.name for k, v in fp32_models.items()})
-    onnx_paths = {name: out_dir / f"{name}.onnx" for name in fp32_models}
+    fp32_models, export_key, onnx_paths = export_plan(recipe, distill_key, baseline_pt,
+                                                      pruned_pt if prune_rec is not None else None,
+                                                      student_pt if distill_rec is not None else None)
 
     def do_export():
         parity = {}
