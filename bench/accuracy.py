@@ -20,16 +20,12 @@ def predict_split(runner, split, batch_size: int = 256) -> np.ndarray:
     batches of similar length, each padded only to its longest row), in the split's order."""
     if not is_text(split):
         return predict(runner, split.x, batch_size)
-    from bench.text_data import sorted_chunks
+    from bench.text_data import logits_by_length
 
-    out = None
-    for idx in sorted_chunks(split, min(batch_size, 32)):
-        rows = split.take(idx)
-        logits = next(iter(runner.infer(dict(zip(TEXT_INPUTS, (rows.input_ids, rows.attention_mask)))).values()))
-        if out is None:
-            out = np.zeros((len(split), logits.shape[1]), np.float32)
-        out[idx] = logits
-    return out
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return next(iter(runner.infer(dict(zip(TEXT_INPUTS, (ids, mask)))).values()))
+
+    return logits_by_length(split, min(batch_size, 32), run)
 
 
 def latency_feeds(split, batch: int, input_name: str, seq_length: int | None = None) -> dict[str, np.ndarray]:

@@ -60,6 +60,19 @@ def sorted_chunks(data: EncodedSplit, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def logits_by_length(data: EncodedSplit, batch_size: int, run) -> np.ndarray:
+    """`run(input_ids, attention_mask) -> logits` over batches of similar length (each padded only to its longest
+    row); the logits come back in the rows' order."""
+    out = None
+    for idx in sorted_chunks(data, batch_size):
+        rows = data.take(idx)
+        logits = run(rows.input_ids, rows.attention_mask)
+        if out is None:
+            out = np.zeros((len(data), logits.shape[1]), np.float32)
+        out[idx] = logits
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
 def at_length(data: EncodedSplit, length: int, pad_id: int = 0) -> EncodedSplit:
     """Rows cut or padded (mask 0) to exactly `length` columns."""
     ids, mask = data.input_ids[:, :length], data.attention_mask[:, :length]

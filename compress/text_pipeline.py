@@ -159,12 +159,13 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
                                                for name, split in (("val", data.val), ("test", data.test))}
             info["val_accuracy_pruned"] = val_accuracy(raw)
             save_encoder(raw, raw_pt)
-            curve = []
+            curve, accuracy = [], info["val_accuracy_pruned"]
             if p.finetune_epochs > 0:
                 curve = ts.fit_text(raw, data.train, loop(p.finetune_epochs, p.lr), seed=recipe.seed + 1,
                                     label="fine-tune pruned")
+                accuracy = val_accuracy(raw)
             save_encoder(raw, pruned_pt)
-            return [raw_pt, pruned_pt], {**info, "val_accuracy": val_accuracy(raw), "loss_curve": curve}
+            return [raw_pt, pruned_pt], {**info, "val_accuracy": accuracy, "loss_curve": curve}
 
         prune_rec = ctx.stage("prune", prune_key, do_prune)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.text_data import EncodedSplit, at_length, sorted_chunks
+from bench.text_data import EncodedSplit, at_length, logits_by_length, sorted_chunks
 from compress.errors import CompressError, GateFailed
 from models.transformer import EncoderClassifier
 
@@ -319,14 +319,8 @@ def teacher_outputs(teacher: EncoderClassifier, data: EncodedSplit, layers: Sequ
 def predict_text_logits(model: nn.Module, data: EncodedSplit, *, batch_size: int = 64) -> np.ndarray:
     """Logits in the rows' order; batches of similar length, each padded to its longest row."""
     model.eval()
-    out = None
-    for idx in sorted_chunks(data, batch_size):
-        b = data.take(idx)
-        logits = model(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask)).numpy()
-        if out is None:
-            out = np.zeros((len(data), logits.shape[1]), np.float32)
-        out[idx] = logits
-    return out if out is not None else np.zeros((0, 0), np.float32)
+    return logits_by_length(data, batch_size,
+                            lambda ids, mask: model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
 
 
 def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:
@@ -369,14 +363,8 @@ def ort_session(path: Path, *, threads: int = 2, spinning: bool = True):
 
 def ort_text_logits(session, data: EncodedSplit, *, batch_size: int = 32) -> np.ndarray:
     """Logits of an ONNX session over `data`, batched by similar length like `predict_text_logits`."""
-    out = None
-    for idx in sorted_chunks(data, batch_size):
-        b = data.take(idx)
-        logits = session.run([OUTPUT_NAME], {"input_ids": b.input_ids, "attention_mask": b.attention_mask})[0]
-        if out is None:
-            out = np.zeros((len(data), logits.shape[1]), np.float32)
-        out[idx] = logits
-    return out if out is not None else np.zeros((0, 0), np.float32)
+    return logits_by_length(data, batch_size, lambda ids, mask: session.run(
+        [OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0])
 
 
 @dataclass(frozen=True)
@@ -425,11 +413,10 @@ def check_text_parity(model: EncoderClassifier, onnx_path: Path, data: EncodedSp
 INT8_SCOPES = ("all", "weights")
 
 
-def weight_nodes(onnx_path: Path) -> list[str]:
-    """MatMul / Gemm nodes with a constant weight, and Gather nodes reading a float table (embeddings)."""
+def weight_nodes(graph) -> list[str]:
+    """MatMul / Gemm nodes of an onnx graph with a constant weight, and Gather nodes reading a float table."""
     import onnx
 
-    graph = onnx.load(str(onnx_path)).graph
     floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     names = []
     for node in graph.node:
@@ -459,8 +446,8 @@ def quantize_dynamic_int8(fp32_path: Path, out_path: Path, *, per_channel: bool 
         raise CompressError(f"INT8 scope {scope!r} unknown; known: {', '.join(INT8_SCOPES)}")
     import onnx
 
-    nodes = weight_nodes(fp32_path) if scope == "weights" else None
     model = onnx.load(str(fp32_path))
+    nodes = weight_nodes(model.graph) if scope == "weights" else None
     # the exporter's intermediate shape annotations can disagree with onnx's re-inference (seen: a [hidden]
     # slice of the token-type table annotated with the table's row count), which stops the quantizer; the
     # quantizer re-infers them anyway
