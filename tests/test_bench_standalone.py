@@ -140,11 +140,14 @@ def test_slower_artifact_is_caught_and_the_same_artifact_passes(models, tmp_path
     def bench(candidate: str) -> dict:
         return bench_artifacts([("baseline", models["big"]), ("compressed", models[candidate])], **FAST)
 
+    # The default bar (10 %) is for real models on a quiet box; here the candidate runs in ~50 us, where a shared
+    # 2-core CI box has shown +22 % with 3 rounds. A 50 % bar still sits far below the 10x regression planted here.
+    bar = dict(max_latency_regression=50.0)
     first, again, slow = bench("small"), bench("small"), bench("padded")
-    same = check_reports(again, first)
+    same = check_reports(again, first, **bar)
     assert same.passed, [c.note for c in same.checks]
     for mode in ("ratio", "absolute"):
-        result = check_reports(slow, first, mode=mode)
+        result = check_reports(slow, first, mode=mode, **bar)
         assert not result.passed, (mode, [c.note for c in result.checks])
     ratio = slow["comparison"]["speedup_p50"]["32"] / first["comparison"]["speedup_p50"]["32"]
     assert ratio < 0.5, ratio  # the padded model is at least twice as slow relative to the baseline
