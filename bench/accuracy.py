@@ -6,8 +6,41 @@ import numpy as np
 TEXT_INPUTS = ("input_ids", "attention_mask")
 
 
+def fixed_batch(runner) -> int | None:
+    """The batch size the artifact is fixed to (a .tflite from litert-torch), or None when it is dynamic."""
+    return runner.inputs[0].shape[0] if runner.inputs and runner.inputs[0].shape else None
+
+
+def as_model_input(spec, x: np.ndarray) -> np.ndarray:
+    """Float inputs, normalised as in training, in the dtype the model takes: a full-integer model's input is
+    quantized with its own (scale, zero point), exactly as `Runner.preprocess` does for an app."""
+    if spec.quantization is None or not np.issubdtype(spec.dtype, np.integer):
+        return x
+    scale, zero = spec.quantization
+    info = np.iinfo(spec.dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(spec.dtype)
+
+
+def as_float_output(spec, y: np.ndarray) -> np.ndarray:
+    if spec.quantization is None or not np.issubdtype(y.dtype, np.integer):
+        return y
+    scale, zero = spec.quantization
+    return (y.astype(np.float32) - zero) * scale
+
+
 def predict(runner, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    outs = [next(iter(runner.infer(x[i : i + batch_size]).values())) for i in range(0, len(x), batch_size)]
+    """Logits (float) for every row of `x`, in batches; a fixed-batch artifact gets its own batch size, the
+    last one padded by repeating rows (their outputs dropped)."""
+    fixed = fixed_batch(runner)
+    size = fixed or batch_size
+    outs = []
+    for i in range(0, len(x), size):
+        chunk = x[i : i + size]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.resize(chunk, (fixed, *chunk.shape[1:]))
+        y = next(iter(runner.infer(as_model_input(runner.inputs[0], chunk)).values()))
+        outs.append(as_float_output(runner.outputs[0], y)[:n])
     return np.concatenate(outs)
 
 

@@ -1,6 +1,7 @@
 """Measure every variant (accuracy + latency through runtime/) and write report.json / report.md."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any
 
 
 from bench import environment
-from bench.accuracy import accuracy, latency_feeds, top1_agreement
+from bench.accuracy import accuracy, as_model_input, fixed_batch, latency_feeds, top1_agreement
 from bench.latency import measure_interleaved
 
 SCHEMA_VERSION = 1
@@ -46,11 +47,13 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
 
     rows: dict[str, dict[str, Any]] = {}
     logits = {}
-    input_names = {}
+    input_specs = {}
+    fixed = set()
     for v in variants:
         with load(v.path, threads=threads) as runner:
             acc, logits[v.name] = accuracy(runner, split)
-            input_names[v.name] = runner.inputs[0].name
+            input_specs[v.name] = runner.inputs[0]
+            fixed.add(fixed_batch(runner))
         rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
                         "precision": v.precision, "accuracy": acc, "size_bytes": v.path.stat().st_size,
                         "latency_ms": {}}
@@ -58,8 +61,12 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     for v in variants:
         rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
 
+    batch_sizes = timed_batches(batch_sizes, fixed)
+
     def opener(v: Variant, batch: int):
-        feeds = latency_feeds(split, batch, input_names[v.name], seq_length)
+        spec = input_specs[v.name]
+        feeds = latency_feeds(split, batch, spec.name, seq_length)
+        feeds = {k: as_model_input(spec, a) if k == spec.name else a for k, a in feeds.items()}
 
         @contextlib.contextmanager
         def open_run():
@@ -75,6 +82,20 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
             for name, s in stats.items():
                 rows[name]["latency_ms"][str(b)] = s.to_dict()
     return [rows[v.name] for v in variants]
+
+
+def timed_batches(wanted: tuple[int, ...], fixed: set[int | None]) -> tuple[int, ...]:
+    """The batch sizes every variant can run: all of `wanted` when batches are dynamic; the one fixed batch
+    (a .tflite is converted at one batch size) when an artifact has one."""
+    sizes = {b for b in fixed if b is not None}
+    if len(sizes) > 1:
+        raise ValueError(f"variants are fixed to different batch sizes {sorted(sizes)}; bench them apart")
+    if not sizes:
+        return tuple(wanted)
+    (only,) = sizes
+    if tuple(wanted) != (only,):
+        print(f"  latency at batch {only} only: the artifacts are fixed to that batch", file=sys.stderr)
+    return (only,)
 
 
 def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str = CANDIDATE) -> dict[str, Any]:

@@ -127,9 +127,6 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         target = get_target(recipe.target.name)
     except TargetError as e:
         raise CompressError(str(e)) from None
-    if getattr(target, "SOURCE", "onnx") == "torch":
-        raise CompressError(f"target {recipe.target.name!r} converts from torch (litert-torch) and is not wired into "
-                            "compress run yet; use targets.tflite.compile_module on a checkpoint (see README)")
     ok, why = target.available()
     if not ok:  # fail before training, not after
         raise CompressError(f"target {recipe.target.name!r} cannot be built here: {why}")
@@ -256,6 +253,24 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     if not distributed.is_main():
         return None
 
+    student_name, student_val = choose_student(prune_rec, distill_rec)
+    metadata = {
+        "producer": f"edge-compress {version}", "recipe": recipe.name, "dataset": data.name,
+        "labels": list(data.labels),
+        "preprocess": {"scale": 1 / 255.0, "mean": data.mean, "std": data.std, "layout": "NCHW"},
+    }
+    if getattr(target, "SOURCE", "onnx") == "torch":  # mobile: litert-torch converts each checkpoint itself
+        from compress import torch_compile
+
+        sources = {"baseline": baseline_pt, "pruned": pruned_pt, "distilled": student_pt}
+        conversions = torch_compile.plan(student_name, sources,
+                                         recipe.quantize.mode if recipe.quantize.enabled else None)
+        compile_rec = torch_compile.compile_stage(ctx, target, conversions, new_model, data, metadata,
+                                                  stage_key(distill_key, train_key, student_name))
+        return finish_report(ctx, data, torch_compile.variants(conversions, compile_rec, out_dir),
+                             compile_rec.metrics["parity"], {"ops": compile_rec.metrics["ops"]},
+                             student_name, student_val)
+
     # -- export -----------------------------------------------------------------------------------
     fp32_models, export_key, onnx_paths = export_plan(recipe, distill_key, baseline_pt,
                                                       pruned_pt if prune_rec is not None else None,
@@ -271,7 +286,6 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         return list(onnx_paths.values()), {"parity": parity}
 
     export_rec = ctx.stage("export", export_key, do_export)
-    student_name, student_val = choose_student(prune_rec, distill_rec)
 
     def run_qat(checkpoint: Path, workdir: Path) -> Path:
         from compress import qat
@@ -326,12 +340,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         shipped_source = onnx_paths[student_name]
 
     # -- compile for the target -------------------------------------------------------------------
-    metadata = {
-        "producer": f"edge-compress {version}", "recipe": recipe.name, "dataset": data.name,
-        "labels": list(data.labels),
-        "preprocess": {"scale": 1 / 255.0, "mean": data.mean, "std": data.std, "layout": "NCHW"},
-        "source": shipped_source.name,
-    }
+    metadata["source"] = shipped_source.name
     spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
     compile_key = stage_key("compile", version, quant_key if quant_rec else export_key, dataclasses.asdict(spec))
     target_dir = out_dir / "target" / recipe.target.name
@@ -364,7 +373,8 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     variants.append(Variant("compressed", shipped_path, "int8" if quant_rec else "fp32",
                             "shipped: " + {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned",
                                            "baseline": "baseline"}[student_name] + (" + INT8" if quant_rec else "")))
-    return finish_report(ctx, data, variants, export_rec, quant_rec, student_name, student_val)
+    return finish_report(ctx, data, variants, export_rec.metrics["parity"], quant_rec.metrics if quant_rec else {},
+                         student_name, student_val)
 
 
 def export_plan(recipe: Recipe, distill_key: str, baseline: Path, pruned: Path | None,
@@ -384,14 +394,16 @@ def choose_student(prune_rec: StageRecord | None, distill_rec: StageRecord | Non
     return (max(val, key=lambda n: (val[n], n == "distilled")) if val else "baseline"), val
 
 
-def finish_report(ctx: RunContext, data, variants: list, export_rec: StageRecord, quant_rec: StageRecord | None,
+def finish_report(ctx: RunContext, data, variants: list, parity: dict[str, Any], quantize: dict[str, Any],
                   student_name: str, student_val: dict[str, float]) -> dict[str, Any]:
-    """Bench every variant (never cached), add the stage records and write report.json / .md / .html."""
+    """Bench every variant (never cached), add the stage records and write report.json / .md / .html.
+
+    `parity`: each artifact against its torch model; `quantize`: what the INT8 stage recorded."""
     from bench.report import build_report, write_reports
 
     stage_info = [{"name": r.name, "cached": cached, "wall_s": round(r.wall_s, 2), "metrics": r.metrics}
                   for r, cached in ctx.records]
-    extra = {"parity": export_rec.metrics["parity"], "quantize": quant_rec.metrics if quant_rec else {}}
+    extra = {"parity": parity, "quantize": quantize}
     report = build_report(ctx.recipe, data, variants, stage_info, extra, ctx.out_dir)
     report["distillation"] = distillation_effect(report["variants"])
     report["student"] = {"chosen": student_name, "val_accuracy": student_val,

@@ -285,7 +285,8 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         variants.append(Variant("int8", int8_paths["int8"], "int8", "baseline, ONNX Runtime dynamic INT8 only"))
     variants.append(Variant("compressed", out_dir / compile_rec.metrics["artifact"], "int8" if quant_rec else "fp32",
                             "shipped: " + described[student_name] + (" + dynamic INT8" if quant_rec else "")))
-    return finish_report(ctx, data, variants, export_rec, quant_rec, student_name, student_val)
+    return finish_report(ctx, data, variants, export_rec.metrics["parity"], quant_rec.metrics if quant_rec else {},
+                         student_name, student_val)
 
 
 def shrink_encoder(model, p, train, special) -> tuple[Any, dict[str, Any], np.ndarray | None]:

@@ -128,6 +128,10 @@ class Runner:
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def run_raw(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """No validation: for benchmarks that time the backend itself."""
+        return self._run(feeds)
+
     def _closed_error(self) -> RuntimeFailure:
         return RuntimeFailure(f"runner for {self.path.name} is closed; load the artifact again")
 

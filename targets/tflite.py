@@ -87,7 +87,7 @@ def _sample(sample: np.ndarray):
 def _export(edge_model, path: Path) -> Path:
     from compress.atomic import atomic_path
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _quiet():
         edge_model.export(str(tmp))
     return Path(path)
 
@@ -399,21 +399,41 @@ def compile_module(model: "nn.Module", spec: TargetSpec, out_dir: Path, metadata
 
 
 class _quiet:
-    """litert-torch prints progress lines and torch export warnings that are noise to our users."""
+    """litert-torch prints progress lines (some from C++, straight to file descriptors 1 and 2) and torch export
+    warnings that are noise to our users. Captured at the descriptor level; shown again only if the body fails."""
 
     def __enter__(self):
         import contextlib
-        import io
         import logging
+        import os
+        import sys
+        import tempfile
         import warnings
 
         self._stack = contextlib.ExitStack()
         logging.getLogger("torch").setLevel(logging.ERROR)
         self._stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")
-        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        self._stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._log = self._stack.enter_context(tempfile.TemporaryFile(mode="w+b"))
+        self._saved = [os.dup(1), os.dup(2)]
+        for fd in (1, 2):
+            os.dup2(self._log.fileno(), fd)
         return self
 
-    def __exit__(self, *exc):
-        return self._stack.__exit__(*exc)
+    def __exit__(self, exc_type, *rest):
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in zip((1, 2), self._saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+        if exc_type is not None:
+            self._log.seek(0)
+            tail = self._log.read()[-4000:].decode(errors="replace")
+            if tail.strip():
+                print(tail, file=sys.stderr)
+        return self._stack.__exit__(exc_type, *rest)

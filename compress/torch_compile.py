@@ -1,0 +1,92 @@
+"""The compile and bench stages for targets that convert from the torch module (`mobile`: litert-torch -> .tflite).
+
+The ONNX targets compile the shipped INT8 ONNX; these convert each checkpoint themselves (their INT8 comes from
+the converter's own quantizer, calibrated on the same samples as the CPU path). The report compares on the
+target's own runtime: the baseline is the full model's FP32 .tflite, benched beside the INT8 ones in one run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import compress
+from compress.cache import StageRecord, stage_key
+from compress.errors import CompressError, GateFailed
+
+PRECISION_BY_MODE = {"static": "int8", "dynamic": "dynamic-int8"}
+
+
+@dataclass(frozen=True)
+class Conversion:
+    variant: str  # the report's row name
+    checkpoint: Path
+    precision: str
+    description: str
+
+
+def plan(student_name: str, checkpoints: dict[str, Path], quantize_mode: str | None) -> list[Conversion]:
+    """What to convert: the baseline and the student in FP32, and both in INT8 when quantization is on.
+
+    `quantize_mode` is the recipe's quantize.mode, or None when quantization is off."""
+    described = {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned", "baseline": "baseline"}
+    rows = [Conversion("baseline", checkpoints["baseline"], "fp32", "uncompressed FP32 baseline")]
+    if quantize_mode is None:
+        if student_name != "baseline":
+            rows.append(Conversion("compressed", checkpoints[student_name], "fp32",
+                                   f"shipped: {described[student_name]}"))
+        return rows
+    try:
+        precision = PRECISION_BY_MODE[quantize_mode]
+    except KeyError:
+        raise CompressError(f"quantize.mode {quantize_mode!r} has no TFLite form; known: "
+                            f"{', '.join(PRECISION_BY_MODE)}") from None
+    if student_name != "baseline":
+        rows.append(Conversion(student_name, checkpoints[student_name], "fp32", described[student_name]))
+        rows.append(Conversion("int8", checkpoints["baseline"], precision, f"baseline, {precision} only"))
+    rows.append(Conversion("compressed", checkpoints[student_name], precision,
+                           f"shipped: {described[student_name]} + {precision}"))
+    return rows
+
+
+def compile_stage(ctx, target, conversions: list[Conversion], new_model: Callable, data, metadata: dict[str, Any],
+                  upstream_key: str) -> StageRecord:
+    """Convert every checkpoint in `conversions`, each checked against its torch model before it is kept."""
+    from compress import checkpoints
+    from compress.pipeline import _section
+    from targets import TargetError, TargetSpec
+
+    recipe = ctx.recipe
+    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
+    key = stage_key("compile", compress.__version__, upstream_key, _section(recipe, "target"),
+                    _section(recipe, "quantize"), data.fingerprint,
+                    [(c.variant, c.checkpoint.name, c.precision) for c in conversions])
+    target_dir = ctx.out_dir / "target" / recipe.target.name
+
+    def body():
+        from runtime import sidecar_path
+
+        files, parity, ops, artifacts = [], {}, {}, {}
+        for c in conversions:
+            model = checkpoints.load_checkpoint(new_model(), c.checkpoint).eval()
+            variant_spec = TargetSpec(spec.name, threads=spec.threads, options={"precision": c.precision})
+            try:
+                artifact = target.compile_module(model, variant_spec, target_dir, metadata, calib=data.calib.x,
+                                                 check=data.val.x, name=f"{c.variant}.{c.precision}")
+            except TargetError as e:
+                raise GateFailed(f"[compile] {c.variant}: {e}") from None
+            files += [artifact.path, sidecar_path(artifact.path)]
+            parity[c.variant] = artifact.metadata["parity_vs_torch"]
+            ops[c.variant] = artifact.metadata["ops"]
+            artifacts[c.variant] = str(artifact.path.relative_to(ctx.out_dir))
+        return files, {"artifacts": artifacts, "runtime": target.RUNTIME, "parity": parity, "ops": ops,
+                       "artifact": artifacts["compressed" if "compressed" in artifacts else "baseline"]}
+
+    return ctx.stage("compile", key, body)
+
+
+def variants(conversions: list[Conversion], compile_rec: StageRecord, out_dir: Path) -> list:
+    from bench.report import Variant
+
+    paths = compile_rec.metrics["artifacts"]
+    return [Variant(c.variant, out_dir / paths[c.variant], c.precision, c.description) for c in conversions]
