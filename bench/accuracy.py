@@ -12,13 +12,18 @@ def fixed_batch(runner) -> int | None:
 
 
 def as_model_input(spec, x: np.ndarray) -> np.ndarray:
-    """Float inputs, normalised as in training, in the dtype the model takes: a full-integer model's input is
-    quantized with its own (scale, zero point), exactly as `Runner.preprocess` does for an app."""
-    if spec.quantization is None or not np.issubdtype(spec.dtype, np.integer):
+    """`x` in the dtype the model takes: float inputs (normalised as in training) of a full-integer model are
+    quantized with its own (scale, zero point), exactly as `Runner.preprocess` does for an app; integer inputs
+    (token ids) are cast to the artifact's integer type (int32 in a .tflite, int64 in an ONNX)."""
+    if x.dtype == spec.dtype:
         return x
-    scale, zero = spec.quantization
-    info = np.iinfo(spec.dtype)
-    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(spec.dtype)
+    if spec.quantization is not None and np.issubdtype(spec.dtype, np.integer) and np.issubdtype(x.dtype, np.floating):
+        scale, zero = spec.quantization
+        info = np.iinfo(spec.dtype)
+        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(spec.dtype)
+    if np.issubdtype(x.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer):
+        return x.astype(spec.dtype)
+    return x
 
 
 def as_float_output(spec, y: np.ndarray) -> np.ndarray:
@@ -28,20 +33,36 @@ def as_float_output(spec, y: np.ndarray) -> np.ndarray:
     return (y.astype(np.float32) - zero) * scale
 
 
-def predict(runner, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits (float) for every row of `x`, in batches; a fixed-batch artifact gets its own batch size, the
-    last one padded by repeating rows (their outputs dropped)."""
+def model_feeds(runner, arrays: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+    """One array per model input, in the runner's input order, converted with `as_model_input`."""
+    return {spec.name: as_model_input(spec, a) for spec, a in zip(runner.inputs, arrays)}
+
+
+def predict_arrays(runner, arrays: tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
+    """Float logits for every row of `arrays` (one per model input), in batches; a fixed-batch artifact gets its
+    own batch size, the last one padded by repeating rows (their outputs dropped)."""
     fixed = fixed_batch(runner)
     size = fixed or batch_size
     outs = []
-    for i in range(0, len(x), size):
-        chunk = x[i : i + size]
-        n = len(chunk)
+    for i in range(0, len(arrays[0]), size):
+        chunk = tuple(a[i : i + size] for a in arrays)
+        n = len(chunk[0])
         if fixed and n < fixed:
-            chunk = np.resize(chunk, (fixed, *chunk.shape[1:]))
-        y = next(iter(runner.infer(as_model_input(runner.inputs[0], chunk)).values()))
+            chunk = tuple(np.resize(a, (fixed, *a.shape[1:])) for a in chunk)
+        y = next(iter(runner.infer(model_feeds(runner, chunk)).values()))
         outs.append(as_float_output(runner.outputs[0], y)[:n])
     return np.concatenate(outs)
+
+
+def predict(runner, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Float logits of a one-input model (images) for every row of `x`."""
+    return predict_arrays(runner, (x,), batch_size)
+
+
+def fixed_length(runner) -> int | None:
+    """The sequence length a text artifact is fixed to (a .tflite), or None when it is dynamic."""
+    shape = runner.inputs[0].shape
+    return shape[1] if len(shape) > 1 else None
 
 
 def is_text(split) -> bool:
@@ -53,7 +74,12 @@ def predict_split(runner, split, batch_size: int = 256) -> np.ndarray:
     batches of similar length, each padded only to its longest row), in the split's order."""
     if not is_text(split):
         return predict(runner, split.x, batch_size)
-    from bench.text_data import logits_by_length
+    from bench.text_data import at_length, logits_by_length
+
+    length = fixed_length(runner)
+    if length is not None:  # a fixed-shape artifact: every row cut or padded to its length
+        rows = at_length(split, length)
+        return predict_arrays(runner, (rows.input_ids, rows.attention_mask), batch_size)
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return next(iter(runner.infer(dict(zip(TEXT_INPUTS, (ids, mask)))).values()))

@@ -52,7 +52,7 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     for v in variants:
         with load(v.path, threads=threads) as runner:
             acc, logits[v.name] = accuracy(runner, split)
-            input_specs[v.name] = runner.inputs[0]
+            input_specs[v.name] = runner.inputs
             fixed.add(fixed_batch(runner))
         rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
                         "precision": v.precision, "accuracy": acc, "size_bytes": v.path.stat().st_size,
@@ -64,9 +64,9 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     batch_sizes = timed_batches(batch_sizes, fixed)
 
     def opener(v: Variant, batch: int):
-        spec = input_specs[v.name]
-        feeds = latency_feeds(split, batch, spec.name, seq_length)
-        feeds = {k: as_model_input(spec, a) if k == spec.name else a for k, a in feeds.items()}
+        specs = input_specs[v.name]  # feeds by position: a .tflite names its inputs args_0, args_1, ...
+        arrays = latency_feeds(split, batch, specs[0].name, seq_length).values()
+        feeds = {spec.name: as_model_input(spec, a) for spec, a in zip(specs, arrays)}
 
         @contextlib.contextmanager
         def open_run():

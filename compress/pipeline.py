@@ -265,8 +265,10 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         sources = {"baseline": baseline_pt, "pruned": pruned_pt, "distilled": student_pt}
         conversions = torch_compile.plan(student_name, sources,
                                          recipe.quantize.mode if recipe.quantize.enabled else None)
-        compile_rec = torch_compile.compile_stage(ctx, target, conversions, new_model, data, metadata,
-                                                  stage_key(distill_key, train_key, student_name))
+        compile_rec = torch_compile.compile_stage(
+            ctx, target, conversions, lambda pt: checkpoints.load_checkpoint(new_model(), pt), calib=data.calib.x,
+            check=data.val.x, metadata=metadata, upstream_key=stage_key(distill_key, train_key, student_name),
+            data_fingerprint=data.fingerprint)
         return finish_report(ctx, data, torch_compile.variants(conversions, compile_rec, out_dir),
                              compile_rec.metrics["parity"], {"ops": compile_rec.metrics["ops"]},
                              student_name, student_val)

@@ -20,7 +20,7 @@ from compress.pipeline import (WORKDIR_PREFIX, RunContext, _section, choose_stud
                                log, prepare_out_dir)
 from compress.recipe import Recipe
 
-TEXT_TARGETS = ("cpu",)
+TEXT_TARGETS = ("cpu", "mobile")
 DYNAMIC_CANDIDATES = (("all", False), ("all", True), ("weights", False), ("weights", True))
 
 
@@ -198,6 +198,18 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
 
         distill_rec = ctx.stage("distill", distill_key, do_distill)
 
+    student_name, student_val = choose_student(prune_rec, distill_rec)
+    metadata = {
+        "producer": f"edge-compress {version}", "recipe": recipe.name, "dataset": data.name,
+        "labels": list(data.labels),
+        "preprocess": {"kind": "text", "tokenizer": "tokenizer.json", "max_length": data.max_length,
+                       "inputs": ["input_ids", "attention_mask"]},
+    }
+    if getattr(target, "SOURCE", "onnx") == "torch":  # mobile: litert-torch converts each checkpoint itself
+        return compile_for_torch_target(ctx, target, data, tokenizer, metadata, student_name, student_val,
+                                        {"baseline": baseline_pt, "pruned": pruned_pt, "distilled": student_pt},
+                                        stage_key(distill_key, train_key, student_name))
+
     # -- export with dynamic batch and sequence axes, checked against torch -------------------------
     fp32_models, export_key, onnx_paths = export_plan(recipe, distill_key, baseline_pt,
                                                       pruned_pt if prune_rec is not None else None,
@@ -213,7 +225,6 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         return list(onnx_paths.values()), {"parity": parity}
 
     export_rec = ctx.stage("export", export_key, do_export)
-    student_name, student_val = choose_student(prune_rec, distill_rec)
 
     # -- dynamic INT8: ONNX Runtime alone on the baseline, and the gated search on the student -------------
     q = recipe.quantize
@@ -251,13 +262,7 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         shipped_source = onnx_paths[student_name]
 
     # -- compile: the graph, its metadata and the tokenizer an edge app needs -------------------------
-    metadata = {
-        "producer": f"edge-compress {version}", "recipe": recipe.name, "dataset": data.name,
-        "labels": list(data.labels),
-        "preprocess": {"kind": "text", "tokenizer": "tokenizer.json", "max_length": data.max_length,
-                       "inputs": ["input_ids", "attention_mask"]},
-        "source": shipped_source.name,
-    }
+    metadata["source"] = shipped_source.name
     spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
     compile_key = stage_key("compile", version, quant_key if quant_rec else export_key, dataclasses.asdict(spec),
                             data.fingerprint)
@@ -286,6 +291,35 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     variants.append(Variant("compressed", out_dir / compile_rec.metrics["artifact"], "int8" if quant_rec else "fp32",
                             "shipped: " + described[student_name] + (" + dynamic INT8" if quant_rec else "")))
     return finish_report(ctx, data, variants, export_rec.metrics["parity"], quant_rec.metrics if quant_rec else {},
+                         student_name, student_val)
+
+
+def compile_for_torch_target(ctx, target, data: TextData, tokenizer, metadata: dict[str, Any], student_name: str,
+                             student_val: dict[str, float], checkpoints: dict[str, Path], upstream_key: str):
+    """The mobile target for Transformers: FP32 and dynamic-range INT8 .tflite of the baseline and the student
+    at batch 1 and the recipe's sequence length, each checked against torch on the validation texts; benched on
+    LiteRT against the baseline's own FP32 .tflite."""
+    from bench.text_data import at_length
+    from compress import torch_compile
+    from models.hf import load_encoder
+
+    q = ctx.recipe.quantize
+    if q.enabled and q.mode != "dynamic":
+        raise CompressError("Transformers on --target mobile take quantize.mode dynamic: full-integer INT8 of the "
+                            "token embedding fails in LiteRT's interpreter (embedding_lookup needs zero_point 0)")
+    conversions = torch_compile.plan(student_name, checkpoints, q.mode if q.enabled else None)
+    val = at_length(data.val, data.max_length)
+
+    def save_tokenizer(target_dir: Path) -> list[Path]:
+        tokenizer.save(target_dir / "tokenizer.json")
+        return [target_dir / "tokenizer.json"]
+
+    compile_rec = torch_compile.compile_stage(
+        ctx, target, conversions, load_encoder, calib=(val.input_ids, val.attention_mask),
+        check=(val.input_ids, val.attention_mask), metadata=metadata, upstream_key=upstream_key,
+        data_fingerprint=data.fingerprint, write_extra=save_tokenizer)
+    variants = torch_compile.variants(conversions, compile_rec, ctx.out_dir)
+    return finish_report(ctx, data, variants, compile_rec.metrics["parity"], {"ops": compile_rec.metrics["ops"]},
                          student_name, student_val)
 
 

@@ -49,17 +49,20 @@ def plan(student_name: str, checkpoints: dict[str, Path], quantize_mode: str | N
     return rows
 
 
-def compile_stage(ctx, target, conversions: list[Conversion], new_model: Callable, data, metadata: dict[str, Any],
-                  upstream_key: str) -> StageRecord:
-    """Convert every checkpoint in `conversions`, each checked against its torch model before it is kept."""
-    from compress import checkpoints
+def compile_stage(ctx, target, conversions: list[Conversion], load_model: Callable[[Path], Any], *, calib, check,
+                  metadata: dict[str, Any], upstream_key: str, data_fingerprint: str,
+                  options: dict[str, Any] | None = None, write_extra: Callable[[Path], list[Path]] | None = None
+                  ) -> StageRecord:
+    """Convert every checkpoint in `conversions`, each checked against its torch model on `check` before it is
+    kept. `calib` / `check`: an array, or a tuple of arrays (one per model input); `write_extra(target_dir)`
+    writes what else an app needs beside the artifacts (a tokenizer) and returns those files."""
     from compress.pipeline import _section
     from targets import TargetError, TargetSpec
 
     recipe = ctx.recipe
-    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
+    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads, options=dict(options or {}))
     key = stage_key("compile", compress.__version__, upstream_key, _section(recipe, "target"),
-                    _section(recipe, "quantize"), data.fingerprint,
+                    _section(recipe, "quantize"), data_fingerprint, spec.options,
                     [(c.variant, c.checkpoint.name, c.precision) for c in conversions])
     target_dir = ctx.out_dir / "target" / recipe.target.name
 
@@ -68,17 +71,20 @@ def compile_stage(ctx, target, conversions: list[Conversion], new_model: Callabl
 
         files, parity, ops, artifacts = [], {}, {}, {}
         for c in conversions:
-            model = checkpoints.load_checkpoint(new_model(), c.checkpoint).eval()
-            variant_spec = TargetSpec(spec.name, threads=spec.threads, options={"precision": c.precision})
+            model = load_model(c.checkpoint).eval()
+            variant_spec = TargetSpec(spec.name, threads=spec.threads, options={**spec.options,
+                                                                                "precision": c.precision})
             try:
-                artifact = target.compile_module(model, variant_spec, target_dir, metadata, calib=data.calib.x,
-                                                 check=data.val.x, name=f"{c.variant}.{c.precision}")
+                artifact = target.compile_module(model, variant_spec, target_dir, metadata, calib=calib,
+                                                 check=check, name=f"{c.variant}.{c.precision}")
             except TargetError as e:
                 raise GateFailed(f"[compile] {c.variant}: {e}") from None
             files += [artifact.path, sidecar_path(artifact.path)]
             parity[c.variant] = artifact.metadata["parity_vs_torch"]
             ops[c.variant] = artifact.metadata["ops"]
             artifacts[c.variant] = str(artifact.path.relative_to(ctx.out_dir))
+        if write_extra is not None:
+            files += write_extra(target_dir)
         return files, {"artifacts": artifacts, "runtime": target.RUNTIME, "parity": parity, "ops": ops,
                        "artifact": artifacts["compressed" if "compressed" in artifacts else "baseline"]}
 

@@ -156,8 +156,23 @@ class Runner:
 
     def predict(self, raw: np.ndarray) -> list[str]:
         """Raw inputs (e.g. uint8 images, N x H x W) -> label names, using the stored preprocessing."""
-        logits = next(iter(self.infer(self.preprocess(raw)).values()))
-        return self._labels(logits)
+        return self._labels(self._first_output_any_batch({self.inputs[0].name: self.preprocess(raw)}))
+
+    def _first_output_any_batch(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The first output for N rows, also on an artifact fixed to another batch (a .tflite): run in chunks of
+        that batch, the last chunk padded by repeating its rows."""
+        fixed = self.inputs[0].shape[0] if self.inputs[0].shape else None
+        n = len(next(iter(feeds.values())))
+        if fixed is None or n in (0, fixed):  # nothing to split; an empty batch gets infer's own error
+            return next(iter(self.infer(feeds).values()))
+        outs = []
+        for i in range(0, n, fixed):
+            chunk = {k: v[i : i + fixed] for k, v in feeds.items()}
+            rows = len(next(iter(chunk.values())))
+            if rows < fixed:
+                chunk = {k: np.resize(v, (fixed, *v.shape[1:])) for k, v in chunk.items()}
+            outs.append(next(iter(self.infer(chunk).values()))[:rows])
+        return np.concatenate(outs)
 
     def _labels(self, logits: np.ndarray) -> list[str]:
         labels = self.metadata.get("labels") or [str(i) for i in range(logits.shape[-1])]
@@ -173,19 +188,20 @@ class Runner:
             raise InputError("texts must be a non-empty list of strings")
         tokenizer = self._tokenizer(pre)
         encodings = tokenizer.encode_batch(list(texts))
-        width = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(encodings), width), np.int64)
-        mask = np.zeros_like(ids)
+        ids_spec, mask_spec = self.inputs[0], self.inputs[1]
+        fixed = ids_spec.shape[1] if len(ids_spec.shape) > 1 else None  # a .tflite has one sequence length
+        width = fixed or max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), ids_spec.dtype)
+        mask = np.zeros((len(encodings), width), mask_spec.dtype)
         for i, e in enumerate(encodings):
-            ids[i, : len(e.ids)] = e.ids
-            mask[i, : len(e.ids)] = 1
-        names = pre.get("inputs", ["input_ids", "attention_mask"])
-        return {names[0]: ids, names[1]: mask}
+            n = min(len(e.ids), width)
+            ids[i, :n] = e.ids[:n]
+            mask[i, :n] = 1
+        return {ids_spec.name: ids, mask_spec.name: mask}
 
     def predict_texts(self, texts: Sequence[str]) -> list[str]:
         """Texts -> label names (a text classifier compiled by the pipeline)."""
-        logits = next(iter(self.infer(self.encode_texts(texts)).values()))
-        return self._labels(logits)
+        return self._labels(self._first_output_any_batch(self.encode_texts(texts)))
 
     def _tokenizer(self, pre: Mapping[str, Any]):
         if getattr(self, "_text_tokenizer", None) is None:

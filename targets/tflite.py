@@ -75,13 +75,30 @@ def _require() -> None:
 
 
 # -- conversion ----------------------------------------------------------------------------------------------
-def _sample(sample: np.ndarray):
+Inputs = "np.ndarray | tuple[np.ndarray, ...]"  # one array per model input, batch first
+
+
+def _arrays(x) -> tuple[np.ndarray, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _rows(x, start: int, stop: int) -> tuple[np.ndarray, ...]:
+    return tuple(a[start:stop] for a in _arrays(x))
+
+
+def _sample(sample) -> tuple:
+    """Torch tensors for the model's positional inputs: float arrays as float32, integer ones (token ids, masks)
+    as int64."""
     import torch
 
-    x = np.ascontiguousarray(sample, dtype=np.float32)
-    if x.ndim < 2:
-        raise TargetError(f"sample input must have a batch axis, got shape {list(x.shape)}")
-    return torch.from_numpy(x)
+    out = []
+    for a in _arrays(sample):
+        a = np.asarray(a)
+        if a.ndim < 2:
+            raise TargetError(f"sample input must have a batch axis, got shape {list(a.shape)}")
+        dtype = np.int64 if np.issubdtype(a.dtype, np.integer) else np.float32
+        out.append(torch.from_numpy(np.ascontiguousarray(a, dtype=dtype)))
+    return tuple(out)
 
 
 def _export(edge_model, path: Path) -> Path:
@@ -98,35 +115,57 @@ def convert_fp32(model: "nn.Module", sample: np.ndarray, path: Path) -> Path:
     import litert_torch
 
     with _quiet():
-        edge = litert_torch.convert(model.eval(), (_sample(sample),))
+        edge = litert_torch.convert(model.eval(), _sample(sample))
     return _export(edge, path)
+
+
+def _requantize(model: "nn.Module", sample, path: Path, configure) -> Path:
+    """FP32 .tflite, then ai-edge-quantizer on it with the recipe `configure(quantizer)` adds."""
+    _require()
+    import tempfile
+
+    from ai_edge_quantizer import quantizer
+
+    from compress.atomic import atomic_path
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix=".aeq-", dir=path.parent if path.parent.exists() else None) as tmp:
+        fp32 = convert_fp32(model, sample, Path(tmp) / "fp32.tflite")
+        q = quantizer.Quantizer(str(fp32))
+        configure(q)
+        with _quiet():
+            result = q.quantize()
+        with atomic_path(path) as out:
+            out.write_bytes(bytes(result.quantized_model))
+    return path
 
 
 def convert_fp16(model: "nn.Module", sample: np.ndarray, path: Path) -> Path:
     """Float16 weights (half the bytes), dequantized to float32 at load: TFLite's "float16 quantization"."""
-    _require()
-    import tempfile
-
-    from ai_edge_quantizer import qtyping, quantizer
+    from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    path = Path(path)
-    with tempfile.TemporaryDirectory(prefix=".fp16-", dir=path.parent if path.parent.exists() else None) as tmp:
-        fp32 = convert_fp32(model, sample, Path(tmp) / "fp32.tflite")
-        q = quantizer.Quantizer(str(fp32))
+    def configure(q) -> None:
         q.update_quantization_recipe(
             regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
             op_config=qtyping.OpQuantizationConfig(
                 weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
                 compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True),
             algorithm_key=AlgorithmName.FLOAT_CASTING)
-        with _quiet():
-            result = q.quantize()
-        from compress.atomic import atomic_path
 
-        with atomic_path(path) as out:
-            out.write_bytes(bytes(result.quantized_model))
-    return path
+    return _requantize(model, sample, path, configure)
+
+
+def convert_dynamic_int8_matmuls(model: "nn.Module", sample, path: Path) -> Path:
+    """Dynamic-range INT8 of the FULLY_CONNECTED weights only (per channel), for models with a token embedding:
+    the PT2E route also quantizes the embedding table, with a zero point LiteRT's embedding_lookup rejects
+    (`zero_point == 0` check at load). The table stays float32."""
+    from ai_edge_quantizer import qtyping
+
+    def configure(q) -> None:
+        q.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=8)
+
+    return _requantize(model, sample, path, configure)
 
 
 def _pt2e(model: "nn.Module", sample: np.ndarray, *, dynamic: bool, per_channel: bool,
@@ -138,31 +177,34 @@ def _pt2e(model: "nn.Module", sample: np.ndarray, *, dynamic: bool, per_channel:
 
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic))
-    x = _sample(sample)
-    data = x if calib is None else _sample(calib)
+    data = _sample(sample if calib is None else calib)
+    n = len(data[0])
     # a batch-2 example with a symbolic batch so that calibration can run in batches (batch 1 would fix it)
-    example = data[:2] if len(data) >= 2 else torch.cat([data, data])
-    batch = torch.export.Dim("batch", min=1, max=max(4096, len(data)))
+    example = tuple(t[:2] if n >= 2 else torch.cat([t, t]) for t in data)
+    batch = torch.export.Dim("batch", min=1, max=max(4096, n))
     with _quiet():
-        graph = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},)).module()
+        graph = torch.export.export(model.eval(), example, dynamic_shapes=tuple({0: batch} for _ in data)).module()
         prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
         with torch.no_grad():
-            for i in range(0, len(data), calib_batch):
-                prepared(data[i : i + calib_batch])
+            for i in range(0, n, calib_batch):
+                prepared(*(t[i : i + calib_batch] for t in data))
         converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
         move_exported_model_to_eval(converted)  # an exported module ignores .eval(); litert-torch warns otherwise
     return converted, quantizer
 
 
 def convert_dynamic_int8(model: "nn.Module", sample: np.ndarray, path: Path, *, per_channel: bool = True) -> Path:
-    """Dynamic-range INT8: int8 weights; float activations quantized on the fly inside the kernels."""
+    """Dynamic-range INT8: int8 weights; float activations quantized on the fly inside the kernels. A model that
+    takes integer inputs (token ids into an embedding) goes through `convert_dynamic_int8_matmuls`."""
+    if any(np.issubdtype(np.asarray(a).dtype, np.integer) for a in _arrays(sample)):
+        return convert_dynamic_int8_matmuls(model, sample, path)
     _require()
     import litert_torch
     from litert_torch.quantize import quant_config
 
     qmodel, quantizer = _pt2e(model, sample, dynamic=True, per_channel=per_channel, calib=None)
     with _quiet():
-        edge = litert_torch.convert(qmodel, (_sample(sample),),
+        edge = litert_torch.convert(qmodel, _sample(sample),
                                     quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
     return _export(edge, path)
 
@@ -171,17 +213,16 @@ def convert_int8(model: "nn.Module", sample: np.ndarray, calib: np.ndarray, path
                  per_channel: bool = True) -> Path:
     """Full-integer INT8 through the PT2E static quantizer, calibrated on `calib` (N x ... float32)."""
     _require()
-    calib = np.asarray(calib, dtype=np.float32)
-    if len(calib) == 0:
+    if len(_arrays(calib)[0]) == 0:
         raise TargetError("full-integer INT8 needs calibration samples; got none")
-    if not np.isfinite(calib).all():
+    if not all(np.isfinite(a).all() for a in _arrays(calib) if np.issubdtype(np.asarray(a).dtype, np.floating)):
         raise TargetError("calibration samples contain NaN or inf; clean the data before quantizing")
     import litert_torch
     from litert_torch.quantize import quant_config
 
     qmodel, quantizer = _pt2e(model, sample, dynamic=False, per_channel=per_channel, calib=calib)
     with _quiet():
-        edge = litert_torch.convert(qmodel, (_sample(sample),),
+        edge = litert_torch.convert(qmodel, _sample(sample),
                                     quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
     return _export(edge, path)
 
@@ -290,23 +331,32 @@ class Parity:
         return asdict(self)
 
 
-def run_tflite(path: Path, x: np.ndarray, *, threads: int | None = None) -> np.ndarray:
-    """Float outputs of the .tflite on float inputs `x` (N x ...): quantizes inputs and dequantizes outputs
-    of an integer model, and runs in chunks of the artifact's fixed batch."""
+def _to_input(detail: dict, x: np.ndarray) -> np.ndarray:
+    """A float input quantized with the artifact's (scale, zero point), or integer ids cast to its dtype."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(detail["dtype"], np.integer) and scale and np.issubdtype(x.dtype, np.floating):
+        info = np.iinfo(detail["dtype"])
+        x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+    return np.ascontiguousarray(x, dtype=detail["dtype"])
+
+
+def run_tflite(path: Path, x, *, threads: int | None = None) -> np.ndarray:
+    """Float outputs of the .tflite on inputs `x` (one array N x ..., or a tuple of them, one per input):
+    quantizes float inputs and dequantizes outputs of an integer model, and runs in chunks of the artifact's
+    fixed batch."""
     interp = _interpreter(Path(path), threads)
-    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
-    batch = int(inp["shape"][0])
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) % batch:
-        raise TargetError(f"{Path(path).name} has a fixed batch of {batch}; got {len(x)} samples")
+    inputs, (out,) = interp.get_input_details(), interp.get_output_details()
+    x = _arrays(x)
+    if len(x) != len(inputs):
+        raise TargetError(f"{Path(path).name} takes {len(inputs)} inputs; got {len(x)}")
+    batch = int(inputs[0]["shape"][0])
+    n = len(x[0])
+    if n % batch:
+        raise TargetError(f"{Path(path).name} has a fixed batch of {batch}; got {n} samples")
     results = []
-    for i in range(0, len(x), batch):
-        chunk = x[i : i + batch]
-        if np.issubdtype(inp["dtype"], np.integer):
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            chunk = np.clip(np.round(chunk / scale) + zero, info.min, info.max)
-        interp.set_tensor(inp["index"], np.ascontiguousarray(chunk, dtype=inp["dtype"]))
+    for i in range(0, n, batch):
+        for detail, a in zip(inputs, x):
+            interp.set_tensor(detail["index"], _to_input(detail, np.asarray(a[i : i + batch])))
         interp.invoke()
         y = interp.get_tensor(out["index"])
         if np.issubdtype(out["dtype"], np.integer):
@@ -321,13 +371,14 @@ def check_parity(model: "nn.Module", path: Path, x: np.ndarray, *, threads: int 
     import torch
 
     model = model.eval()
+    n = len(_arrays(x)[0])
     with torch.no_grad():
-        ref = np.concatenate([model(_sample(x[i : i + 256])).numpy() for i in range(0, len(x), 256)])
+        ref = np.concatenate([model(*_sample(_rows(x, i, i + 256))).numpy() for i in range(0, n, 256)])
     got = run_tflite(path, x, threads=threads)
     err = got - ref
     noise = float(np.linalg.norm(err))
     sqnr = float("inf") if noise == 0 else 20 * np.log10(float(np.linalg.norm(ref)) / noise)
-    return Parity(float(np.abs(err).max()), float((got.argmax(1) == ref.argmax(1)).mean()), sqnr, len(x))
+    return Parity(float(np.abs(err).max()), float((got.argmax(1) == ref.argmax(1)).mean()), sqnr, n)
 
 
 # -- the target --------------------------------------------------------------------------------------------
@@ -357,7 +408,8 @@ def compile_module(model: "nn.Module", spec: TargetSpec, out_dir: Path, metadata
     """Convert `model` to `out_dir/<name>.tflite` at spec.options["precision"], check it against torch on
     `check` (default: the calibration samples) and write the sidecar; raises TargetError past the gate.
 
-    `calib` (float32 N x C x H x W, normalised like training) gives the input shape and calibrates INT8.
+    `calib` (float32 N x C x H x W, normalised like training; or a tuple of arrays, one per model input, such as
+    int64 token ids and attention mask at the fixed sequence length) gives the input shapes and calibrates INT8.
     The model is not modified (PT2E works on an exported copy).
     """
     _require()
@@ -365,19 +417,19 @@ def compile_module(model: "nn.Module", spec: TargetSpec, out_dir: Path, metadata
     from runtime import sidecar_path
 
     opts = _options(spec)
-    calib = np.asarray(calib, dtype=np.float32)
-    if calib.ndim < 2 or len(calib) == 0:
-        raise TargetError(f"calib must be a non-empty batch of samples, got shape {list(calib.shape)}")
-    sample = calib[: opts["batch"]]
-    if len(sample) < opts["batch"]:
-        sample = np.concatenate([sample] * opts["batch"])[: opts["batch"]]
+    calib = tuple(np.asarray(a) if np.issubdtype(np.asarray(a).dtype, np.integer) else np.asarray(a, np.float32)
+                  for a in _arrays(calib))
+    if calib[0].ndim < 2 or len(calib[0]) == 0:
+        raise TargetError(f"calib must be a non-empty batch of samples, got shape {list(calib[0].shape)}")
+    batch = opts["batch"]
+    sample = tuple(np.resize(a[:batch], (batch, *a.shape[1:])) for a in calib)
     out_path = Path(out_dir) / f"{name}.tflite"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    convert(model, sample, out_path, opts["precision"], calib=calib[: opts["calib_samples"]],
+    convert(model, sample, out_path, opts["precision"], calib=_rows(calib, 0, opts["calib_samples"]),
             per_channel=opts["per_channel"])
-    x = calib if check is None else np.asarray(check, dtype=np.float32)
-    x = x[: opts["check_samples"] - opts["check_samples"] % opts["batch"]]
-    x = x[: len(x) - len(x) % opts["batch"]]
+    x = calib if check is None else _arrays(check)
+    n = min(len(x[0]), opts["check_samples"])
+    x = _rows(x, 0, n - n % batch)
     parity = check_parity(model, out_path, x, threads=spec.threads)
     too_far = opts["max_abs_diff"] is not None and parity.max_abs_diff > opts["max_abs_diff"]
     if too_far or parity.top1_agreement < opts["min_agreement"]:

@@ -1,17 +1,18 @@
-"""`compress run --target mobile` on a Fashion-MNIST subset: every .tflite checked against its torch model, benched
-through runtime/ on LiteRT against the baseline's own FP32 .tflite, and a rerun served from the stage cache."""
+"""`compress run --target mobile`: a CNN on a Fashion-MNIST subset and a tiny BERT on a toy text set. Every .tflite
+is checked against its torch model, benched through runtime/ on LiteRT against the baseline's own FP32 .tflite,
+and a rerun is served from the stage cache."""
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 
+import numpy as np
 import pytest
 
 from tests.conftest import needs_fashion_mnist, small_recipe
 
 _MISSING = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
 pytestmark = [
-    needs_fashion_mnist,
     pytest.mark.tflite,
     pytest.mark.skipif(bool(_MISSING), reason=f"{', '.join(_MISSING)} not installed "
                        "(pip install 'edge-compress[tflite]': litert-torch==0.10.0, ai-edge-litert==2.3.0)"),
@@ -20,8 +21,11 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def mobile_run(tmp_path_factory):
+    from bench.datasets import FASHION_MNIST_DIR
     from compress.pipeline import run
 
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip(needs_fashion_mnist.kwargs["reason"])
     recipe = small_recipe()
     recipe = dataclasses.replace(recipe, target=dataclasses.replace(recipe.target, name="mobile"))
     out = tmp_path_factory.mktemp("mobile-run")
@@ -78,3 +82,45 @@ def test_rerun_is_served_from_the_cache(mobile_run):
     assert all(s["cached"] for s in again["stages"] if s["name"] != "bench")
     assert {s["name"] for s in again["stages"]} >= {"train", "prune", "distill", "compile", "bench"}
     assert [v["accuracy"] for v in again["variants"]] == [v["accuracy"] for v in first["variants"]]
+
+
+@pytest.fixture(scope="module")
+def text_mobile_run(tmp_path_factory):
+    from compress.pipeline import run
+    from tests.test_text_pipeline import _recipe
+
+    tmp = tmp_path_factory.mktemp("text-mobile")
+    recipe = _recipe(tmp, target={"name": "mobile"})
+    return run(recipe, tmp / "out"), tmp / "out", recipe
+
+
+def test_transformer_becomes_fp32_and_dynamic_int8_tflite(text_mobile_run):
+    report, out, _ = text_mobile_run
+    rows = _rows(report)
+    student = report["student"]["chosen"]
+    assert list(rows) == ["baseline", student, "int8", "compressed"]
+    assert rows["compressed"]["precision"] == "dynamic-int8"
+    for name, p in report["parity"].items():
+        if rows[name]["precision"] == "fp32":
+            assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0, (name, p)
+        else:  # int8 weights, activations quantized on the fly
+            assert p["top1_agreement"] >= 0.98 and p["sqnr_db"] >= 20, (name, p)
+    ops = report["quantize"]["ops"]["compressed"]
+    assert ops["inputs"][0]["shape"] == [1, 32] and ops["inputs"][0]["dtype"] == "int32"
+    assert "EMBEDDING_LOOKUP" in ops["ops"] and ops["hybrid_ops"].get("FULLY_CONNECTED", 0) > 0, ops
+    assert rows["baseline"]["accuracy"] >= 0.9  # separable toy set, 200 test rows
+    assert rows["compressed"]["accuracy"] >= rows["baseline"]["accuracy"] - 0.05
+    assert list(rows["compressed"]["latency_ms"]) == ["1"]
+    assert (out / "target/mobile/tokenizer.json").is_file()
+
+
+def test_runtime_predicts_texts_with_the_shipped_tflite(text_mobile_run):
+    import runtime
+    from tests.test_transformer import _texts
+
+    report, out, _ = text_mobile_run
+    texts = _texts(40, 1)
+    with runtime.load(out / _rows(report)["compressed"]["artifact"]) as runner:
+        labels = runner.predict_texts(list(texts.texts))  # 40 texts through a batch-1, length-32 artifact
+    truth = ["pos" if y else "neg" for y in texts.y]
+    assert len(labels) == 40 and np.mean([a == b for a, b in zip(labels, truth)]) >= 0.85

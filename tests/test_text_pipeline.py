@@ -39,7 +39,7 @@ def _recipe(tmp_path, **overrides):
         "bench": {"batch_sizes": [1, 4], "runs": 10, "rounds": 1, "warmup": 2},
     }
     for section, values in overrides.items():
-        spec[section] = {**spec[section], **values}
+        spec[section] = {**spec.get(section, {}), **values}
     return recipe_from_dict(spec)
 
 
