@@ -5,7 +5,7 @@ import os
 import platform
 from importlib import metadata
 
-PACKAGES = ("numpy", "onnxruntime", "onnx", "torch", "torch-pruning", "onnxscript")
+PACKAGES = ("numpy", "onnxruntime", "onnx", "torch", "torch-pruning", "onnxscript", "ai-edge-litert", "litert-torch")
 
 
 def cpu_model() -> str:

@@ -141,10 +141,11 @@ class DistillConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     lr: float = 0.05
+    augment: int = 0  # Transformers: cropped copies of each training text, labelled by the teacher (0 = none)
 
     def __post_init__(self) -> None:
         _positive("distill", epochs=self.epochs, temperature=self.temperature, lr=self.lr)
-        _non_negative("distill", feature_weight=self.feature_weight)
+        _non_negative("distill", feature_weight=self.feature_weight, augment=self.augment)
         if not 0.0 <= self.alpha <= 1.0:
             raise RecipeError(f"distill.alpha must be in [0, 1] (weight of the soft loss), got {self.alpha}")
 
@@ -213,6 +214,8 @@ class Recipe:
             raise RecipeError(f"data.dataset {self.data.dataset!r} is {kind} data; it needs {fix}")
         if self.model.is_text and self.quantize.enabled and self.quantize.mode != "dynamic":
             raise RecipeError("Transformer recipes quantize with quantize.mode: dynamic (static QDQ is CNN-only here)")
+        if not self.model.is_text and self.distill.augment:
+            raise RecipeError("distill.augment crops texts; it is for Transformer recipes (set it to 0 for a CNN)")
         if not self.model.is_text and self.quantize.mode != "static":
             raise RecipeError("CNN recipes quantize with quantize.mode: static (dynamic INT8 is for Transformers)")
 

@@ -180,16 +180,22 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
             before = val_accuracy(student)
             d = recipe.distill
             hidden, extra = None, {}
+            train = data.train
+            if d.augment:  # cropped copies of the training texts; their hard labels are the teacher's answers
+                train = ts.with_rows(train, ts.crop_copies(train, d.augment, seed=recipe.seed + 5))
+                extra["augmented_rows"] = len(train) - len(data.train)
             if d.feature_weight > 0:  # also match hidden states, layer by layer (student layer <- teacher layer)
                 kept = prune_rec.metrics["layers_kept"] if prune_rec is not None else teacher.config.layers
                 keep = list(range(kept)) if isinstance(kept, int) else kept
                 targets = ts.skip_layer_targets(keep, teacher.config.layers)
-                soft, hidden = ts.teacher_outputs(teacher, data.train, targets)
-                extra = {"hidden_state_targets": {"student_layers_from": keep, "teacher_layers_taught": list(targets),
-                                                  "loss": "1 - cosine", "weight": d.feature_weight}}
+                soft, hidden = ts.teacher_outputs(teacher, train, targets)
+                extra["hidden_state_targets"] = {"student_layers_from": keep, "teacher_layers_taught": list(targets),
+                                                 "loss": "1 - cosine", "weight": d.feature_weight}
             else:
-                soft = ts.predict_text_logits(teacher, data.train)
-            curve = ts.fit_text(student, data.train, loop(d.epochs, d.lr, temperature=d.temperature, alpha=d.alpha),
+                soft = ts.predict_text_logits(teacher, train)
+            if d.augment:
+                train.y[len(data.train):] = soft[len(data.train):].argmax(1)
+            curve = ts.fit_text(student, train, loop(d.epochs, d.lr, temperature=d.temperature, alpha=d.alpha),
                                 seed=recipe.seed + 2, teacher_logits=soft, teacher_hidden=hidden,
                                 hidden_weight=d.feature_weight, label="distill")
             save_encoder(student, student_pt)
@@ -303,10 +309,7 @@ def compile_for_torch_target(ctx, target, data: TextData, tokenizer, metadata: d
     from compress import torch_compile
     from models.hf import load_encoder
 
-    q = ctx.recipe.quantize
-    if q.enabled and q.mode != "dynamic":
-        raise CompressError("Transformers on --target mobile take quantize.mode dynamic: full-integer INT8 of the "
-                            "token embedding fails in LiteRT's interpreter (embedding_lookup needs zero_point 0)")
+    q = ctx.recipe.quantize  # always dynamic for Transformers (the recipe checks it); the embedding stays float
     conversions = torch_compile.plan(student_name, checkpoints, q.mode if q.enabled else None)
     val = at_length(data.val, data.max_length)
 

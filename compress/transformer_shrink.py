@@ -181,6 +181,38 @@ class TextLoopConfig:
             raise CompressError("warmup must lie in [0, 1), alpha in [0, 1] and temperature above 0")
 
 
+def crop_copies(data: EncodedSplit, copies: int, seed: int, *, keep: tuple[float, float] = (0.4, 0.9)) -> EncodedSplit:
+    """`copies` cropped versions of every row: a random contiguous span of 40-90 % of its tokens between the
+    row's first and last token ([CLS] ... [SEP] stay). Labels are the source rows'; the distillation stage
+    relabels them with the teacher. Distilling on such crops shows the student the teacher's graded answers on
+    partial reviews, not only its near-certain answers on the training texts it was fitted to."""
+    rng = np.random.default_rng(seed)
+    n, width = data.input_ids.shape
+    ids = np.zeros((n * copies, width), data.input_ids.dtype)
+    mask = np.zeros_like(ids, dtype=data.attention_mask.dtype)
+    lengths = data.lengths
+    for c in range(copies):
+        for i in range(n):
+            length = int(lengths[i])
+            inner = length - 2
+            row = c * n + i
+            if inner < 2:  # nothing to crop
+                ids[row, :length], mask[row, :length] = data.input_ids[i, :length], 1
+                continue
+            span = max(1, int(round(inner * rng.uniform(*keep))))
+            start = 1 + int(rng.integers(0, inner - span + 1))
+            kept = np.concatenate([data.input_ids[i, :1], data.input_ids[i, start : start + span],
+                                   data.input_ids[i, length - 1 : length]])
+            ids[row, : len(kept)], mask[row, : len(kept)] = kept, 1
+    return EncodedSplit(ids, mask, np.tile(data.y, copies))
+
+
+def with_rows(a: EncodedSplit, b: EncodedSplit) -> EncodedSplit:
+    """`a` followed by `b` (same width)."""
+    return EncodedSplit(np.concatenate([a.input_ids, b.input_ids]), np.concatenate([a.attention_mask, b.attention_mask]),
+                        np.concatenate([a.y, b.y]))
+
+
 def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, *, pool: int = 50) -> list[np.ndarray]:
     """Shuffled batches of similar-length rows: shuffle, sort within pools of `pool` batches, shuffle batches.
 

@@ -251,3 +251,29 @@ def test_hidden_state_distillation_teaches_the_skipped_layers(trained, data):
                 seed=1, teacher_logits=soft, teacher_hidden=hidden, hidden_weight=1.0)
     assert mean_hidden_loss(student) < 0.5 * before
     assert ts.accuracy_of(ts.predict_text_logits(student, test), test.y) >= 0.9
+
+
+def test_crop_copies_are_contiguous_spans_between_cls_and_sep():
+    rng = np.random.default_rng(0)
+    lengths = np.array([2, 3, 12, 30, 30])
+    ids = np.zeros((5, 32), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = np.concatenate([[101], rng.integers(1000, 2000, n - 2), [102]])
+        mask[i, :n] = 1
+    data = EncodedSplit(ids, mask, np.array([0, 1, 0, 1, 1]))
+    crops = ts.crop_copies(data, 3, seed=1)
+    assert crops.input_ids.shape == (15, 32) and list(crops.y) == [0, 1, 0, 1, 1] * 3
+    for row in range(15):
+        src, n = row % 5, int(crops.attention_mask[row].sum())
+        got = crops.input_ids[row, :n]
+        assert (crops.input_ids[row, n:] == 0).all() and (crops.attention_mask[row, :n] == 1).all()
+        assert got[0] == 101 and got[-1] == 102
+        inner, source = list(got[1:-1]), list(ids[src, 1 : lengths[src] - 1])
+        if len(source) < 2:
+            assert inner == source
+            continue
+        assert 0.3 * len(source) <= len(inner) <= 0.95 * len(source), (row, len(inner), len(source))
+        starts = [k for k in range(len(source)) if source[k : k + len(inner)] == inner]
+        assert starts, f"row {row} is not a contiguous span of its source"
+    assert len({tuple(crops.input_ids[r]) for r in (3, 8, 13)}) == 3  # copies differ
