@@ -72,6 +72,9 @@ def _require() -> None:
     missing = _missing()
     if missing:
         raise TargetError(f"target 'mobile' needs {', '.join(missing)}; {INSTALL}")
+    with _quiet():  # the first import prints torchao's missing CUDA kernels and torch deprecation warnings
+        import litert_torch  # noqa: F401
+        import torchao.quantization.pt2e  # noqa: F401
 
 
 # -- conversion ----------------------------------------------------------------------------------------------
