@@ -270,7 +270,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
             check=data.val.x, metadata=metadata, upstream_key=stage_key(distill_key, train_key, student_name),
             data_fingerprint=data.fingerprint)
         return finish_report(ctx, data, torch_compile.variants(conversions, compile_rec, out_dir),
-                             compile_rec.metrics["parity"], {"ops": compile_rec.metrics["ops"]},
+                             compile_rec.metrics["parity"], torch_compile.quantize_section(conversions, compile_rec),
                              student_name, student_val)
 
     # -- export -----------------------------------------------------------------------------------

@@ -322,8 +322,8 @@ def compile_for_torch_target(ctx, target, data: TextData, tokenizer, metadata: d
         check=(val.input_ids, val.attention_mask), metadata=metadata, upstream_key=upstream_key,
         data_fingerprint=data.fingerprint, write_extra=save_tokenizer)
     variants = torch_compile.variants(conversions, compile_rec, ctx.out_dir)
-    return finish_report(ctx, data, variants, compile_rec.metrics["parity"], {"ops": compile_rec.metrics["ops"]},
-                         student_name, student_val)
+    return finish_report(ctx, data, variants, compile_rec.metrics["parity"],
+                         torch_compile.quantize_section(conversions, compile_rec), student_name, student_val)
 
 
 def shrink_encoder(model, p, train, special) -> tuple[Any, dict[str, Any], np.ndarray | None]:

@@ -96,3 +96,12 @@ def variants(conversions: list[Conversion], compile_rec: StageRecord, out_dir: P
 
     paths = compile_rec.metrics["artifacts"]
     return [Variant(c.variant, out_dir / paths[c.variant], c.precision, c.description) for c in conversions]
+
+
+def quantize_section(conversions: list[Conversion], compile_rec: StageRecord) -> dict[str, Any]:
+    """report.json's `quantize`, shaped as for the ONNX targets: per INT8 variant, its source and its ops
+    (here the .tflite's op list, with the ops that stayed float or run hybrid)."""
+    ops = compile_rec.metrics["ops"]
+    return {c.variant: {"source": c.checkpoint.stem, "precision": c.precision, "ops": ops[c.variant]}
+            for c in conversions if c.precision != "fp32"}
+

@@ -55,7 +55,7 @@ def test_every_variant_is_a_tflite_checked_against_torch(mobile_run):
 
 def test_shipped_tflite_is_full_integer_and_keeps_the_students_accuracy(mobile_run):
     report, _, _ = mobile_run
-    ops = report["quantize"]["ops"]["compressed"]
+    ops = report["quantize"]["compressed"]["ops"]
     assert set(ops["by_precision"]) == {"int8"} and not ops["float_ops"], ops
     assert ops["inputs"][0]["dtype"] == "int8" and ops["inputs"][0]["shape"][0] == 1
     rows = _rows(report)
@@ -105,7 +105,7 @@ def test_transformer_becomes_fp32_and_dynamic_int8_tflite(text_mobile_run):
             assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0, (name, p)
         else:  # int8 weights, activations quantized on the fly
             assert p["top1_agreement"] >= 0.98 and p["sqnr_db"] >= 20, (name, p)
-    ops = report["quantize"]["ops"]["compressed"]
+    ops = report["quantize"]["compressed"]["ops"]
     assert ops["inputs"][0]["shape"] == [1, 32] and ops["inputs"][0]["dtype"] == "int32"
     assert "EMBEDDING_LOOKUP" in ops["ops"] and ops["hybrid_ops"].get("FULLY_CONNECTED", 0) > 0, ops
     assert rows["baseline"]["accuracy"] >= 0.9  # separable toy set, 200 test rows
