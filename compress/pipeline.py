@@ -336,9 +336,15 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
             return list(int8_paths.values()), info
 
         quant_rec = ctx.stage("quantize", quant_key, do_quantize)
-        shipped_source = int8_paths[shipped_name]
+        search = quant_rec.metrics[shipped_name].get("search", {})
+        int8_ships = not (recipe.quantize.fp32_if_faster and search.get("fp32_is_faster", False))
+        shipped_source = int8_paths[shipped_name] if int8_ships else onnx_paths[int8_sources[shipped_name]]
+        if not int8_ships:
+            log(f"[quantize] the best INT8 candidate ({search['chosen']}) runs slower than its FP32 source at batch 1 "
+                f"({search['fp32_p50_ms']:.3f} ms FP32): shipping FP32; the INT8 files stay for comparison")
     else:
         quant_rec = None
+        int8_ships = False
         shipped_source = onnx_paths[student_name]
 
     # -- compile for the target -------------------------------------------------------------------
@@ -372,9 +378,10 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     shipped_path = out_dir / compile_rec.metrics["artifact"]
     if shipped_path.is_dir():  # a jetson bundle: bench the graph it builds its engine from, on ONNX Runtime here
         shipped_path = shipped_path / "model.onnx"
-    variants.append(Variant("compressed", shipped_path, "int8" if quant_rec else "fp32",
+    variants.append(Variant("compressed", shipped_path, "int8" if int8_ships else "fp32",
                             "shipped: " + {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned",
-                                           "baseline": "baseline"}[student_name] + (" + INT8" if quant_rec else "")))
+                                           "baseline": "baseline"}[student_name]
+                            + (" + INT8" if int8_ships else " (INT8 was slower)" if quant_rec else "")))
     return finish_report(ctx, data, variants, export_rec.metrics["parity"], quant_rec.metrics if quant_rec else {},
                          student_name, student_val)
 

@@ -162,6 +162,7 @@ class QuantConfig:
     max_fallback_layers: int = 3
     qat_epochs: float = 0.5  # quantization-aware fine-tuning, tried only when PTQ and fallback miss the bar
     qat_lr: float = 0.005
+    fp32_if_faster: bool = True  # ship the FP32 student when it beats the best INT8 candidate beyond the noise
 
     def __post_init__(self) -> None:
         _non_negative("quantize", max_accuracy_drop=self.max_accuracy_drop,

@@ -43,10 +43,18 @@ class SearchResult:
     candidates: tuple[Candidate, ...]
     sensitivity: tuple[dict, ...]
     fp32_val_accuracy: float
+    fp32_p50_ms: float = math.nan  # the FP32 source, timed beside the candidates
+
+    @property
+    def fp32_is_faster(self) -> bool:
+        """INT8 that does not pay: the FP32 source beats the chosen candidate by more than the noise (seen with
+        very narrow CNNs, where the Q/DQ work outweighs the int8 kernels)."""
+        return self.chosen.meets_bar and self.fp32_p50_ms < self.chosen.p50_ms * (1 - NOISE)
 
     def to_dict(self) -> dict:
         rows = [{k: v for k, v in asdict(c).items() if k != "path"} for c in self.candidates]
         return {"chosen": self.chosen.name, "fp32_val_accuracy": self.fp32_val_accuracy,
+                "fp32_p50_ms": round(self.fp32_p50_ms, 4), "fp32_is_faster": self.fp32_is_faster,
                 "candidates": rows, "sensitivity": list(self.sensitivity)}
 
 
@@ -143,11 +151,12 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
     structures = {c.float_nodes: Path(c.path) for c in reversed(candidates)}
     names = {nodes: f"structure-{i}" for i, nodes in enumerate(structures)}
     sample = np.ascontiguousarray(val_x[:1])
-    p50 = latencies({names[n]: p for n, p in structures.items()}, lambda r: {r.inputs[0].name: sample}, 1, threads)
+    p50 = latencies({"fp32": fp32_path, **{names[n]: p for n, p in structures.items()}},
+                    lambda r: {r.inputs[0].name: sample}, 1, threads)
     candidates = [Candidate(**{**asdict(c), "p50_ms": round(p50[names[c.float_nodes]], 4)}) for c in candidates]
     chosen = choose(candidates)
     _copy(Path(chosen.path), out_path)
-    result = SearchResult(chosen, tuple(candidates), tuple(sensitivity), fp32_acc)
+    result = SearchResult(chosen, tuple(candidates), tuple(sensitivity), fp32_acc, p50["fp32"])
     if not chosen.meets_bar:
         print(format_table(result), file=sys.stderr)
         raise SearchFailed(result,

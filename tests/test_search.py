@@ -119,3 +119,18 @@ def test_choose_prefers_speed_beyond_noise_and_accuracy_within_it():
     assert choose([cand("d", 0.95, 0.05, ok=False), fast]) is fast  # never one that misses the bar
     misses = [cand("e", 0.90, 0.1, ok=False), cand("f", 0.91, 0.3, ok=False)]
     assert choose(misses).name == "f"  # none passes: the most accurate is kept
+
+
+def test_fp32_ships_only_when_it_beats_the_chosen_int8_beyond_noise():
+    from compress.search import Candidate, SearchResult
+
+    def result(int8_p50, fp32_p50, ok=True):
+        chosen = Candidate("ptq-minmax", "minmax", (), "", 0.92, 0.1, 0.99, int8_p50, ok)
+        return SearchResult(chosen, (chosen,), (), 0.921, fp32_p50)
+
+    # measured on the 75 %-pruned CNN: INT8 0.241 ms vs FP32 0.151 ms at batch 1
+    assert result(0.241, 0.151).fp32_is_faster
+    assert result(0.241, 0.151).to_dict()["fp32_is_faster"] is True
+    assert not result(0.160, 0.150).fp32_is_faster  # 6 % apart: noise, INT8 (smaller) stays
+    assert not result(0.100, 0.150).fp32_is_faster
+    assert not result(0.241, 0.151, ok=False).fp32_is_faster  # a miss is a failed search, not an FP32 ship
