@@ -27,7 +27,7 @@ def _assert_one_line_error(result, pattern):
 def test_dump_config_prints_effective_recipe():
     result = invoke("run", "--dump-config", "--target", "cpu")
     assert result.exit_code == 0
-    assert "name: cnn-fashion" in result.output and "ratio: 0.5" in result.output
+    assert "name: cnn-fashion" in result.output and "ratio: 0.75" in result.output
 
 
 @pytest.mark.parametrize(
