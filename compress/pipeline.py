@@ -339,6 +339,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         search = quant_rec.metrics[shipped_name].get("search", {})
         int8_ships = not (recipe.quantize.fp32_if_faster and search.get("fp32_is_faster", False))
         shipped_source = int8_paths[shipped_name] if int8_ships else onnx_paths[int8_sources[shipped_name]]
+        quant_rec.metrics[shipped_name]["shipped"] = "int8" if int8_ships else "fp32"  # report only, not cached
         if not int8_ships:
             log(f"[quantize] the best INT8 candidate ({search['chosen']}) runs slower than its FP32 source at batch 1 "
                 f"({search['fp32_p50_ms']:.3f} ms FP32): shipping FP32; the INT8 files stay for comparison")
@@ -350,7 +351,8 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     # -- compile for the target -------------------------------------------------------------------
     metadata["source"] = shipped_source.name
     spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
-    compile_key = stage_key("compile", version, quant_key if quant_rec else export_key, dataclasses.asdict(spec))
+    compile_key = stage_key("compile", version, quant_key if quant_rec else export_key, dataclasses.asdict(spec),
+                            shipped_source.name)  # FP32 or INT8 can ship from the same quantize stage
     target_dir = out_dir / "target" / recipe.target.name
 
     def do_compile():

@@ -54,7 +54,8 @@ class SearchResult:
     def to_dict(self) -> dict:
         rows = [{k: v for k, v in asdict(c).items() if k != "path"} for c in self.candidates]
         return {"chosen": self.chosen.name, "fp32_val_accuracy": self.fp32_val_accuracy,
-                "fp32_p50_ms": round(self.fp32_p50_ms, 4), "fp32_is_faster": self.fp32_is_faster,
+                "fp32_p50_ms": None if math.isnan(self.fp32_p50_ms) else round(self.fp32_p50_ms, 4),
+                "fp32_is_faster": self.fp32_is_faster,
                 "candidates": rows, "sensitivity": list(self.sensitivity)}
 
 

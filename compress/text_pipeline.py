@@ -271,6 +271,7 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     metadata["source"] = shipped_source.name
     spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
     compile_key = stage_key("compile", version, quant_key if quant_rec else export_key, dataclasses.asdict(spec),
+                            shipped_source.name,
                             data.fingerprint)
     target_dir = out_dir / "target" / recipe.target.name
 

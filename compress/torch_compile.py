@@ -20,6 +20,7 @@ PRECISION_BY_MODE = {"static": "int8", "dynamic": "dynamic-int8"}
 @dataclass(frozen=True)
 class Conversion:
     variant: str  # the report's row name
+    source: str  # the model it converts: baseline, pruned or distilled
     checkpoint: Path
     precision: str
     description: str
@@ -30,11 +31,11 @@ def plan(student_name: str, checkpoints: dict[str, Path], quantize_mode: str | N
 
     `quantize_mode` is the recipe's quantize.mode, or None when quantization is off."""
     described = {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned", "baseline": "baseline"}
-    rows = [Conversion("baseline", checkpoints["baseline"], "fp32", "uncompressed FP32 baseline")]
+    student = checkpoints[student_name]
+    rows = [Conversion("baseline", "baseline", checkpoints["baseline"], "fp32", "uncompressed FP32 baseline")]
     if quantize_mode is None:
         if student_name != "baseline":
-            rows.append(Conversion("compressed", checkpoints[student_name], "fp32",
-                                   f"shipped: {described[student_name]}"))
+            rows.append(Conversion("compressed", student_name, student, "fp32", f"shipped: {described[student_name]}"))
         return rows
     try:
         precision = PRECISION_BY_MODE[quantize_mode]
@@ -42,9 +43,9 @@ def plan(student_name: str, checkpoints: dict[str, Path], quantize_mode: str | N
         raise CompressError(f"quantize.mode {quantize_mode!r} has no TFLite form; known: "
                             f"{', '.join(PRECISION_BY_MODE)}") from None
     if student_name != "baseline":
-        rows.append(Conversion(student_name, checkpoints[student_name], "fp32", described[student_name]))
-        rows.append(Conversion("int8", checkpoints["baseline"], precision, f"baseline, {precision} only"))
-    rows.append(Conversion("compressed", checkpoints[student_name], precision,
+        rows.append(Conversion(student_name, student_name, student, "fp32", described[student_name]))
+        rows.append(Conversion("int8", "baseline", checkpoints["baseline"], precision, f"baseline, {precision} only"))
+    rows.append(Conversion("compressed", student_name, student, precision,
                            f"shipped: {described[student_name]} + {precision}"))
     return rows
 
@@ -60,7 +61,8 @@ def compile_stage(ctx, target, conversions: list[Conversion], load_model: Callab
     from targets import TargetError, TargetSpec
 
     recipe = ctx.recipe
-    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads, options=dict(options or {}))
+    options = {"calib_samples": len(_first(calib)), **(options or {})}
+    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads, options=options)
     key = stage_key("compile", compress.__version__, upstream_key, _section(recipe, "target"),
                     _section(recipe, "quantize"), data_fingerprint, spec.options,
                     [(c.variant, c.checkpoint.name, c.precision) for c in conversions])
@@ -72,8 +74,9 @@ def compile_stage(ctx, target, conversions: list[Conversion], load_model: Callab
         files, parity, ops, artifacts = [], {}, {}, {}
         for c in conversions:
             model = load_model(c.checkpoint).eval()
-            variant_spec = TargetSpec(spec.name, threads=spec.threads, options={**spec.options,
-                                                                                "precision": c.precision})
+            fp32_bar = {"max_abs_diff": recipe.target.parity_atol} if c.precision == "fp32" else {}
+            variant_spec = TargetSpec(spec.name, threads=spec.threads,
+                                      options={**spec.options, "precision": c.precision, **fp32_bar})
             try:
                 artifact = target.compile_module(model, variant_spec, target_dir, metadata, calib=calib,
                                                  check=check, name=f"{c.variant}.{c.precision}")
@@ -91,6 +94,10 @@ def compile_stage(ctx, target, conversions: list[Conversion], load_model: Callab
     return ctx.stage("compile", key, body)
 
 
+def _first(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
 def variants(conversions: list[Conversion], compile_rec: StageRecord, out_dir: Path) -> list:
     from bench.report import Variant
 
@@ -102,6 +109,6 @@ def quantize_section(conversions: list[Conversion], compile_rec: StageRecord) ->
     """report.json's `quantize`, shaped as for the ONNX targets: per INT8 variant, its source and its ops
     (here the .tflite's op list, with the ops that stayed float or run hybrid)."""
     ops = compile_rec.metrics["ops"]
-    return {c.variant: {"source": c.checkpoint.stem, "precision": c.precision, "ops": ops[c.variant]}
+    return {c.variant: {"source": c.source, "precision": c.precision, "ops": ops[c.variant]}
             for c in conversions if c.precision != "fp32"}
 

@@ -186,6 +186,9 @@ class Runner:
             raise InputError(f"{self.path.name} does not take text (its metadata has no text preprocessing)")
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
             raise InputError("texts must be a non-empty list of strings")
+        if len(self.inputs) < 2:
+            raise InputError(f"{self.path.name} has {len(self.inputs)} input(s); a text model takes input_ids and "
+                             "attention_mask")
         tokenizer = self._tokenizer(pre)
         encodings = tokenizer.encode_batch(list(texts))
         ids_spec, mask_spec = self.inputs[0], self.inputs[1]

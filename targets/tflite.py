@@ -428,8 +428,14 @@ def compile_module(model: "nn.Module", spec: TargetSpec, out_dir: Path, metadata
     sample = tuple(np.resize(a[:batch], (batch, *a.shape[1:])) for a in calib)
     out_path = Path(out_dir) / f"{name}.tflite"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    convert(model, sample, out_path, opts["precision"], calib=_rows(calib, 0, opts["calib_samples"]),
-            per_channel=opts["per_channel"])
+    try:
+        convert(model, sample, out_path, opts["precision"], calib=_rows(calib, 0, opts["calib_samples"]),
+                per_channel=opts["per_channel"])
+    except TargetError:
+        raise
+    except Exception as e:  # torch.export / litert-torch / ai-edge-quantizer: unsupported ops and the like
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise TargetError(f"{opts['precision']} conversion with litert-torch failed: {type(e).__name__}: {first}") from None
     x = calib if check is None else _arrays(check)
     n = min(len(x[0]), opts["check_samples"])
     x = _rows(x, 0, n - n % batch)
@@ -443,7 +449,8 @@ def compile_module(model: "nn.Module", spec: TargetSpec, out_dir: Path, metadata
             + (f" (need <= {opts['max_abs_diff']:.0e})" if opts["max_abs_diff"] is not None else "")
             + f" on {parity.samples} samples; not shipped")
     summary = op_summary(out_path)
-    preprocess = {**metadata.get("preprocess", {}), "layout": INPUT_LAYOUT} if "preprocess" in metadata else None
+    pre = metadata.get("preprocess")
+    preprocess = {**pre, "layout": INPUT_LAYOUT} if pre and pre.get("kind") != "text" else None
     meta = {**metadata, "target": spec.name, "runtime": RUNTIME, "threads": spec.threads,
             "precision": opts["precision"], "per_channel": opts["per_channel"], "batch": opts["batch"],
             "ops": summary, "parity_vs_torch": parity.to_dict()}
@@ -455,13 +462,13 @@ def compile_module(model: "nn.Module", spec: TargetSpec, out_dir: Path, metadata
 
 class _quiet:
     """litert-torch prints progress lines (some from C++, straight to file descriptors 1 and 2) and torch export
-    warnings that are noise to our users. Captured at the descriptor level; shown again only if the body fails."""
+    warnings that are noise to our users. Captured at the descriptor level and dropped; when a conversion fails,
+    EDGE_COMPRESS_CONVERTER_LOG=1 prints its last 4 KB before the one-line error."""
 
     def __enter__(self):
         import contextlib
         import logging
         import os
-        import sys
         import tempfile
         import warnings
 
@@ -469,26 +476,46 @@ class _quiet:
         logging.getLogger("torch").setLevel(logging.ERROR)
         self._stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_all()
         self._log = self._stack.enter_context(tempfile.TemporaryFile(mode="w+b"))
         self._saved = [os.dup(1), os.dup(2)]
-        for fd in (1, 2):
-            os.dup2(self._log.fileno(), fd)
+        try:
+            for fd in (1, 2):
+                os.dup2(self._log.fileno(), fd)
+        except OSError:
+            self._restore()
+            self._stack.close()
+            raise
         return self
+
+    def _restore(self) -> None:
+        import os
+
+        for fd, saved in zip((1, 2), self._saved):
+            os.dup2(saved, fd)
+            os.close(saved)
 
     def __exit__(self, exc_type, *rest):
         import os
         import sys
 
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, saved in zip((1, 2), self._saved):
-            os.dup2(saved, fd)
-            os.close(saved)
-        if exc_type is not None:
+        _flush_all()
+        self._restore()
+        if exc_type is not None and os.environ.get("EDGE_COMPRESS_CONVERTER_LOG"):  # the converter's own output
             self._log.seek(0)
-            tail = self._log.read()[-4000:].decode(errors="replace")
-            if tail.strip():
-                print(tail, file=sys.stderr)
+            print(self._log.read()[-4000:].decode(errors="replace"), file=sys.stderr)
         return self._stack.__exit__(exc_type, *rest)
+
+
+def _flush_all() -> None:
+    """Python's and C's stdio buffers, so that nothing written before a descriptor swap lands on the other side."""
+    import ctypes
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library handle (not Linux / macOS): Python's buffers are flushed
+        pass
+

@@ -118,3 +118,26 @@ def test_jetson_target_writes_a_deploy_bundle_reusing_the_cached_stages(small_ru
     assert {"model.onnx", "build_engine.sh", "manifest.json"} <= {p.name for p in bundle.iterdir()}
     assert manifest["preset"] and "trtexec" in (bundle / "build_engine.sh").read_text()
     assert report["target"] == "jetson" and _variant(report, "compressed")["accuracy"] >= 0.6
+
+
+def test_fp32_student_ships_when_int8_is_slower(tmp_path, monkeypatch):
+    """The search's timing decides between INT8 and FP32; force "INT8 is slower" and check what ships."""
+    import dataclasses
+    import hashlib
+
+    from compress import search
+    from compress.pipeline import run
+    from compress.recipe import QuantConfig
+
+    monkeypatch.setattr(search.SearchResult, "fp32_is_faster", property(lambda self: self.chosen.meets_bar))
+    recipe = small_recipe(quantize=QuantConfig(fp32_if_faster=True))
+    report = run(dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, limit_train=1500)), tmp_path)
+    student = report["student"]["chosen"]
+    q = report["quantize"]["compressed"]
+    assert q["shipped"] == "fp32" and q["search"]["fp32_is_faster"] is True
+    compressed = _variant(report, "compressed")
+    assert compressed["precision"] == "fp32" and "INT8 was slower" in compressed["description"]
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(tmp_path / "target" / "cpu" / "model.onnx") == digest(tmp_path / f"{student}.onnx")
+    assert (tmp_path / f"{student}.int8.onnx").is_file()  # the INT8 file stays for comparison
+    assert compressed["accuracy"] == _variant(report, student)["accuracy"]
