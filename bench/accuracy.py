@@ -18,9 +18,9 @@ def as_model_input(spec, x: np.ndarray) -> np.ndarray:
     if x.dtype == spec.dtype:
         return x
     if spec.quantization is not None and np.issubdtype(spec.dtype, np.integer) and np.issubdtype(x.dtype, np.floating):
-        scale, zero = spec.quantization
-        info = np.iinfo(spec.dtype)
-        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(spec.dtype)
+        from runtime.runner import quantize_input
+
+        return quantize_input(x, spec.dtype, *spec.quantization)
     if np.issubdtype(x.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer):
         return x.astype(spec.dtype)
     return x
@@ -40,17 +40,12 @@ def model_feeds(runner, arrays: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]
 
 def predict_arrays(runner, arrays: tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
     """Float logits for every row of `arrays` (one per model input), in batches; a fixed-batch artifact gets its
-    own batch size, the last one padded by repeating rows (their outputs dropped)."""
-    fixed = fixed_batch(runner)
-    size = fixed or batch_size
+    own batch size (`Runner.first_output` pads the last one)."""
+    size = fixed_batch(runner) or batch_size
     outs = []
     for i in range(0, len(arrays[0]), size):
-        chunk = tuple(a[i : i + size] for a in arrays)
-        n = len(chunk[0])
-        if fixed and n < fixed:
-            chunk = tuple(np.resize(a, (fixed, *a.shape[1:])) for a in chunk)
-        y = next(iter(runner.infer(model_feeds(runner, chunk)).values()))
-        outs.append(as_float_output(runner.outputs[0], y)[:n])
+        feeds = model_feeds(runner, tuple(a[i : i + size] for a in arrays))
+        outs.append(as_float_output(runner.outputs[0], runner.first_output(feeds)))
     return np.concatenate(outs)
 
 

@@ -149,18 +149,16 @@ class Runner:
                 x = x[:, None] if pre.get("layout", "NCHW") == "NCHW" else x[..., None]
             x = (x - float(pre.get("mean", 0.0))) / float(pre.get("std", 1.0))
         if spec.quantization and np.issubdtype(spec.dtype, np.integer):
-            scale, zero = spec.quantization
-            info = np.iinfo(spec.dtype)
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+            x = quantize_input(x, spec.dtype, *spec.quantization)
         return np.ascontiguousarray(x, dtype=spec.dtype)
 
     def predict(self, raw: np.ndarray) -> list[str]:
         """Raw inputs (e.g. uint8 images, N x H x W) -> label names, using the stored preprocessing."""
-        return self._labels(self._first_output_any_batch({self.inputs[0].name: self.preprocess(raw)}))
+        return self._labels(self.first_output({self.inputs[0].name: self.preprocess(raw)}))
 
-    def _first_output_any_batch(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The first output for N rows, also on an artifact fixed to another batch (a .tflite): run in chunks of
-        that batch, the last chunk padded by repeating its rows."""
+    def first_output(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The first output for N rows of validated feeds, also on an artifact fixed to another batch (a .tflite):
+        run in chunks of that batch, the last chunk padded by repeating its rows."""
         fixed = self.inputs[0].shape[0] if self.inputs[0].shape else None
         n = len(next(iter(feeds.values())))
         if fixed is None or n in (0, fixed):  # nothing to split; an empty batch gets infer's own error
@@ -204,7 +202,7 @@ class Runner:
 
     def predict_texts(self, texts: Sequence[str]) -> list[str]:
         """Texts -> label names (a text classifier compiled by the pipeline)."""
-        return self._labels(self._first_output_any_batch(self.encode_texts(texts)))
+        return self._labels(self.first_output(self.encode_texts(texts)))
 
     def _tokenizer(self, pre: Mapping[str, Any]):
         if getattr(self, "_text_tokenizer", None) is None:
@@ -221,6 +219,12 @@ class Runner:
                                     ) from None
             self._text_tokenizer.no_padding()
         return self._text_tokenizer
+
+
+def quantize_input(x: np.ndarray, dtype, scale: float, zero: int) -> np.ndarray:
+    """Float values -> the integer input of a quantized artifact: round(x / scale) + zero, clipped to `dtype`."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -336,10 +336,11 @@ class Parity:
 
 def _to_input(detail: dict, x: np.ndarray) -> np.ndarray:
     """A float input quantized with the artifact's (scale, zero point), or integer ids cast to its dtype."""
+    from runtime.runner import quantize_input
+
     scale, zero = detail.get("quantization", (0.0, 0))
     if np.issubdtype(detail["dtype"], np.integer) and scale and np.issubdtype(x.dtype, np.floating):
-        info = np.iinfo(detail["dtype"])
-        x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+        x = quantize_input(x, detail["dtype"], scale, zero)
     return np.ascontiguousarray(x, dtype=detail["dtype"])
 
 
