@@ -22,11 +22,12 @@ class LatencyStats:
     runs: int
     throughput: float  # samples per second at this batch size, from the median
     block_p50: tuple[float, ...] = ()  # median of each timed block, in round order (paired ratios in the gate)
+    p50_repeat_pi95: tuple[float, float] = ()  # where a repeat run's p50 should land, 95 % (see repeat_interval)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["p50_ci95"] = list(self.p50_ci95)
-        d["block_p50"] = list(self.block_p50)
+        for key in ("p50_ci95", "block_p50", "p50_repeat_pi95"):
+            d[key] = list(d[key])
         return d
 
 
@@ -54,13 +55,42 @@ def block_bootstrap_median_ci(blocks: list[np.ndarray], *, resamples: int = 1000
     return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
 
 
+# two-sided 95 % quantiles of Student's t by degrees of freedom (no scipy at run time)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def repeat_interval(block_medians: np.ndarray, center: float) -> tuple[float, float]:
+    """95 % prediction interval for the p50 of a repeat run with as many blocks, on the log scale.
+
+    A confidence interval says where the true median is; a second run's median carries its own noise as well,
+    so even a well-calibrated 95 % CI holds a repeat's median only ~83 % of the time (the difference of two
+    estimates has sqrt(2) times their spread). This interval is the one to read as "a rerun lands here":
+    center * exp(+-t(k-1) * s * sqrt(2 / k)), s the spread of the k block medians' logs. Blocks open their own
+    session each, so session-to-session and load-to-load variation is inside s."""
+    logs = np.log(np.asarray(block_medians, dtype=float))
+    k = len(logs)
+    half = t975(k - 1) * float(np.std(logs, ddof=1)) * float(np.sqrt(2.0 / k))
+    return center * float(np.exp(-half)), center * float(np.exp(half))
+
+
 def summarize(samples_ms: np.ndarray, batch_size: int, blocks: list[np.ndarray] | None = None) -> LatencyStats:
     p50, p90, p99 = (float(v) for v in np.percentile(samples_ms, [50, 90, 99]))
     ci = block_bootstrap_median_ci(blocks) if blocks and len(blocks) >= 3 else bootstrap_median_ci(samples_ms)
     ci = (min(ci[0], p50), max(ci[1], p50))
+    block_p50 = tuple(float(np.median(b)) for b in blocks) if blocks else ()
+    if len(block_p50) >= 3 and min(block_p50) > 0:
+        pi = repeat_interval(np.asarray(block_p50), p50)
+        pi = (min(pi[0], ci[0]), max(pi[1], ci[1]))
+    else:  # too few blocks for a spread: widen the CI by sqrt(2) about the median
+        pi = (p50 - np.sqrt(2) * (p50 - ci[0]), p50 + np.sqrt(2) * (ci[1] - p50))
     return LatencyStats(p50, p90, p99, float(samples_ms.mean()), ci, len(samples_ms),
-                        batch_size * 1000.0 / p50 if p50 > 0 else float("inf"),
-                        tuple(float(np.median(b)) for b in blocks) if blocks else ())
+                        batch_size * 1000.0 / p50 if p50 > 0 else float("inf"), block_p50,
+                        (float(pi[0]), float(pi[1])))
 
 
 def time_block(run: RunFn, warmup: int, runs: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Any
 from bench import environment
 from bench.accuracy import accuracy, as_model_input, fixed_batch, latency_feeds, top1_agreement
 from bench.latency import measure_interleaved
+from bench.memory import measure_peak_rss
 
 SCHEMA_VERSION = 1
 BASELINE = "baseline"
@@ -81,6 +82,15 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
                                         rounds=rounds, on_block=advance)
             for name, s in stats.items():
                 rows[name]["latency_ms"][str(b)] = s.to_dict()
+    for v in variants:  # after timing, so the child processes never share the cores with a timed block
+        rows[v.name]["memory_mb"] = {}
+        for b in batch_sizes:
+            specs = input_specs[v.name]
+            arrays = latency_feeds(split, b, specs[0].name, seq_length).values()
+            feeds = {spec.name: as_model_input(spec, a) for spec, a in zip(specs, arrays)}
+            peak = measure_peak_rss(v.path, feeds, threads=threads)
+            if peak is not None:
+                rows[v.name]["memory_mb"][str(b)] = peak
     return [rows[v.name] for v in variants]
 
 
@@ -148,16 +158,26 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
+def peak_rss(variant: dict, batch: str) -> str:
+    memory = variant.get("memory_mb", {}).get(batch)
+    return f"{memory['peak_rss_mb']:.0f} MB" if memory else "-"
+
+
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     batches = list(report["variants"][0]["latency_ms"]) if report["variants"] else []
     base = next((r for r in report["variants"] if r["name"] == BASELINE), None)
     header = ["variant", "precision", "accuracy", "size"] + [f"p50 b{b} (ms)" for b in batches] + \
              [f"speed-up b{b}" for b in batches]
+    top = batches[-1] if batches else None
+    with_memory = any(top in r.get("memory_mb", {}) for r in report["variants"])
+    if with_memory:
+        header.append(f"peak RSS b{top}")
     rows = []
     for r in report["variants"]:
         lat = [f"{r['latency_ms'][b]['p50']:.3f}" for b in batches]
         speed = [f"{base['latency_ms'][b]['p50'] / r['latency_ms'][b]['p50']:.2f}x" if base else "-" for b in batches]
-        rows.append([r["name"], r["precision"], f"{r['accuracy']:.4f}", _fmt_bytes(r["size_bytes"])] + lat + speed)
+        rows.append([r["name"], r["precision"], f"{r['accuracy']:.4f}", _fmt_bytes(r["size_bytes"])] + lat + speed +
+                    ([peak_rss(r, top)] if with_memory else []))
     return header, rows
 
 

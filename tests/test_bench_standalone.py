@@ -72,13 +72,28 @@ def test_bench_report_has_the_pipeline_schema(models):
         assert {"name", "artifact", "precision", "accuracy", "size_bytes", "latency_ms",
                 "top1_agreement_vs_baseline"} <= set(v)
         s = v["latency_ms"]["32"]
-        assert {"p50", "p90", "p99", "mean", "p50_ci95", "runs", "throughput"} <= set(s)
+        assert {"p50", "p90", "p99", "mean", "p50_ci95", "p50_repeat_pi95", "block_p50", "runs", "throughput"} <= set(s)
         assert s["p50_ci95"][0] <= s["p50"] <= s["p50_ci95"][1] and s["runs"] == 60
+        assert s["p50_repeat_pi95"][0] <= s["p50_ci95"][0] and s["p50_repeat_pi95"][1] >= s["p50_ci95"][1]
+        m = v["memory_mb"]["32"]
+        assert 0 < m["before_load_mb"] < m["peak_rss_mb"]
         assert v["accuracy"] is None and v["precision"] == "fp32"
     c = report["comparison"]
     assert c["baseline"] == "baseline" and c["candidate"] == "compressed" and c["accuracy_drop_pt"] is None
     assert c["size_ratio"] > 30  # 768-wide vs 96-wide weights
     assert report["environment"]["threads"] == 2 and "onnxruntime" in report["environment"]["versions"]
+
+
+def test_peak_rss_counts_the_weights_the_runtime_holds(models, tmp_path):
+    """A 64 MB weight matrix must show in the child's peak RSS; a 40 KB model must not come near it."""
+    from bench.memory import measure_peak_rss
+
+    fat = mlp(tmp_path / "fat.onnx", 4096)  # w2 alone: 4096 x 4096 float32 = 64 MiB
+    x = {"input": np.zeros((32, FEATURES), np.float32)}
+    grown = {name: (lambda m: m["peak_rss_mb"] - m["before_load_mb"])(measure_peak_rss(path, x, threads=2))
+             for name, path in (("fat", fat), ("small", models["small"]))}
+    assert grown["fat"] >= 64, grown
+    assert grown["small"] < grown["fat"] - 48, grown
 
 
 def test_bench_cli_writes_json_md_html_and_check_reads_it(models, tmp_path):
