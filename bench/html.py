@@ -12,7 +12,7 @@ import math
 from html import escape
 from typing import Sequence
 
-from bench.report import peak_rss
+from bench.report import memory_batch, peak_rss
 
 PRECISION_COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728"}
 OTHER_COLOR = "#7f7f7f"
@@ -291,7 +291,8 @@ def variant_table(report: dict) -> str:
                 fronts.setdefault(v["name"], []).append(f"b{b}")
     header = ["variant", "precision", "accuracy", "top-1 agree", "size"]
     header += [f"p50 b{b} (ms)" for b in batches] + [f"p99 b{b} (ms)" for b in batches]
-    header += [f"speed-up b{b}" for b in batches] + [f"peak RSS b{batches[-1] if batches else ''}", "Pareto front at"]
+    top = memory_batch(rows)
+    header += [f"speed-up b{b}" for b in batches] + ([f"peak RSS b{top}"] if top else []) + ["Pareto front at"]
     out = []
     for v in rows:
         acc = "-" if v.get("accuracy") is None else f"{100 * v['accuracy']:.2f}%"
@@ -306,7 +307,7 @@ def variant_table(report: dict) -> str:
         r += [f"{v['latency_ms'][b]['p99']:.3f}" if b in v["latency_ms"] else "-" for b in batches]
         r += [f"{base['latency_ms'][b]['p50'] / v['latency_ms'][b]['p50']:.2f}x"
               if base and b in v["latency_ms"] and b in base["latency_ms"] else "-" for b in batches]
-        r.append(peak_rss(v, batches[-1]) if batches else "-")
+        r += [peak_rss(v, top)] if top else []
         r.append(", ".join(fronts.get(v["name"], [])) or "-")
         out.append(r)
     return _table(header, out, left=2, row_classes=["front" if fronts.get(v["name"]) else "" for v in rows])

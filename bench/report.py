@@ -64,10 +64,13 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
 
     batch_sizes = timed_batches(batch_sizes, fixed)
 
-    def opener(v: Variant, batch: int):
+    def feeds_of(v: Variant, batch: int) -> dict:
         specs = input_specs[v.name]  # feeds by position: a .tflite names its inputs args_0, args_1, ...
         arrays = latency_feeds(split, batch, specs[0].name, seq_length).values()
-        feeds = {spec.name: as_model_input(spec, a) for spec, a in zip(specs, arrays)}
+        return {spec.name: as_model_input(spec, a) for spec, a in zip(specs, arrays)}
+
+    def opener(v: Variant, batch: int):
+        feeds = feeds_of(v, batch)
 
         @contextlib.contextmanager
         def open_run():
@@ -82,15 +85,10 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
                                         rounds=rounds, on_block=advance)
             for name, s in stats.items():
                 rows[name]["latency_ms"][str(b)] = s.to_dict()
+    top = max(batch_sizes)  # the largest batch holds the most activations; the tables show it
     for v in variants:  # after timing, so the child processes never share the cores with a timed block
-        rows[v.name]["memory_mb"] = {}
-        for b in batch_sizes:
-            specs = input_specs[v.name]
-            arrays = latency_feeds(split, b, specs[0].name, seq_length).values()
-            feeds = {spec.name: as_model_input(spec, a) for spec, a in zip(specs, arrays)}
-            peak = measure_peak_rss(v.path, feeds, threads=threads)
-            if peak is not None:
-                rows[v.name]["memory_mb"][str(b)] = peak
+        peak = measure_peak_rss(v.path, feeds_of(v, top), threads=threads)
+        rows[v.name]["memory_mib"] = {str(top): peak} if peak else {}
     return [rows[v.name] for v in variants]
 
 
@@ -158,9 +156,14 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
-def peak_rss(variant: dict, batch: str) -> str:
-    memory = variant.get("memory_mb", {}).get(batch)
-    return f"{memory['peak_rss_mb']:.0f} MB" if memory else "-"
+def memory_batch(variants: list[dict]) -> str | None:
+    """The batch whose peak RSS the reports hold, None when no variant has one (older reports, probe failed)."""
+    return next((b for v in variants for b in v.get("memory_mib", {})), None)
+
+
+def peak_rss(variant: dict, batch: str | None) -> str:
+    memory = variant.get("memory_mib", {}).get(batch) if batch else None
+    return f"{memory['peak_rss_mib']:.0f} MiB" if memory else "-"
 
 
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -168,16 +171,15 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     base = next((r for r in report["variants"] if r["name"] == BASELINE), None)
     header = ["variant", "precision", "accuracy", "size"] + [f"p50 b{b} (ms)" for b in batches] + \
              [f"speed-up b{b}" for b in batches]
-    top = batches[-1] if batches else None
-    with_memory = any(top in r.get("memory_mb", {}) for r in report["variants"])
-    if with_memory:
+    top = memory_batch(report["variants"])
+    if top:
         header.append(f"peak RSS b{top}")
     rows = []
     for r in report["variants"]:
         lat = [f"{r['latency_ms'][b]['p50']:.3f}" for b in batches]
         speed = [f"{base['latency_ms'][b]['p50'] / r['latency_ms'][b]['p50']:.2f}x" if base else "-" for b in batches]
         rows.append([r["name"], r["precision"], f"{r['accuracy']:.4f}", _fmt_bytes(r["size_bytes"])] + lat + speed +
-                    ([peak_rss(r, top)] if with_memory else []))
+                    ([peak_rss(r, top)] if top else []))
     return header, rows
 
 

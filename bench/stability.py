@@ -24,17 +24,16 @@ def _inside(x: float, ci: tuple[float, float, float]) -> bool:
     return ci[1] <= x <= ci[2]
 
 
-def _repeat_pi(variant: dict, batch: str) -> tuple[float, float, float]:
+def _repeat_pi(variant: dict, batch: str) -> tuple[float, float, float] | None:
     s = variant["latency_ms"][batch]
-    lo, hi = s.get("p50_repeat_pi95") or s["p50_ci95"]
-    return s["p50"], lo, hi
+    return (s["p50"], *s["p50_repeat_pi95"]) if s.get("p50_repeat_pi95") else None
 
 
 def run(artifacts: list[str], *, repeats: int, batch_sizes: tuple[int, ...], runs: int, rounds: int, warmup: int,
         threads: int, pct: float) -> dict:
     pairs = parse_artifacts(artifacts)
     tallies = {"pairs": 0, "check_ratio_pass": 0, "check_absolute_pass": 0, "p50_cases": 0, "p50_in_ci": 0,
-               "p50_in_repeat_pi": 0, "ratio_cases": 0, "ratio_in_ci": 0}
+               "p50_in_repeat_pi": 0, "repeat_pi_cases": 0, "ratio_cases": 0, "ratio_in_ci": 0}
     records = []
     for i in range(repeats):
         start = time.perf_counter()
@@ -53,8 +52,11 @@ def run(artifacts: list[str], *, repeats: int, batch_sizes: tuple[int, ...], run
                 sa, sb, pa = _stats(v, bs, "A"), _stats(vb, bs, "B"), _repeat_pi(v, bs)
                 tallies["p50_cases"] += 1
                 tallies["p50_in_ci"] += _inside(sb[0], sa)
-                tallies["p50_in_repeat_pi"] += _inside(sb[0], pa)
-                rec["p50"][f"{v['name']}/b{bs}"] = {"a": sa[0], "b": sb[0], "a_ci95": sa[1:], "a_repeat_pi95": pa[1:]}
+                if pa is not None:  # a bench of < 2 rounds has none
+                    tallies["repeat_pi_cases"] += 1
+                    tallies["p50_in_repeat_pi"] += _inside(sb[0], pa)
+                rec["p50"][f"{v['name']}/b{bs}"] = {"a": sa[0], "b": sb[0], "a_ci95": sa[1:],
+                                                    "a_repeat_pi95": pa[1:] if pa else None}
         if base and cand != base:
             for bs in get_variant(a, cand, "A")["latency_ms"]:
                 ra = paired_ratio_stats(get_variant(a, cand, "A")["latency_ms"][bs],
@@ -98,7 +100,7 @@ def main() -> None:
     t = result["tallies"]
     print(f"check passes, ratio mode (default): {t['check_ratio_pass']}/{t['pairs']}")
     print(f"check passes, absolute mode: {t['check_absolute_pass']}/{t['pairs']}")
-    print(f"repeat p50 inside the first bench's p50_repeat_pi95: {_pct(t['p50_in_repeat_pi'], t['p50_cases'])}")
+    print(f"repeat p50 inside the first bench's p50_repeat_pi95: {_pct(t['p50_in_repeat_pi'], t['repeat_pi_cases'])}")
     print(f"repeat p50 inside the first bench's p50_ci95: {_pct(t['p50_in_ci'], t['p50_cases'])}")
     print(f"repeat ratio to the baseline inside the first bench's paired ratio CI95: "
           f"{_pct(t['ratio_in_ci'], t['ratio_cases'])}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from bench import environment
 from bench.datasets import Split
-from bench.report import SCHEMA_VERSION, Variant, _fmt_bytes, bench_variants, compare, peak_rss
+from bench.report import SCHEMA_VERSION, Variant, _fmt_bytes, bench_variants, compare, memory_batch, peak_rss
 from compress.errors import CompressError
 
 SYNTHETIC_SAMPLES = 64
@@ -166,8 +166,9 @@ def to_markdown(report: dict) -> str:
     base = next((v for v in variants if v["name"] == c.get("baseline")), variants[0])
     env = report["environment"]
     header = ["variant", "precision", "accuracy", "top-1 agreement", "size"] + \
-             [f"p50 b{b} (ms) [CI95]" for b in batches] + [f"speed-up b{b}" for b in batches] + \
-             [f"peak RSS b{batches[-1]}"]
+             [f"p50 b{b} (ms) [CI95]" for b in batches] + [f"speed-up b{b}" for b in batches]
+    top = memory_batch(variants)
+    header += [f"peak RSS b{top}"] if top else []
     lines = [f"# {report.get('title', 'compress bench')}", "",
              f"Data: {report['dataset']['name']} ({report['dataset']['samples']} samples); {env['cpu']}, "
              f"{env['cores']} cores, {env['threads']} threads; onnxruntime {env['versions'].get('onnxruntime', '?')}; "
@@ -179,7 +180,7 @@ def to_markdown(report: dict) -> str:
                f"{v['latency_ms'][b]['p50_ci95'][1]:.3f}]" for b in batches]
         speed = [f"{base['latency_ms'][b]['p50'] / v['latency_ms'][b]['p50']:.2f}x" for b in batches]
         row = [v["name"], v["precision"], acc, f"{v['top1_agreement_vs_baseline']:.4f}", _fmt_bytes(v["size_bytes"])]
-        lines.append("| " + " | ".join(row + lat + speed + [peak_rss(v, batches[-1])]) + " |")
+        lines.append("| " + " | ".join(row + lat + speed + ([peak_rss(v, top)] if top else [])) + " |")
     if c:
         speed = ", ".join(f"batch {b}: {r:.2f}x" for b, r in c["speedup_p50"].items())
         drop = "n/a (no --data)" if c.get("accuracy_drop_pt") is None else f"{c['accuracy_drop_pt']:.2f} pt"

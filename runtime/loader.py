@@ -76,7 +76,7 @@ def probe(path: str | os.PathLike, timeout: float = PROBE_TIMEOUT_S, **options: 
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "runtime._probe", str(path), json.dumps(options)]
+    cmd = [sys.executable, "-P", "-m", "runtime._probe", str(path), json.dumps(options)]  # -P: no cwd on sys.path
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:

@@ -75,8 +75,8 @@ def test_bench_report_has_the_pipeline_schema(models):
         assert {"p50", "p90", "p99", "mean", "p50_ci95", "p50_repeat_pi95", "block_p50", "runs", "throughput"} <= set(s)
         assert s["p50_ci95"][0] <= s["p50"] <= s["p50_ci95"][1] and s["runs"] == 60
         assert s["p50_repeat_pi95"][0] <= s["p50_ci95"][0] and s["p50_repeat_pi95"][1] >= s["p50_ci95"][1]
-        m = v["memory_mb"]["32"]
-        assert 0 < m["before_load_mb"] < m["peak_rss_mb"]
+        m = v["memory_mib"]["32"]
+        assert 0 < m["before_load_mib"] < m["peak_rss_mib"]
         assert v["accuracy"] is None and v["precision"] == "fp32"
     c = report["comparison"]
     assert c["baseline"] == "baseline" and c["candidate"] == "compressed" and c["accuracy_drop_pt"] is None
@@ -90,7 +90,7 @@ def test_peak_rss_counts_the_weights_the_runtime_holds(models, tmp_path):
 
     fat = mlp(tmp_path / "fat.onnx", 4096)  # w2 alone: 4096 x 4096 float32 = 64 MiB
     x = {"input": np.zeros((32, FEATURES), np.float32)}
-    grown = {name: (lambda m: m["peak_rss_mb"] - m["before_load_mb"])(measure_peak_rss(path, x, threads=2))
+    grown = {name: (lambda m: m["peak_rss_mib"] - m["before_load_mib"])(measure_peak_rss(path, x, threads=2))
              for name, path in (("fat", fat), ("small", models["small"]))}
     assert grown["fat"] >= 64, grown
     assert grown["small"] < grown["fat"] - 48, grown
