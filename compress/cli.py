@@ -153,7 +153,7 @@ def print_summary(report: dict, out_dir: Path) -> None:
         table.add_column(h, justify="left" if h in ("variant", "precision") else "right")
     for r in rows:
         table.add_row(*r)
-    console = Console(width=max(100, Console().width))
+    console = Console(width=max(120, Console().width))
     console.print(table)
     c = report.get("comparison")
     if c:
