@@ -96,6 +96,16 @@ def test_peak_rss_counts_the_weights_the_runtime_holds(models, tmp_path):
     assert grown["small"] < grown["fat"] - 48, grown
 
 
+def test_peak_rss_probe_ignores_a_runtime_package_in_the_working_directory(models, tmp_path, monkeypatch):
+    from bench.memory import measure_peak_rss
+
+    (tmp_path / "runtime").mkdir()
+    (tmp_path / "runtime" / "__init__.py").write_text("raise ImportError('the wrong runtime')\n")
+    monkeypatch.chdir(tmp_path)
+    measured = measure_peak_rss(models["small"], {"input": np.zeros((4, FEATURES), np.float32)}, threads=1)
+    assert measured is not None and measured["peak_rss_mib"] > 0
+
+
 def test_bench_cli_writes_json_md_html_and_check_reads_it(models, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["bench", f"baseline={models['big']}", f"compressed={models['small']}",

@@ -206,7 +206,7 @@ def test_isolate_turns_a_crash_into_an_artifact_error(tmp_path, good, monkeypatc
     real_run = subprocess.run
 
     def crashing_child(cmd, **kwargs):
-        assert cmd[1:3] == ["-m", "runtime._probe"]
+        assert cmd[1:4] == ["-P", "-m", "runtime._probe"]  # -P: a ./runtime in the cwd cannot shadow the package
         return real_run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], **kwargs)
 
     monkeypatch.setattr(loader.subprocess, "run", crashing_child)
