@@ -69,7 +69,7 @@ def t975(df: int) -> float:
     return z + (z ** 3 + z) / (4 * df)  # Cornish-Fisher: 2.0365 at df 31 (exact 2.0395)
 
 
-def repeat_interval(block_medians: np.ndarray, center: float) -> tuple[float, float]:
+def repeat_interval(block_medians: np.ndarray, center: float, run_noise: float = 0.0) -> tuple[float, float]:
     """95 % prediction interval for the p50 of a repeat run with as many blocks, on the log scale.
 
     A confidence interval says where the true median is; a second run's median carries its own noise as well,
@@ -78,21 +78,26 @@ def repeat_interval(block_medians: np.ndarray, center: float) -> tuple[float, fl
     center * exp(+-t(k-1) * s * sqrt(2 / k)), s the spread of the k block medians' logs. Blocks open their own
     session each, so session-to-session and load-to-load variation is inside s. Exact for the geometric mean of
     the block medians; for the pooled p50 it sits 1-3 points under 95 % when blocks differ much more than
-    samples within them (the pooled median then spreads like a median of block levels, up to pi/2 the variance)."""
+    samples within them (the pooled median then spreads like a median of block levels, up to pi/2 the variance).
+
+    `run_noise` (relative sd, e.g. 0.08) adds a shift of the whole bench that blocks cannot see: a shared machine
+    that is faster or slower for tens of seconds. It is a property of the machine, measured by bench.stability
+    (`sigma_run`), and enters both benches: half-width t * sqrt(2 * (s^2 / k + run_noise^2))."""
     logs = np.log(np.asarray(block_medians, dtype=float))
     k = len(logs)
-    half = t975(k - 1) * float(np.std(logs, ddof=1)) * float(np.sqrt(2.0 / k))
+    half = t975(k - 1) * float(np.sqrt(2.0 * (np.var(logs, ddof=1) / k + run_noise ** 2)))
     return center * float(np.exp(-half)), center * float(np.exp(half))
 
 
-def summarize(samples_ms: np.ndarray, batch_size: int, blocks: list[np.ndarray] | None = None) -> LatencyStats:
+def summarize(samples_ms: np.ndarray, batch_size: int, blocks: list[np.ndarray] | None = None, *,
+              run_noise: float = 0.0) -> LatencyStats:
     p50, p90, p99 = (float(v) for v in np.percentile(samples_ms, [50, 90, 99]))
     ci = block_bootstrap_median_ci(blocks) if blocks and len(blocks) >= 3 else bootstrap_median_ci(samples_ms)
     ci = (min(ci[0], p50), max(ci[1], p50))
     block_p50 = tuple(float(np.median(b)) for b in blocks) if blocks else ()
     pi: tuple[float, ...] = ()  # none without two positive block medians: no spread to predict from
     if len(block_p50) >= 2 and min(block_p50) > 0 and p50 > 0:
-        lo, hi = repeat_interval(np.asarray(block_p50), p50)
+        lo, hi = repeat_interval(np.asarray(block_p50), p50, run_noise)
         pi = (min(lo, ci[0]), max(hi, ci[1]))
     return LatencyStats(p50, p90, p99, float(samples_ms.mean()), ci, len(samples_ms),
                         batch_size * 1000.0 / p50 if p50 > 0 else float("inf"), block_p50, pi)
@@ -114,14 +119,16 @@ OpenFn = Callable[[], ContextManager[RunFn]]
 
 
 def measure_interleaved(open_by_variant: Mapping[str, OpenFn], batch_size: int, *, warmup: int, runs: int,
-                        rounds: int, on_block: Callable[[], None] | None = None) -> dict[str, LatencyStats]:
+                        rounds: int, on_block: Callable[[], None] | None = None,
+                        run_noise: float = 0.0) -> dict[str, LatencyStats]:
     """Time every variant in `rounds` blocks each, cycling variants, and pool the samples per variant.
 
     Each block opens its own session and closes it afterwards: idle ONNX Runtime sessions keep their
     intra-op threads spinning, and on a 2-core box that slowed whichever session ran next by up to 50 %.
     """
     samples = interleaved_blocks(open_by_variant, warmup=warmup, runs=runs, rounds=rounds, on_block=on_block)
-    return {name: summarize(np.concatenate(s), batch_size, blocks=s) for name, s in samples.items()}
+    return {name: summarize(np.concatenate(s), batch_size, blocks=s, run_noise=run_noise)
+            for name, s in samples.items()}
 
 
 def interleaved_blocks(open_by_variant, *, warmup: int, runs: int, rounds: int, on_block=None) -> dict[str, list[np.ndarray]]:

@@ -37,7 +37,8 @@ def _progress(label: str, total: int):
 
 
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
-                   rounds: int, threads: int, seq_length: int | None = None) -> list[dict[str, Any]]:
+                   rounds: int, threads: int, seq_length: int | None = None,
+                   run_noise: float = 0.0) -> list[dict[str, Any]]:
     """Accuracy on `split` and interleaved latency of every variant, in one run.
 
     `split` holds images (`x`) or token ids (`input_ids`, `attention_mask`); text is timed on real rows cut or
@@ -82,7 +83,7 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     with _progress("latency", len(batch_sizes) * rounds * len(variants)) as advance:
         for b in batch_sizes:
             stats = measure_interleaved({v.name: opener(v, b) for v in variants}, b, warmup=warmup, runs=runs,
-                                        rounds=rounds, on_block=advance)
+                                        rounds=rounds, on_block=advance, run_noise=run_noise)
             for name, s in stats.items():
                 rows[name]["latency_ms"][str(b)] = s.to_dict()
     top = max(batch_sizes)  # the largest batch holds the most activations; the tables show it
@@ -128,7 +129,8 @@ def build_report(recipe, data, variants: list[Variant], stages: list[dict], extr
     start = time.perf_counter()
     seq_length = getattr(data, "max_length", None)
     rows = bench_variants(variants, data.test, batch_sizes=b.batch_sizes, warmup=b.warmup, runs=b.runs,
-                          rounds=b.rounds, threads=b.threads, seq_length=seq_length)
+                          rounds=b.rounds, threads=b.threads, seq_length=seq_length,
+                          run_noise=b.run_noise_pct / 100.0)
     for row in rows:
         row["artifact"] = str(Path(row["artifact"]).relative_to(out_dir))
     stages = stages + [{"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2),
@@ -140,6 +142,7 @@ def build_report(recipe, data, variants: list[Variant], stages: list[dict], extr
         "target": recipe.target.name,
         "dataset": {"name": data.name, "split": "test", "samples": len(data.test), "fingerprint": data.fingerprint},
         "environment": {**environment.describe(b.threads), "timing": "blocks of runs cycled per variant",
+                        "run_noise_pct": b.run_noise_pct,
                         **({"sequence_length": seq_length} if seq_length else {})},
         "variants": rows,
         "comparison": compare(rows),

@@ -29,8 +29,30 @@ def _repeat_pi(variant: dict, batch: str) -> tuple[float, float, float] | None:
     return (s["p50"], *s["p50_repeat_pi95"]) if s.get("p50_repeat_pi95") else None
 
 
+def run_noise(records: list[dict]) -> dict[str, float]:
+    """The machine's relative shift between whole benches that the blocks inside a bench do not show (sigma_run):
+    per pair and series, log(B/A)^2 minus what the two benches' block spreads explain, halved, averaged; pooled
+    over all series, and per series. Feed the pooled figure to `compress bench --run-noise-pct`."""
+    import numpy as np
+
+    excess: dict[str, list[float]] = {}
+    for rec in records:
+        for series, p in rec["p50"].items():
+            if series.startswith("ratio"):
+                continue
+            la, lb = (np.log(rec["block_p50"][f"{side}/{series}"]) for side in ("A", "B"))
+            if len(la) < 2 or len(lb) < 2:
+                continue
+            d = float(np.log(p["b"] / p["a"]))
+            excess.setdefault(series, []).append(d * d - (la.var(ddof=1) / len(la) + lb.var(ddof=1) / len(lb)))
+    pct = lambda xs: round(100 * float(np.sqrt(max(0.0, np.mean(xs) / 2))), 2)  # noqa: E731
+    out = {series: pct(xs) for series, xs in excess.items()}
+    out["pooled"] = pct([x for xs in excess.values() for x in xs]) if excess else 0.0
+    return out
+
+
 def run(artifacts: list[str], *, repeats: int, batch_sizes: tuple[int, ...], runs: int, rounds: int, warmup: int,
-        threads: int, pct: float) -> dict:
+        threads: int, pct: float, run_noise_pct: float = 0.0) -> dict:
     pairs = parse_artifacts(artifacts)
     tallies = {"pairs": 0, "check_ratio_pass": 0, "check_absolute_pass": 0, "p50_cases": 0, "p50_in_ci": 0,
                "p50_in_repeat_pi": 0, "repeat_pi_cases": 0, "ratio_cases": 0, "ratio_in_ci": 0}
@@ -38,7 +60,7 @@ def run(artifacts: list[str], *, repeats: int, batch_sizes: tuple[int, ...], run
     for i in range(repeats):
         start = time.perf_counter()
         a, b = (bench_artifacts(pairs, batch_sizes=batch_sizes, runs=runs, rounds=rounds, warmup=warmup,
-                                threads=threads) for _ in range(2))
+                                threads=threads, run_noise_pct=run_noise_pct) for _ in range(2))
         ratio = check_reports(b, a, mode="ratio", max_latency_regression=pct)
         absolute = check_reports(b, a, mode="absolute", max_latency_regression=pct)
         tallies["pairs"] += 1
@@ -75,6 +97,7 @@ def run(artifacts: list[str], *, repeats: int, batch_sizes: tuple[int, ...], run
     load = os.getloadavg()
     return {"artifacts": artifacts, "repeats": repeats, "runs": runs, "rounds": rounds, "warmup": warmup,
             "threads": threads, "batch_sizes": list(batch_sizes), "max_latency_regression": pct,
+            "run_noise_pct_used": run_noise_pct, "sigma_run_pct": run_noise(records),
             "load_average_at_end": load, "tallies": tallies, "records": records}
 
 
@@ -92,11 +115,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-latency-regression", type=float, default=10.0)
+    ap.add_argument("--run-noise-pct", type=float, default=0.0,
+                    help="widen the repeat interval by this machine noise (from an earlier stability run)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     result = run(args.artifacts, repeats=args.repeats, batch_sizes=tuple(int(b) for b in args.batch.split(",")),
                  runs=args.runs, rounds=args.rounds, warmup=args.warmup, threads=args.threads,
-                 pct=args.max_latency_regression)
+                 pct=args.max_latency_regression, run_noise_pct=args.run_noise_pct)
     t = result["tallies"]
     print(f"check passes, ratio mode (default): {t['check_ratio_pass']}/{t['pairs']}")
     print(f"check passes, absolute mode: {t['check_absolute_pass']}/{t['pairs']}")
@@ -104,6 +129,10 @@ def main() -> None:
     print(f"repeat p50 inside the first bench's p50_ci95: {_pct(t['p50_in_ci'], t['p50_cases'])}")
     print(f"repeat ratio to the baseline inside the first bench's paired ratio CI95: "
           f"{_pct(t['ratio_in_ci'], t['ratio_cases'])}")
+    sigma = result["sigma_run_pct"]
+    print(f"shift between whole benches not seen within one (sigma_run): {sigma['pooled']:.1f} % pooled; "
+          + ", ".join(f"{k} {v:.1f} %" for k, v in sigma.items() if k != "pooled")
+          + f" -> compress bench --run-noise-pct {sigma['pooled']:.1f}")
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in result['load_average_at_end'])}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -81,7 +81,7 @@ def load_split(data: str | None, limit: int | None, input_shape: tuple, dtype: n
 def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data: str | None = None,
                     limit: int | None = None, batch_sizes: Sequence[int] = (1, 32), threads: int = 2,
                     runs: int = 200, warmup: int = 10, rounds: int = 8, baseline: str | None = None,
-                    candidate: str | None = None) -> dict[str, Any]:
+                    candidate: str | None = None, run_noise_pct: float = 0.0) -> dict[str, Any]:
     """Accuracy (with `data`) and interleaved latency of every artifact in one run, as a schema-1 report.
 
     The baseline (default: the first artifact) is timed in the same run, so `comparison.speedup_p50` is a
@@ -104,6 +104,8 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
         raise BenchError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if runs < 1 or rounds < 1 or warmup < 0 or threads < 1:
         raise BenchError("--runs, --rounds and --threads must be >= 1 and --warmup >= 0")
+    if not 0 <= run_noise_pct < 100:
+        raise BenchError(f"--run-noise-pct must be in [0, 100), got {run_noise_pct}")
     if runs < rounds:
         raise BenchError(f"--runs {runs} must be at least --rounds {rounds} (runs are split into rounds)")
     pairs.sort(key=lambda np_: np_[0] != baseline)  # the baseline first: top-1 agreement is measured against it
@@ -114,7 +116,7 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
     variants = [Variant(name, path, _precision(path), "baseline" if name == baseline else "") for name, path in pairs]
     start = time.perf_counter()
     rows = bench_variants(variants, split, batch_sizes=tuple(batch_sizes), warmup=warmup, runs=runs, rounds=rounds,
-                          threads=threads)
+                          threads=threads, run_noise=run_noise_pct / 100.0)
     wall = round(time.perf_counter() - start, 2)
     if not has_accuracy:
         for r in rows:
@@ -133,7 +135,7 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
         "target": "cpu",
         "dataset": dataset,
         "environment": {**environment.describe(threads), "timing": f"blocks of runs cycled per variant, "
-                        f"{rounds} rounds, {warmup} warm-up runs per block"},
+                        f"{rounds} rounds, {warmup} warm-up runs per block", "run_noise_pct": run_noise_pct},
         "variants": rows,
         "comparison": comparison,
         "stages": [{"name": "bench", "cached": False, "wall_s": wall, "metrics": {}}],

@@ -35,11 +35,15 @@ def _batches(value: str | None) -> tuple[int, ...] | None:
 @click.option("--rounds", type=click.IntRange(min=1), default=8, show_default=True,
               help="Blocks per variant, cycled A, B, A, B so drift cancels; runs are split among them. "
               "Per-round figures give the gate its paired ratios (needs >= 3).")
+@click.option("--run-noise-pct", type=click.FloatRange(min=0, max=100, max_open=True), default=0.0, show_default=True,
+              help="This machine's shift between whole benches, in percent (python -m bench.stability prints it); "
+              "widens p50_repeat_pi95 by it.")
 @click.option("--baseline", default=None, help="Name of the baseline artifact (default: the first).")
 @click.option("--candidate", default=None, help="Name of the artifact compared with it (default: the last other one).")
 @friendly_errors
 def bench(artifacts: tuple[str, ...], data: str | None, limit: int | None, batch: str, out_dir: Path, threads: int,
-          runs: int, warmup: int, rounds: int, baseline: str | None, candidate: str | None) -> None:
+          runs: int, warmup: int, rounds: int, run_noise_pct: float, baseline: str | None,
+          candidate: str | None) -> None:
     """Benchmark existing artifacts (PATH or NAME=PATH), no pipeline: accuracy, latency, size, in one run.
 
     The first artifact (or --baseline) is the baseline; speed-ups are ratios to it measured in the same run.
@@ -48,7 +52,7 @@ def bench(artifacts: tuple[str, ...], data: str | None, limit: int | None, batch
 
     report = bench_artifacts(parse_artifacts(artifacts), data=data, limit=limit, batch_sizes=_batches(batch),
                              threads=threads, runs=runs, warmup=warmup, rounds=rounds, baseline=baseline,
-                             candidate=candidate)
+                             candidate=candidate, run_noise_pct=run_noise_pct)
     paths = write_all(report, out_dir)
     click.echo(to_markdown(report), nl=False)
     click.echo("report: " + ", ".join(str(p) for p in paths))

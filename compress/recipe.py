@@ -186,13 +186,14 @@ class BenchConfig:
     runs: int = 200
     rounds: int = 8  # blocks per variant; >= 3 lets the confidence interval resample whole blocks
     threads: int = 2
+    run_noise_pct: float = 0.0  # the machine's shift between whole benches (bench.stability's sigma_run)
 
     def __post_init__(self) -> None:
         if not self.batch_sizes:
             raise RecipeError("bench.batch_sizes must list at least one batch size, e.g. [1, 32]")
         _positive("bench", runs=self.runs, rounds=self.rounds, threads=self.threads,
                   **{f"batch_sizes[{i}]": b for i, b in enumerate(self.batch_sizes)})
-        _non_negative("bench", warmup=self.warmup)
+        _non_negative("bench", warmup=self.warmup, run_noise_pct=self.run_noise_pct)
 
 
 @dataclass(frozen=True)

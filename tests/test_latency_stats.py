@@ -66,3 +66,42 @@ def test_report_fields_of_a_summary():
     assert 0 < two.p50_repeat_pi95[0] < two.p50_ci95[0] and two.p50_repeat_pi95[1] > two.p50_ci95[1]
     one = summarize(blocks[0], 1, blocks=blocks[:1])  # no spread to predict from: no interval, not a made-up one
     assert one.p50_repeat_pi95 == () and one.to_dict()["p50_repeat_pi95"] == []
+
+
+def _pairs_with_bench_shift(rng, pairs: int, *, shift_sd: float, k: int = 8, m: int = 25):
+    """Pairs of benches; each bench as a whole is shifted (a shared machine busier for a while), then blocks and
+    samples scatter as in _run. Returns (block medians [2, pairs, k], pooled p50 [2, pairs])."""
+    shift = rng.normal(0, shift_sd, size=(2, pairs, 1, 1))
+    samples = np.exp(shift + rng.normal(0, 0.05, size=(2, pairs, k, 1)) + rng.normal(0, 0.05, size=(2, pairs, k, m)))
+    return np.median(samples, axis=3), np.median(samples.reshape(2, pairs, k * m), axis=2)
+
+
+def test_run_noise_restores_coverage_when_whole_benches_shift():
+    rng = np.random.default_rng(2)
+    pairs = 3000
+    blocks, pooled = _pairs_with_bench_shift(rng, pairs, shift_sd=0.10)
+
+    def coverage(run_noise: float) -> float:
+        hits = 0
+        for i in range(pairs):
+            lo, hi = repeat_interval(blocks[0, i], pooled[0, i], run_noise)
+            hits += lo <= pooled[1, i] <= hi
+        return hits / pairs
+
+    assert coverage(0.0) < 0.70  # the blocks cannot see a shift of the whole bench
+    assert 0.92 <= coverage(0.10) <= 0.995  # measured 0.982: t(k-1) also scales the known shift
+
+
+def test_stability_estimates_the_machines_bench_shift():
+    from bench.stability import run_noise
+
+    rng = np.random.default_rng(3)
+    blocks, pooled = _pairs_with_bench_shift(rng, 400, shift_sd=0.10)
+    records = [{"p50": {"m/b1": {"a": float(pooled[0, i]), "b": float(pooled[1, i])}},
+                "block_p50": {"A/m/b1": list(blocks[0, i]), "B/m/b1": list(blocks[1, i])}} for i in range(400)]
+    estimate = run_noise(records)
+    assert 8.0 <= estimate["pooled"] <= 12.0 and estimate["m/b1"] == estimate["pooled"], estimate
+    quiet_blocks, quiet_pooled = _pairs_with_bench_shift(rng, 400, shift_sd=0.0)
+    quiet = [{"p50": {"m/b1": {"a": float(quiet_pooled[0, i]), "b": float(quiet_pooled[1, i])}},
+              "block_p50": {"A/m/b1": list(quiet_blocks[0, i]), "B/m/b1": list(quiet_blocks[1, i])}} for i in range(400)]
+    assert run_noise(quiet)["pooled"] < 3.0
