@@ -19,7 +19,7 @@ OTHER_COLOR = "#7f7f7f"
 FONT = "font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif"
 
 CSS = f"""
-body {{{FONT}; margin: 24px auto; max-width: 1140px; color: #222; padding: 0 16px; }}
+body {{{FONT}; margin: 24px auto; max-width: 1280px; color: #222; padding: 0 16px; }}
 h1 {{ font-size: 22px; margin: 0 0 4px; }} h2 {{ font-size: 17px; margin: 28px 0 8px; }}
 .sub {{ color: #555; font-size: 13px; margin-bottom: 12px; }}
 .cards {{ display: flex; gap: 12px; flex-wrap: wrap; margin: 12px 0; }}
