@@ -12,7 +12,7 @@ import math
 from html import escape
 from typing import Sequence
 
-from bench.report import memory_batch, peak_rss
+from bench.formatting import fmt_bytes, memory_batch, peak_rss
 
 PRECISION_COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728"}
 OTHER_COLOR = "#7f7f7f"
@@ -40,14 +40,6 @@ svg text {{ {FONT}; }}
 
 def _color(precision: str) -> str:
     return PRECISION_COLORS.get(str(precision).lower(), OTHER_COLOR)
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _num(x: float) -> str:
@@ -187,14 +179,14 @@ def size_svg(report: dict, width: int = 540) -> str:
     biggest = max(v["size_bytes"] for v in rows) or 1
     parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="artifact sizes">',
-             f'<text x="0" y="18" font-size="13" font-weight="600">Artifact size</text>']
+             '<text x="0" y="18" font-size="13" font-weight="600">Artifact size</text>']
     for i, v in enumerate(rows):
         y = mt + i * (bar_h + gap)
         w = max(1.0, v["size_bytes"] / biggest * pw)
         ratio = base["size_bytes"] / v["size_bytes"] if v["size_bytes"] else float("inf")
         rel = "" if v is base else " (same size)" if 0.95 <= ratio <= 1.05 else \
             f" ({ratio:.1f}x smaller)" if ratio > 1 else f" ({1 / ratio:.1f}x larger)"
-        label = _fmt_bytes(v["size_bytes"]) + rel
+        label = fmt_bytes(v["size_bytes"]) + rel
         parts.append(f'<text x="{ml - 8}" y="{y + bar_h - 5}" font-size="12" text-anchor="end">{escape(v["name"])}</text>'
                      f'<rect x="{ml}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{_color(v.get("precision", ""))}" '
                      f'opacity="0.85"><title>{escape(v["name"])}: {v["size_bytes"]} bytes</title></rect>'
@@ -299,7 +291,7 @@ def variant_table(report: dict) -> str:
         agree = v.get("top1_agreement_vs_baseline")
         name = (v["name"], str(v["description"])) if v.get("description") else v["name"]
         r = [name, str(v.get("precision", "")), acc, "-" if agree is None else f"{100 * agree:.1f}%",
-             _fmt_bytes(v["size_bytes"])]
+             fmt_bytes(v["size_bytes"])]
         for b in batches:
             s = v["latency_ms"].get(b)
             ci = s.get("p50_ci95") if s else None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-_ROOT = Path(__file__).resolve().parents[1]
+from runtime.loader import child_python
 
 
 def _status_mib(field: str) -> float | None:
@@ -44,12 +43,11 @@ def measure_peak_rss(path: Path, feeds: Mapping[str, np.ndarray], *, threads: in
         names = list(feeds)
         np.savez(feeds_path, **{f"f{i}": np.asarray(feeds[n]) for i, n in enumerate(names)})
         (Path(tmp) / "names.json").write_text(json.dumps(names))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
         out = Path(tmp) / "result.json"
-        try:  # -P: the caller's working directory (maybe holding its own runtime/) stays off sys.path
-            done = subprocess.run([sys.executable, "-P", "-m", "bench.memory", str(Path(path).resolve()),
-                                   str(feeds_path), "--threads", str(threads), "--runs", str(runs), "--out", str(out)],
-                                  capture_output=True, text=True, env=env, timeout=timeout_s)
+        cmd, env = child_python("bench.memory", str(Path(path).resolve()), str(feeds_path), "--threads", str(threads),
+                                "--runs", str(runs), "--out", str(out))
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
                 raise RuntimeError(last)

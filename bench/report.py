@@ -10,6 +10,7 @@ from typing import Any
 
 from bench import environment
 from bench.accuracy import accuracy, as_model_input, fixed_batch, latency_feeds, top1_agreement
+from bench.formatting import fmt_bytes, memory_batch, peak_rss
 from bench.latency import measure_interleaved
 from bench.memory import measure_peak_rss
 
@@ -38,7 +39,7 @@ def _progress(label: str, total: int):
 
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
                    rounds: int, threads: int, seq_length: int | None = None,
-                   run_noise: float = 0.0) -> list[dict[str, Any]]:
+                   run_noise_pct: float = 0.0) -> list[dict[str, Any]]:
     """Accuracy on `split` and interleaved latency of every variant, in one run.
 
     `split` holds images (`x`) or token ids (`input_ids`, `attention_mask`); text is timed on real rows cut or
@@ -83,7 +84,8 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     with _progress("latency", len(batch_sizes) * rounds * len(variants)) as advance:
         for b in batch_sizes:
             stats = measure_interleaved({v.name: opener(v, b) for v in variants}, b, warmup=warmup, runs=runs,
-                                        rounds=rounds, on_block=advance, run_noise=run_noise)
+                                        rounds=rounds, on_block=advance,
+                                        run_noise=run_noise_pct / 100.0)
             for name, s in stats.items():
                 rows[name]["latency_ms"][str(b)] = s.to_dict()
     top = max(batch_sizes)  # the largest batch holds the most activations; the tables show it
@@ -130,7 +132,7 @@ def build_report(recipe, data, variants: list[Variant], stages: list[dict], extr
     seq_length = getattr(data, "max_length", None)
     rows = bench_variants(variants, data.test, batch_sizes=b.batch_sizes, warmup=b.warmup, runs=b.runs,
                           rounds=b.rounds, threads=b.threads, seq_length=seq_length,
-                          run_noise=b.run_noise_pct / 100.0)
+                          run_noise_pct=b.run_noise_pct)
     for row in rows:
         row["artifact"] = str(Path(row["artifact"]).relative_to(out_dir))
     stages = stages + [{"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2),
@@ -151,24 +153,6 @@ def build_report(recipe, data, variants: list[Variant], stages: list[dict], extr
     }
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
-def memory_batch(variants: list[dict]) -> str | None:
-    """The batch whose peak RSS the reports hold, None when no variant has one (older reports, probe failed)."""
-    return next((b for v in variants for b in v.get("memory_mib", {})), None)
-
-
-def peak_rss(variant: dict, batch: str | None) -> str:
-    memory = variant.get("memory_mib", {}).get(batch) if batch else None
-    return f"{memory['peak_rss_mib']:.0f} MiB" if memory else "-"
-
-
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     batches = list(report["variants"][0]["latency_ms"]) if report["variants"] else []
     base = next((r for r in report["variants"] if r["name"] == BASELINE), None)
@@ -181,7 +165,7 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     for r in report["variants"]:
         lat = [f"{r['latency_ms'][b]['p50']:.3f}" for b in batches]
         speed = [f"{base['latency_ms'][b]['p50'] / r['latency_ms'][b]['p50']:.2f}x" if base else "-" for b in batches]
-        rows.append([r["name"], r["precision"], f"{r['accuracy']:.4f}", _fmt_bytes(r["size_bytes"])] + lat + speed +
+        rows.append([r["name"], r["precision"], f"{r['accuracy']:.4f}", fmt_bytes(r["size_bytes"])] + lat + speed +
                     ([peak_rss(r, top)] if top else []))
     return header, rows
 

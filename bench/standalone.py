@@ -17,7 +17,8 @@ import numpy as np
 
 from bench import environment
 from bench.datasets import Split
-from bench.report import SCHEMA_VERSION, Variant, _fmt_bytes, bench_variants, compare, memory_batch, peak_rss
+from bench.formatting import fmt_bytes, memory_batch, peak_rss
+from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare
 from compress.errors import CompressError
 
 SYNTHETIC_SAMPLES = 64
@@ -116,7 +117,7 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
     variants = [Variant(name, path, _precision(path), "baseline" if name == baseline else "") for name, path in pairs]
     start = time.perf_counter()
     rows = bench_variants(variants, split, batch_sizes=tuple(batch_sizes), warmup=warmup, runs=runs, rounds=rounds,
-                          threads=threads, run_noise=run_noise_pct / 100.0)
+                          threads=threads, run_noise_pct=run_noise_pct)
     wall = round(time.perf_counter() - start, 2)
     if not has_accuracy:
         for r in rows:
@@ -181,7 +182,7 @@ def to_markdown(report: dict) -> str:
         lat = [f"{v['latency_ms'][b]['p50']:.3f} [{v['latency_ms'][b]['p50_ci95'][0]:.3f}, "
                f"{v['latency_ms'][b]['p50_ci95'][1]:.3f}]" for b in batches]
         speed = [f"{base['latency_ms'][b]['p50'] / v['latency_ms'][b]['p50']:.2f}x" for b in batches]
-        row = [v["name"], v["precision"], acc, f"{v['top1_agreement_vs_baseline']:.4f}", _fmt_bytes(v["size_bytes"])]
+        row = [v["name"], v["precision"], acc, f"{v['top1_agreement_vs_baseline']:.4f}", fmt_bytes(v["size_bytes"])]
         lines.append("| " + " | ".join(row + lat + speed + ([peak_rss(v, top)] if top else [])) + " |")
     if c:
         speed = ", ".join(f"batch {b}: {r:.2f}x" for b, r in c["speedup_p50"].items())

@@ -67,16 +67,23 @@ def load(path: str | os.PathLike, *, isolate: bool = False, **options: Any) -> R
     return runner_cls(p, metadata, **options)
 
 
+def child_python(module: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for `python -m module args` in a child that imports this checkout's packages: the
+    project root leads PYTHONPATH, and -P keeps the caller's working directory (which may hold its own runtime/)
+    off sys.path."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return [sys.executable, "-P", "-m", module, *args], env
+
+
 def probe(path: str | os.PathLike, timeout: float = PROBE_TIMEOUT_S, **options: Any) -> None:
     """Load `path` and run it once on zeros in a child process; raise the runtime's error if that fails.
 
     The child imports this same `runtime` package. A child killed by a signal (a crash in native code)
     becomes ArtifactError naming the signal.
     """
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-P", "-m", "runtime._probe", str(path), json.dumps(options)]  # -P: no cwd on sys.path
+    cmd, env = child_python("runtime._probe", str(path), json.dumps(options))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
