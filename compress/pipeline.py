@@ -227,13 +227,15 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
             if recipe.prune.method != "channels" and prune_rec is not None:
                 prune.keep_zeros(student)
             before = train.accuracy(student, data.val)
-            distiller = None
+            distiller, soft = None, None
             trainee = student
-            if recipe.distill.feature_weight > 0:
+            if recipe.distill.feature_weight > 0:  # needs the teacher's feature map of every batch
                 distiller = FeatureDistiller(student, teacher, torch.from_numpy(data.train.x[:2]))
                 trainee = distiller
+            else:  # one teacher pass instead of one per epoch: distillation then costs what fine-tuning does
+                soft = train.predict_logits(teacher, data.train.x)
             curve = train.fit(trainee, data.train, loop(recipe.distill.epochs, recipe.distill.lr),
-                              seed=recipe.seed + 2, label="distill", teacher=teacher,
+                              seed=recipe.seed + 2, label="distill", teacher=teacher, teacher_logits=soft,
                               loss_fn=make_kd_loss(recipe.distill, distiller))
             if distiller is not None:
                 distiller.detach_hooks()

@@ -45,12 +45,15 @@ def fit(
     seed: int,
     label: str = "train",
     teacher: nn.Module | None = None,
+    teacher_logits: np.ndarray | None = None,
     loss_fn: LossFn | None = None,
 ) -> list[float]:
     """Train `model` in place for `cfg.epochs` (fractions allowed) with a one-cycle schedule.
 
-    `loss_fn(student_logits, targets, teacher_logits)` replaces cross-entropy when given (distillation).
-    Returns the mean loss of each tenth of training, so callers can check that it decreased.
+    `loss_fn(student_logits, targets, teacher_logits)` replaces cross-entropy when given (distillation). The
+    teacher's logits come from `teacher_logits` (one row per training row, computed once beforehand: the loop
+    shows no image twice in different forms, so they are the same each epoch) or else from running `teacher` on
+    every batch. Returns the mean loss of each tenth of training, so callers can check that it decreased.
     """
     n = len(data)
     steps_per_epoch = max(1, n // cfg.batch_size)
@@ -67,6 +70,11 @@ def fit(
 
         raise CompressError(f"batch_size {cfg.batch_size} does not split evenly over {world} processes; "
                             f"use a multiple of {world}")
+    if teacher_logits is not None and len(teacher_logits) != n:
+        from compress.errors import CompressError
+
+        raise CompressError(f"teacher_logits has {len(teacher_logits)} rows for {n} training rows")
+    soft_all = None if teacher_logits is None else torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     x_all = torch.from_numpy(data.x)
@@ -101,10 +109,12 @@ def fit(
             logits = forward(x)
             if loss_fn is None:
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            elif soft_all is not None:
+                loss = loss_fn(logits, y, soft_all[idx])
             else:
                 with torch.no_grad():
-                    teacher_logits = teacher(x) if teacher is not None else logits.detach()
-                loss = loss_fn(logits, y, teacher_logits)
+                    soft = teacher(x) if teacher is not None else logits.detach()
+                loss = loss_fn(logits, y, soft)
             if not torch.isfinite(loss):
                 from compress.errors import CompressError
 

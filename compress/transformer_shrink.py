@@ -1,6 +1,6 @@
 """Shrinking a BERT-style encoder classifier (`models.transformer.EncoderClassifier`) and getting it onto
 ONNX Runtime: layer-drop students initialised from the teacher, head / FFN-neuron pruning by weight
-magnitude, vocabulary pruning with the id remap baked into the model, a text training loop (fine-tuning
+magnitude or first-order Taylor importance, vocabulary pruning with the id remap baked into the model, a text training loop (fine-tuning
 and distillation), ONNX export with dynamic batch and sequence axes, and dynamic INT8 behind an accuracy gate.
 
 Every transform returns a new model and leaves its input untouched.
@@ -79,11 +79,13 @@ def ffn_neuron_scores(model: EncoderClassifier) -> list[torch.Tensor]:
             for layer in model.encoder.layer]
 
 
-def prune_ffn(model: EncoderClassifier, keep_ratio: float, *, round_to: int = 16) -> EncoderClassifier:
-    """Keep the `keep_ratio` largest FFN neurons of every layer (widths rounded to `round_to`)."""
+def prune_ffn(model: EncoderClassifier, keep_ratio: float, *, round_to: int = 16,
+              scores: Sequence[torch.Tensor] | None = None) -> EncoderClassifier:
+    """Keep the `keep_ratio` highest-scoring FFN neurons of every layer (widths rounded to `round_to`); the scores
+    are `ffn_neuron_scores` (weight magnitude) unless given (e.g. `taylor_scores`)."""
     out = copy.deepcopy(model)
     widths = []
-    for layer, scores in zip(out.encoder.layer, ffn_neuron_scores(model)):
+    for layer, scores in zip(out.encoder.layer, ffn_neuron_scores(model) if scores is None else scores):
         k = _round_keep(len(scores), keep_ratio, round_to)
         idx = torch.sort(torch.topk(scores, k).indices).values
         layer.intermediate.dense = _narrow(layer.intermediate.dense, idx, 0)
@@ -106,15 +108,18 @@ def head_scores(model: EncoderClassifier) -> list[torch.Tensor]:
     return scores
 
 
-def prune_heads(model: EncoderClassifier, keep_heads: int | Sequence[int]) -> EncoderClassifier:
-    """Keep `keep_heads` heads per layer (an int for all layers, or one count per layer), largest first."""
+def prune_heads(model: EncoderClassifier, keep_heads: int | Sequence[int], *,
+                scores: Sequence[torch.Tensor] | None = None) -> EncoderClassifier:
+    """Keep `keep_heads` heads per layer (an int for all layers, or one count per layer), highest score first;
+    the scores are `head_scores` (weight magnitude) unless given (e.g. `taylor_scores`)."""
     cfg = model.config
     counts = [keep_heads] * cfg.layers if isinstance(keep_heads, int) else list(keep_heads)
     if len(counts) != cfg.layers:
         raise CompressError(f"keep_heads has {len(counts)} entries for {cfg.layers} layers")
     out = copy.deepcopy(model)
     d = cfg.head_dim
-    for i, (layer, scores, k) in enumerate(zip(out.encoder.layer, head_scores(model), counts)):
+    per_layer = head_scores(model) if scores is None else scores
+    for i, (layer, scores, k) in enumerate(zip(out.encoder.layer, per_layer, counts)):
         if not 1 <= k <= len(scores):
             raise CompressError(f"layer {i}: cannot keep {k} of {len(scores)} heads; choose 1..{len(scores)}")
         heads = torch.sort(torch.topk(scores, k).indices).values
@@ -125,6 +130,61 @@ def prune_heads(model: EncoderClassifier, keep_heads: int | Sequence[int]) -> En
         layer.attention.output.dense = _narrow(layer.attention.output.dense, idx, 1)
     out.config = cfg.with_(layer_heads=tuple(counts))
     return out.eval()
+
+
+def taylor_scores(model: EncoderClassifier, data: EncodedSplit, *, teacher_logits: np.ndarray | None = None,
+                  batch_size: int = 32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """First-order Taylor importance of every attention head and FFN neuron, per layer: summed over the rows of
+    `data`, |sum over a row's tokens of activation * d loss / d activation| (Michel et al. 2019 for heads, Molchanov
+    et al. 2019 for neurons): the loss change if that head's context or that neuron's output were zeroed.
+
+    The loss is KL to `teacher_logits` (one row per data row) when given, so the scores rank what the student
+    needs to reproduce the teacher; cross-entropy to the labels otherwise. Returns (head scores, FFN scores).
+    """
+    if teacher_logits is not None and len(teacher_logits) != len(data):
+        raise CompressError(f"teacher_logits has {len(teacher_logits)} rows for {len(data)} rows")
+    layers = model.encoder.layer
+    heads = [torch.zeros(layer.attention.self.num_heads, dtype=torch.float64) for layer in layers]
+    ffn = [torch.zeros(layer.output.dense.in_features, dtype=torch.float64) for layer in layers]
+    captured: dict[tuple[str, int], torch.Tensor] = {}
+
+    def keep_input(key):
+        def hook(_module, inputs):
+            inputs[0].retain_grad()
+            captured[key] = inputs[0]
+        return hook
+
+    handles = [m.register_forward_pre_hook(keep_input((kind, i)))
+               for i, layer in enumerate(layers)
+               for kind, m in (("heads", layer.attention.output.dense), ("ffn", layer.output.dense))]
+    was_training = model.training
+    model.eval()  # no dropout: the scores describe the model as it will be pruned
+    try:
+        for idx in sorted_chunks(data, batch_size):
+            b = data.take(idx)
+            logits = model(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
+            if teacher_logits is None:
+                loss = F.cross_entropy(logits, torch.from_numpy(b.y), reduction="sum")
+            else:
+                target = torch.from_numpy(np.asarray(teacher_logits[idx], dtype=np.float32))
+                loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(target, 1), reduction="sum", log_target=True)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                for i, layer in enumerate(layers):
+                    x = captured[("heads", i)]
+                    h = layer.attention.self.num_heads
+                    contrib = (x * x.grad).view(*x.shape[:2], h, -1).sum((1, 3))  # [batch, heads]
+                    heads[i] += contrib.abs().sum(0).double()
+                    x = captured[("ffn", i)]
+                    ffn[i] += (x * x.grad).sum(1).abs().sum(0).double()
+            captured.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return [s.float() for s in heads], [s.float() for s in ffn]
 
 
 # -- vocabulary pruning --------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The Transformer path on a tiny random BERT and a toy sentiment set: seconds, with numeric assertions."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -102,6 +104,66 @@ def test_ffn_and_head_pruning_shrink_and_keep_the_largest(trained, data):
     # and the pruned model round-trips through a checkpoint with its per-layer widths
     with pytest.raises(CompressError, match="choose 1..4"):
         ts.prune_heads(trained, 5)
+
+
+def _loss_when_scaled(model, row, linear, column_idx, eps: float) -> float:
+    """Cross-entropy of `row` with `linear`'s input columns `column_idx` scaled by 1 + eps (a head's context or
+    one FFN neuron's output, seen through the layer that reads it)."""
+    m = copy.deepcopy(model)
+    layer = m.get_submodule(linear)
+    with torch.no_grad():
+        layer.weight[:, column_idx] *= 1.0 + eps
+        logits = m(torch.from_numpy(row.input_ids), torch.from_numpy(row.attention_mask))
+    return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(row.y), reduction="sum"))
+
+
+def test_taylor_scores_are_the_loss_derivatives_they_claim(trained, data):
+    """Each score is sum over rows of |dL/d(scale of that head / neuron)|; checked by central differences in
+    float64 (relative tolerance 1e-4) on two rows, each differentiated on its own."""
+    train, _ = data
+    model = copy.deepcopy(trained).double()
+    two = train.take(np.array([0, 1]))
+    two = EncodedSplit(two.input_ids, two.attention_mask, 1 - two.y)  # wrong labels: a loss far from 0
+    rows = [two.take(np.array([i])) for i in (0, 1)]
+    heads, ffn = ts.taylor_scores(model, two)
+    d, eps = TINY.head_dim, 1e-5
+    for layer in range(TINY.layers):
+        for h in range(TINY.heads):
+            cols = torch.arange(h * d, (h + 1) * d)
+            fd = sum(abs(_loss_when_scaled(model, r, f"encoder.layer.{layer}.attention.output.dense", cols, eps)
+                         - _loss_when_scaled(model, r, f"encoder.layer.{layer}.attention.output.dense", cols, -eps))
+                     / (2 * eps) for r in rows)
+            assert fd > 1e-5 and float(heads[layer][h]) == pytest.approx(fd, rel=1e-4), (layer, h)
+        for j in (0, 17, 63):
+            name = f"encoder.layer.{layer}.output.dense"
+            fd = sum(abs(_loss_when_scaled(model, r, name, [j], eps) - _loss_when_scaled(model, r, name, [j], -eps))
+                     / (2 * eps) for r in rows)
+            assert fd > 1e-7 and float(ffn[layer][j]) == pytest.approx(fd, rel=1e-4), (layer, j)
+
+
+def test_taylor_pruning_drops_what_the_output_cannot_see(trained, data):
+    """A head or FFN neuron whose output weights are zero changes nothing: Taylor scores it 0, so pruning by Taylor
+    removes it and leaves the logits as they were (max abs difference <= 1e-4), where magnitude pruning keeps it
+    for its large input weights and removes a head that mattered."""
+    train, test = data
+    model = ts.drop_layers(trained, (0,))  # one layer, so that both prunings touch only the doctored layer
+    layer = model.encoder.layer[0]
+    d = TINY.head_dim
+    with torch.no_grad():
+        layer.attention.output.dense.weight[:, d:2 * d] = 0.0  # head 1 is invisible ...
+        layer.attention.self.value.weight[d:2 * d] *= 50.0    # ... but the largest by weight norm
+        layer.output.dense.weight[:, :8] = 0.0                  # FFN neurons 0-7 are invisible ...
+        layer.intermediate.dense.weight[:8] *= 50.0             # ... but the largest by weight norm
+    heads, ffn = ts.taylor_scores(model, train, teacher_logits=ts.predict_text_logits(model, train))
+    assert float(heads[0][1]) == 0.0 and float(heads[0].max()) > 0
+    assert float(ffn[0][:8].abs().max()) == 0.0 and float(ffn[0][8:].min()) > 0
+    full = ts.predict_text_logits(model, test)
+    by_taylor = ts.prune_ffn(ts.prune_heads(model, 3, scores=heads), 0.875, round_to=8, scores=ffn)
+    assert by_taylor.config.layer_heads == (3,) and by_taylor.config.layer_ffn == (56,)
+    assert np.abs(ts.predict_text_logits(by_taylor, test) - full).max() <= 1e-4
+    assert 1 in ts.head_scores(model)[0].topk(3).indices.tolist()
+    by_magnitude = ts.prune_ffn(ts.prune_heads(model, 3), 0.875, round_to=8)
+    assert np.abs(ts.predict_text_logits(by_magnitude, test) - full).max() > 1e-2
 
 
 def test_checkpoint_round_trip_keeps_pruned_shapes(trained, data, tmp_path):
