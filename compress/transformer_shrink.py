@@ -1,7 +1,8 @@
 """Shrinking a BERT-style encoder classifier (`models.transformer.EncoderClassifier`) and getting it onto
 ONNX Runtime: layer-drop students initialised from the teacher, head / FFN-neuron pruning by weight
-magnitude or first-order Taylor importance, vocabulary pruning with the id remap baked into the model, a text training loop (fine-tuning
-and distillation), ONNX export with dynamic batch and sequence axes, and dynamic INT8 behind an accuracy gate.
+magnitude or first-order Taylor importance, vocabulary pruning with the id remap baked into the model, a text
+training loop (fine-tuning and distillation), ONNX export with dynamic batch and sequence axes, and dynamic INT8
+behind an accuracy gate.
 
 Every transform returns a new model and leaves its input untouched.
 """
