@@ -73,9 +73,11 @@ def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, betwe
         importance = tp.importance.GroupTaylorImportance()
     else:
         importance = tp.importance.GroupMagnitudeImportance(p=2)
+    ignored = _classifier_layers(model, num_classes)
     pruner = tp.pruner.BasePruner(
         model, example_inputs, importance=importance, pruning_ratio=cfg.ratio,
-        ignored_layers=_classifier_layers(model, num_classes), round_to=cfg.round_to,
+        pruning_ratio_dict=_floor_at_round_to(model, cfg, ignored),
+        ignored_layers=ignored, round_to=cfg.round_to,
         global_pruning=cfg.scope == "global", iterative_steps=cfg.iterative_steps,
     )
     for step in range(cfg.iterative_steps):
@@ -88,6 +90,26 @@ def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, betwe
         pruner.step()
         if between_steps is not None and step < cfg.iterative_steps - 1:
             between_steps(model, step)
+
+
+def _floor_at_round_to(model: nn.Module, cfg: PruneConfig, ignored: list[nn.Module]) -> dict[nn.Module, float]:
+    """Per-layer ratios for the layers that `cfg.ratio` would take below `round_to` channels.
+
+    torch-pruning rounds a layer's remaining width *down* to a multiple of `round_to`; below `round_to` that is 0,
+    and it then leaves the whole layer unpruned (ratio 0.875 with `round_to: 8` kept a 32-channel stem at 32, the
+    layer with the largest feature maps). These layers keep `round_to` channels instead (the half channel of
+    margin survives the rounding).
+    """
+    if cfg.scope == "global":
+        return {}
+    ignored_ids = {id(m) for m in ignored}
+    floors = {}
+    for m in model.modules():
+        width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features if isinstance(m, nn.Linear) else 0
+        if id(m) in ignored_ids or width <= cfg.round_to or width * (1 - cfg.ratio) >= cfg.round_to:
+            continue
+        floors[m] = 1.0 - (cfg.round_to + 0.5) / width
+    return floors
 
 
 def _prune_unstructured(model: nn.Module, cfg: PruneConfig, num_classes: int) -> None:

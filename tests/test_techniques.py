@@ -45,6 +45,16 @@ def test_channel_pruning_rounds_widths_and_keeps_residuals_consistent(ratio, rou
     assert out.shape == (3, 4)
 
 
+def test_layers_the_ratio_would_take_below_round_to_keep_round_to_channels():
+    """87.5 % of 16 channels leaves 2: torch-pruning alone rounds that down to 0 and then skips the layer (it stayed
+    at 16). Every layer must still shrink, to exactly `round_to` where the ratio asks for fewer."""
+    result = prune.prune(_model(), PruneConfig(ratio=0.875, round_to=8), EXAMPLE, num_classes=4)
+    before, after = result.channels_before, result.channels_after
+    for name, width in after.items():
+        assert width == max(8, before[name] // 8), (name, before[name], width)
+    assert result.model(torch.randn(3, 1, 16, 16)).shape == (3, 4)
+
+
 def test_global_scope_prunes_layers_unevenly():
     result = prune.prune(_model(), PruneConfig(ratio=0.5, scope="global", round_to=1), EXAMPLE, num_classes=4)
     kept = [result.channels_after[n] / result.channels_before[n] for n in result.channels_after]
