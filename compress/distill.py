@@ -2,13 +2,22 @@
 optionally matches the teacher's last feature map through a learned 1x1 projection."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from compress.errors import CompressError
 from compress.recipe import DistillConfig
 
 FEATURE_LAYER = "features"  # the module whose output is the last feature map (models.ResNetCNN)
+
+
+def teacher_logits_tensor(teacher_logits, rows: int) -> torch.Tensor:
+    """Precomputed teacher logits (one row per training row) as float32, after checking that they line up."""
+    if len(teacher_logits) != rows:
+        raise CompressError(f"teacher_logits has {len(teacher_logits)} rows for {rows} training rows")
+    return torch.as_tensor(np.asarray(teacher_logits, dtype=np.float32))
 
 
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor,

@@ -11,6 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.datasets import Split
+from compress.distill import teacher_logits_tensor
+from compress.errors import CompressError
 from compress.progress import progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -66,15 +68,9 @@ def fit(
 
     world, rank = (distributed.world_size(), distributed.rank()) if distributed.enabled() else (1, 0)
     if distributed.enabled() and cfg.batch_size % world:
-        from compress.errors import CompressError
-
         raise CompressError(f"batch_size {cfg.batch_size} does not split evenly over {world} processes; "
                             f"use a multiple of {world}")
-    if teacher_logits is not None and len(teacher_logits) != n:
-        from compress.errors import CompressError
-
-        raise CompressError(f"teacher_logits has {len(teacher_logits)} rows for {n} training rows")
-    soft_all = None if teacher_logits is None else torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
+    soft_all = None if teacher_logits is None else teacher_logits_tensor(teacher_logits, n)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     x_all = torch.from_numpy(data.x)
@@ -116,8 +112,6 @@ def fit(
                     soft = teacher(x) if teacher is not None else logits.detach()
                 loss = loss_fn(logits, y, soft)
             if not torch.isfinite(loss):
-                from compress.errors import CompressError
-
                 raise CompressError(f"{label}: loss became {loss.item()} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

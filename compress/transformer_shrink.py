@@ -142,8 +142,9 @@ def taylor_scores(model: EncoderClassifier, data: EncodedSplit, *, teacher_logit
     The loss is KL to `teacher_logits` (one row per data row) when given, so the scores rank what the student
     needs to reproduce the teacher; cross-entropy to the labels otherwise. Returns (head scores, FFN scores).
     """
-    if teacher_logits is not None and len(teacher_logits) != len(data):
-        raise CompressError(f"teacher_logits has {len(teacher_logits)} rows for {len(data)} rows")
+    from compress.distill import teacher_logits_tensor
+
+    soft = None if teacher_logits is None else teacher_logits_tensor(teacher_logits, len(data))
     layers = model.encoder.layer
     heads = [torch.zeros(layer.attention.self.num_heads, dtype=torch.float64) for layer in layers]
     ffn = [torch.zeros(layer.output.dense.in_features, dtype=torch.float64) for layer in layers]
@@ -167,8 +168,8 @@ def taylor_scores(model: EncoderClassifier, data: EncodedSplit, *, teacher_logit
             if teacher_logits is None:
                 loss = F.cross_entropy(logits, torch.from_numpy(b.y), reduction="sum")
             else:
-                target = torch.from_numpy(np.asarray(teacher_logits[idx], dtype=np.float32))
-                loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(target, 1), reduction="sum", log_target=True)
+                loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(soft[torch.from_numpy(idx)], 1),
+                                reduction="sum", log_target=True)
             model.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():
@@ -306,11 +307,9 @@ def fit_text(model: EncoderClassifier, data: EncodedSplit, cfg: TextLoopConfig, 
     is distillation (`compress.distill.kd_loss`); precomputing them saves a teacher forward per step.
     Returns the mean loss of each tenth of training.
     """
-    from compress.distill import kd_loss
+    from compress.distill import kd_loss, teacher_logits_tensor
     from compress.progress import progress_bar
 
-    if teacher_logits is not None and len(teacher_logits) != len(data):
-        raise CompressError(f"teacher_logits has {len(teacher_logits)} rows for {len(data)} training rows")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -320,7 +319,7 @@ def fit_text(model: EncoderClassifier, data: EncodedSplit, cfg: TextLoopConfig, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     lengths = data.lengths
-    soft = None if teacher_logits is None else torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
+    soft = None if teacher_logits is None else teacher_logits_tensor(teacher_logits, len(data))
     model.train()
     losses: list[float] = []
     batches: list[np.ndarray] = []
