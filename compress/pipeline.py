@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ def prepare_out_dir(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
+        probe = out_dir / f".write-test.{os.getpid()}"  # one per process: ranks probing one file raced
         probe.write_text("")
         probe.unlink()
     except OSError as e:
