@@ -74,6 +74,21 @@ def load_dataset(recipe: Recipe):
         raise CompressError(str(e)) from None
 
 
+def usable_target(name: str):
+    """The target `name`, or a one-line CompressError when it is unknown or cannot be built here (checked before
+    any training, not after)."""
+    from targets import TargetError, get_target
+
+    try:
+        target = get_target(name)
+    except TargetError as e:
+        raise CompressError(str(e)) from None
+    ok, why = target.available()
+    if not ok:
+        raise CompressError(f"target {name!r} cannot be built here: {why}")
+    return target
+
+
 def prepare_out_dir(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     try:
@@ -121,16 +136,10 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     from compress import checkpoints, export, prune, quantize, train
     from compress.distill import make_kd_loss
     from models import build_model
-    from targets import TargetError, TargetSpec, get_target
+    from targets import TargetSpec
 
     out_dir = prepare_out_dir(out_dir)
-    try:
-        target = get_target(recipe.target.name)
-    except TargetError as e:
-        raise CompressError(str(e)) from None
-    ok, why = target.available()
-    if not ok:  # fail before training, not after
-        raise CompressError(f"target {recipe.target.name!r} cannot be built here: {why}")
+    target = usable_target(recipe.target.name)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_dataset(recipe)
     log(f"data: {data.name} train {len(data.train)} / val {len(data.val)} / test {len(data.test)}, "

@@ -17,7 +17,7 @@ import compress
 from compress.cache import StageCache, stage_key
 from compress.errors import CompressError, GateFailed
 from compress.pipeline import (WORKDIR_PREFIX, RunContext, _section, choose_student, export_plan, finish_report,
-                               log, prepare_out_dir)
+                               log, prepare_out_dir, usable_target)
 from compress.recipe import Recipe
 
 TEXT_TARGETS = ("cpu", "mobile")
@@ -88,7 +88,7 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     from compress import transformer_shrink as ts
     from models.hf import load_encoder, load_hf_encoder, save_encoder
     from models.transformer import EncoderConfig, build_encoder, count_parameters
-    from targets import TargetError, TargetSpec, get_target
+    from targets import TargetSpec
 
     if distributed.world_size() > 1:
         raise CompressError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
@@ -96,13 +96,7 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         raise CompressError(f"Transformer recipes compile for --target {' / '.join(TEXT_TARGETS)} in this version, "
                             f"not {recipe.target.name!r}")
     out_dir = prepare_out_dir(out_dir)
-    try:
-        target = get_target(recipe.target.name)
-    except TargetError as e:
-        raise CompressError(str(e)) from None
-    ok, why = target.available()
-    if not ok:
-        raise CompressError(f"target {recipe.target.name!r} cannot be built here: {why}")
+    target = usable_target(recipe.target.name)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folder = model_folder(recipe)
     data, tokenizer = load_text(recipe, folder)
