@@ -165,7 +165,7 @@ def taylor_scores(model: EncoderClassifier, data: EncodedSplit, *, teacher_logit
         for idx in sorted_chunks(data, batch_size):
             b = data.take(idx)
             logits = model(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
-            if teacher_logits is None:
+            if soft is None:
                 loss = F.cross_entropy(logits, torch.from_numpy(b.y), reduction="sum")
             else:
                 loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(soft[torch.from_numpy(idx)], 1),
