@@ -216,12 +216,17 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
                                                       student_pt if distill_rec is not None else None)
 
     def do_export():
+        from compress import ort_fusion
+
         parity = {}
         for name, pt in fp32_models.items():
             model = load_encoder(pt)
             ts.export_text_onnx(model, onnx_paths[name])
+            fused = ort_fusion.fuse_encoder(onnx_paths[name], onnx_paths[name]) if recipe.target.ort_fusion else None
             parity[name] = ts.check_text_parity(model, onnx_paths[name], data.val, atol=recipe.target.parity_atol,
                                                 seq_lengths=(max(8, data.max_length // 4), data.max_length)).to_dict()
+            if fused is not None:
+                parity[name]["fused_ops"] = fused
         return list(onnx_paths.values()), {"parity": parity}
 
     export_rec = ctx.stage("export", export_key, do_export)
@@ -383,12 +388,14 @@ def op_counts(path: Path) -> dict[str, Any]:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    int8 = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "ConvInteger", "DynamicQuantizeMatMul"}
+    int8 = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "ConvInteger", "DynamicQuantizeMatMul",
+            "QAttention"}
     ops: dict[str, int] = {}
     for node in graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     return {"int8": sum(v for k, v in ops.items() if k in int8),
-            "float": ops.get("MatMul", 0) + ops.get("Gemm", 0), "by_type": dict(sorted(ops.items()))}
+            "float": ops.get("MatMul", 0) + ops.get("Gemm", 0) + ops.get("Attention", 0),
+            "by_type": dict(sorted(ops.items()))}
 
 
 def search_dynamic_int8(fp32_path: Path, out_path: Path, data: TextData, q, workdir: Path, *, threads: int = 2):

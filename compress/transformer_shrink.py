@@ -506,13 +506,14 @@ INT8_SCOPES = ("all", "weights")
 
 
 def weight_nodes(graph) -> list[str]:
-    """MatMul / Gemm nodes of an onnx graph with a constant weight, and Gather nodes reading a float table."""
+    """MatMul / Gemm / fused Attention nodes of an onnx graph with a constant weight, and Gather nodes reading a
+    float table."""
     import onnx
 
     floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     names = []
     for node in graph.node:
-        if node.op_type in ("MatMul", "Gemm") and any(i in floats for i in node.input[1:2]):
+        if node.op_type in ("MatMul", "Gemm", "Attention") and any(i in floats for i in node.input[1:2]):
             names.append(node.name)
         elif node.op_type == "Gather" and node.input[0] in floats:
             names.append(node.name)
@@ -546,8 +547,9 @@ def quantize_dynamic_int8(fp32_path: Path, out_path: Path, *, per_channel: bool 
     del model.graph.value_info[:]
     logging.getLogger().setLevel(logging.ERROR)
     with atomic_path(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        # a fused graph's com.microsoft operators have no onnx shape inference: their outputs are float
         quantize_dynamic(model, str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8,
-                         nodes_to_quantize=nodes)
+                         nodes_to_quantize=nodes, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,9 @@ class SelfAttention(nn.Module):
             return t.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim)) + mask_bias
+        # divide (not multiply by the inverse) and unsqueeze the mask before casting it: the forms ONNX Runtime's
+        # transformer optimizer recognises as attention (compress.ort_fusion)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + mask_bias
         probs = self.dropout(torch.softmax(scores, dim=-1))
         return torch.matmul(probs, v).transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
 
@@ -205,7 +207,7 @@ class EncoderClassifier(nn.Module):
     @staticmethod
     def _mask_bias(attention_mask: torch.Tensor) -> torch.Tensor:
         # additive bias: 0 on tokens, a large negative on padding (what transformers' BERT adds)
-        return (1.0 - attention_mask.to(torch.float32))[:, None, None, :] * torch.finfo(torch.float32).min
+        return (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).to(torch.float32)) * torch.finfo(torch.float32).min
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states [batch, seq, hidden]."""

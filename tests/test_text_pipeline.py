@@ -63,6 +63,9 @@ def test_the_whole_transformer_pipeline_learns_shrinks_and_keeps_accuracy(text_r
     for name, parity in report["parity"].items():
         assert parity["max_abs_diff"] <= 1e-4 and parity["batch_sizes"] == [1, 4], (name, parity)
         assert parity["seq_lengths"] == [8, 32], parity
+    # ONNX Runtime's optimizer fused each attention block (baseline 2 layers, students 1)
+    assert report["parity"]["baseline"]["fused_ops"]["Attention"] == 2, report["parity"]
+    assert report["parity"]["distilled"]["fused_ops"]["Attention"] == 1, report["parity"]
     search = report["quantize"]["compressed"]["search"]
     chosen = next(c for c in search["candidates"] if c["name"] == search["chosen"])
     assert chosen["meets_bar"] and chosen["agreement"] >= 0.9, search
@@ -83,6 +86,7 @@ def test_int8_ops_are_counted_per_artifact(text_run):
         ops = report["quantize"][name]["ops"]
         assert ops["int8"] > 0, ops
         assert ops["by_type"].get("MatMulInteger", 0) + ops["by_type"].get("DynamicQuantizeMatMul", 0) > 0
+        assert ops["by_type"].get("QAttention", 0) > 0 and ops["by_type"].get("Attention", 0) == 0, ops
 
 
 def test_the_shipped_bundle_runs_without_torch_from_its_own_tokenizer(text_run):

@@ -219,6 +219,34 @@ def test_onnx_parity_at_two_batches_and_two_lengths_then_int8(trained, data, tmp
         assert check.agreement >= 0.95 and check.majority_share < 0.8
 
 
+def test_onnxruntime_fusion_fuses_every_attention_and_keeps_parity(trained, data, tmp_path):
+    """A pruned student (3 and 2 heads) fuses per layer; the fused graph matches torch on padded batches, and its
+    dynamic INT8 runs the attention as QAttention and agrees with the fused FP32."""
+    import onnx
+
+    from compress import ort_fusion
+
+    train, test = data
+    student = ts.prune_heads(trained, [3, 2])
+    assert student.config.layer_heads == (3, 2)
+    raw, fused = tmp_path / "raw.onnx", tmp_path / "fused.onnx"
+    ts.export_text_onnx(student, raw)
+    counts = ort_fusion.fuse_encoder(raw, fused)
+    assert counts["Attention"] == TINY.layers and counts["SkipLayerNormalization"] == 2 * TINY.layers, counts
+    assert "Softmax" not in {n.op_type for n in onnx.load(str(fused)).graph.node}
+    parity = ts.check_text_parity(student, fused, test, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 64))
+    assert parity.max_abs_diff <= 1e-4 and parity.top1_agreement == 1.0
+    ref = ts.ort_text_logits(ts.ort_session(fused), test)
+    for scope in ts.INT8_SCOPES:
+        q = tmp_path / f"fused-int8-{scope}.onnx"
+        ts.quantize_dynamic_int8(fused, q, scope=scope, per_channel=True)
+        ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+        assert "QAttention" in ops and "Attention" not in ops, ops
+        check = ts.check_int8(ref, ts.ort_text_logits(ts.ort_session(q), test), test.y, max_drop=0.05,
+                              min_agreement=0.95)
+        assert check.agreement >= 0.95
+
+
 def test_int8_gate_catches_a_collapse():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
