@@ -36,11 +36,12 @@ def split_unsqueezes(model) -> int:
             continue
         current = node.input[0]
         for k, axis in enumerate(axes):
-            axis_name = f"{node.name}_axis{k}"
+            axis_name = f"{node.output[0]}_axis{k}"  # output names are unique in a graph, node names need not be
             model.graph.initializer.append(numpy_helper.from_array(
                 np.array([axis], dtype=np.int64), axis_name))
             out = node.output[0] if k == len(axes) - 1 else f"{node.output[0]}_step{k}"
-            nodes.append(helper.make_node("Unsqueeze", [current, axis_name], [out], name=f"{node.name}_{k}"))
+            nodes.append(helper.make_node("Unsqueeze", [current, axis_name], [out],
+                                          name=f"{node.output[0]}_unsqueeze{k}"))
             current = out
         split += 1
     del model.graph.node[:]

@@ -367,3 +367,29 @@ def test_crop_copies_are_contiguous_spans_between_cls_and_sep():
         starts = [k for k in range(len(source)) if source[k : k + len(inner)] == inner]
         assert starts, f"row {row} is not a contiguous span of its source"
     assert len({tuple(crops.input_ids[r]) for r in (3, 8, 13)}) == 3  # copies differ
+
+
+def test_split_unsqueezes_gives_the_same_tensor_in_single_axis_steps():
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.ort_fusion import split_unsqueezes
+
+    axes = numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes")
+    neg = numpy_helper.from_array(np.array([-1, 0], dtype=np.int64), "neg")  # not ascending non-negative: kept
+    graph = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["x", "axes"], ["y"], name=""),
+         helper.make_node("Unsqueeze", ["x", "neg"], ["z"], name="")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1, 1, 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 3, 1])], [axes, neg])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    assert split_unsqueezes(model) == 1
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Unsqueeze"] * 3
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    assert after[0].shape == (2, 1, 1, 3) and np.array_equal(after[0], before[0])
+    assert np.array_equal(after[1], before[1])
