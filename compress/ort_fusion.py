@@ -63,12 +63,13 @@ def fuse_encoder(src: Path, dst: Path) -> dict[str, int]:
 
     model = onnx.load(str(src))
     split_unsqueezes(model)
-    logging.disable(logging.WARNING)  # the optimizer's modules log unmatched patterns under their own names
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))  # its modules log unmatched patterns under their own names
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             optimized = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
     with atomic_path(dst) as tmp:
         optimized.save_model_to_file(str(tmp))  # also declares the com.microsoft opset the fused nodes use
     counts = collections.Counter(n.op_type for n in optimized.model.graph.node)

@@ -131,8 +131,7 @@ class SelfAttention(nn.Module):
             return t.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        # divide (not multiply by the inverse) and unsqueeze the mask before casting it: the forms ONNX Runtime's
-        # transformer optimizer recognises as attention (compress.ort_fusion)
+        # divide, not multiply by the inverse: the form ONNX Runtime's optimizer fuses (compress.ort_fusion)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + mask_bias
         probs = self.dropout(torch.softmax(scores, dim=-1))
         return torch.matmul(probs, v).transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
@@ -206,7 +205,8 @@ class EncoderClassifier(nn.Module):
 
     @staticmethod
     def _mask_bias(attention_mask: torch.Tensor) -> torch.Tensor:
-        # additive bias: 0 on tokens, a large negative on padding (what transformers' BERT adds)
+        # additive bias: 0 on tokens, a large negative on padding (what transformers' BERT adds); unsqueezed
+        # before the cast, the order ONNX Runtime's attention fusion matches
         return (1.0 - attention_mask.unsqueeze(1).unsqueeze(2).to(torch.float32)) * torch.finfo(torch.float32).min
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
