@@ -1,7 +1,9 @@
-"""ONNX Runtime's transformer optimizer on an exported encoder: attention, SkipLayerNorm and BiasGelu fused.
+"""ONNX Runtime's transformer optimizer on an exported encoder: attention and BiasGelu fused.
 
 The fused `Attention` (and `QAttention` after dynamic INT8) runs the Q/K/V projections as one MatMul and the
 attention in one kernel, which takes the per-layer operator overhead that dominates a small student on CPU.
+Residual adds stay Add + LayerNormalization: ONNX Runtime's CPU SkipLayerNormalization kernel is several times
+slower than the two ops it replaces (`bench/skip_layernorm.py`; `runtime/` keeps ORT from re-fusing them on CPU).
 The graph then holds com.microsoft operators: ONNX Runtime runs it, TensorRT and LiteRT do not.
 """
 from __future__ import annotations
@@ -57,17 +59,21 @@ def fuse_encoder(src: Path, dst: Path) -> dict[str, int]:
     the result against torch.
     """
     import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     from compress.atomic import atomic_path
 
     model = onnx.load(str(src))
     split_unsqueezes(model)
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
     previous = logging.root.manager.disable
     logging.disable(max(previous, logging.WARNING))  # its modules log unmatched patterns under their own names
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            optimized = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+            optimized = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                                       optimization_options=options)
     finally:
         logging.disable(previous)
     with atomic_path(dst) as tmp:

@@ -444,13 +444,16 @@ def export_text_onnx(model: EncoderClassifier, path: Path, *, example_length: in
 def ort_session(path: Path, *, threads: int = 2, spinning: bool = True):
     import onnxruntime as ort
 
+    from runtime.onnx_backend import CPU_DISABLED_OPTIMIZERS
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
 
 
 def ort_text_logits(session, data: EncodedSplit, *, batch_size: int = 32) -> np.ndarray:

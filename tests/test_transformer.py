@@ -232,7 +232,8 @@ def test_onnxruntime_fusion_fuses_every_attention_and_keeps_parity(trained, data
     raw, fused = tmp_path / "raw.onnx", tmp_path / "fused.onnx"
     ts.export_text_onnx(student, raw)
     counts = ort_fusion.fuse_encoder(raw, fused)
-    assert counts["Attention"] == TINY.layers and counts["SkipLayerNormalization"] == 2 * TINY.layers, counts
+    assert counts["Attention"] == TINY.layers and counts["SkipLayerNormalization"] == 0, counts
+    assert counts["LayerNormalization"] == 2 * TINY.layers + 1, counts  # embeddings + two per layer
     assert "Softmax" not in {n.op_type for n in onnx.load(str(fused)).graph.node}
     parity = ts.check_text_parity(student, fused, test, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 64))
     assert parity.max_abs_diff <= 1e-4 and parity.top1_agreement == 1.0
@@ -245,6 +246,29 @@ def test_onnxruntime_fusion_fuses_every_attention_and_keeps_parity(trained, data
         check = ts.check_int8(ref, ts.ort_text_logits(ts.ort_session(q), test), test.y, max_drop=0.05,
                               min_agreement=0.95)
         assert check.agreement >= 0.95
+
+
+def test_cpu_sessions_keep_residual_add_and_layernorm_apart(trained, tmp_path):
+    """ORT would re-fuse Add + LayerNormalization into its slow CPU SkipLayerNormalization when loading; the
+    optimizer name `runtime` disables must still exist in the installed ORT (an unknown name is ignored silently)."""
+    import onnx
+    import onnxruntime as ort
+
+    from compress import ort_fusion
+    from runtime.onnx_backend import CPU_DISABLED_OPTIMIZERS
+
+    raw, fused = tmp_path / "raw.onnx", tmp_path / "fused.onnx"
+    ts.export_text_onnx(trained, raw)
+    ort_fusion.fuse_encoder(raw, fused)
+
+    def optimized_ops(disabled):
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(str(fused), opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+    assert optimized_ops([]).count("SkipLayerNormalization") == 2 * TINY.layers
+    assert "SkipLayerNormalization" not in optimized_ops(list(CPU_DISABLED_OPTIMIZERS))
 
 
 def test_int8_gate_catches_a_collapse():
