@@ -174,8 +174,8 @@ class QuantConfig:
 class TargetConfig:
     name: Literal["cpu", "gpu", "jetson", "mobile"] = "cpu"
     parity_atol: float = 1e-4
-    # Transformers on cpu: ONNX Runtime's transformer optimizer fuses attention and BiasGelu in
-    # every exported variant, baseline included (compress.ort_fusion); ignored by CNN recipes and other targets
+    # Transformers on cpu: ONNX Runtime's transformer optimizer fuses attention and BiasGelu in every exported
+    # variant, baseline included (compress.ort_fusion); ignored by CNN recipes and other targets
     ort_fusion: bool = True
 
     def __post_init__(self) -> None:

@@ -15,6 +15,19 @@ def test_default_recipe_loads_and_round_trips():
     assert recipe_from_dict(yaml.safe_load(dump_recipe(recipe))) == recipe
 
 
+def test_every_builtin_recipe_loads_and_round_trips():
+    import yaml
+
+    names = builtin_recipes()
+    assert {"cnn-fashion", "cnn-fashion-p875", "minilm-sentiment"} <= set(names)
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe.name == name
+        assert recipe_from_dict(yaml.safe_load(dump_recipe(recipe))) == recipe
+    harder = load_recipe("cnn-fashion-p875")
+    assert harder.prune.ratio == 0.875 and harder.prune.finetune_epochs == harder.distill.epochs == 12
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
