@@ -50,6 +50,7 @@ def measure_overhead(model: str | os.PathLike, *, threads: int = 1, batch: int =
 
     import runtime
     from bench.environment import describe
+    from runtime.onnx_backend import disabled_optimizers
     from bench.latency import measure_interleaved
 
     path = Path(model)
@@ -66,7 +67,9 @@ def measure_overhead(model: str | os.PathLike, *, threads: int = 1, batch: int =
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        providers = ["CPUExecutionProvider"]  # the runner's own choice of ORT optimizers, so only the wrapper differs
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers,
+                                    disabled_optimizers=disabled_optimizers(providers))
 
     @contextlib.contextmanager
     def open_raw():

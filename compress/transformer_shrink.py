@@ -444,7 +444,7 @@ def export_text_onnx(model: EncoderClassifier, path: Path, *, example_length: in
 def ort_session(path: Path, *, threads: int = 2, spinning: bool = True):
     import onnxruntime as ort
 
-    from runtime.onnx_backend import CPU_DISABLED_OPTIMIZERS
+    from runtime.onnx_backend import disabled_optimizers
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -452,8 +452,9 @@ def ort_session(path: Path, *, threads: int = 2, spinning: bool = True):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
+    providers = ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), opts, providers=providers,
+                                disabled_optimizers=disabled_optimizers(providers))
 
 
 def ort_text_logits(session, data: EncodedSplit, *, batch_size: int = 32) -> np.ndarray:

@@ -18,9 +18,14 @@ _ORT_TYPES = {
 }
 _OPTIMIZATION = ("none", "basic", "extended", "all")
 # ONNX Runtime's CPU SkipLayerNormalization kernel runs several times slower than the Add + LayerNormalization it
-# replaces (ORT 1.31, 128 x 384: 334 against 91 us on one thread; bench/skip_layernorm.py), so a CPU-only session
-# keeps them apart. Other providers have their own fast kernels and keep the fusion.
+# replaces (ORT 1.31, 1 x 128 x 384: 338 against 70 us on one thread; bench/skip_layernorm.py), so a CPU-only
+# session keeps them apart. Other providers have their own fast kernels and keep the fusion.
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def disabled_optimizers(providers: Sequence[str]) -> list[str] | None:
+    """The `disabled_optimizers` every session of this project passes to ONNX Runtime for these providers."""
+    return list(CPU_DISABLED_OPTIMIZERS) if list(providers) == ["CPUExecutionProvider"] else None
 OPTIONS = ("threads", "providers", "optimization", "spinning")
 
 
@@ -104,10 +109,9 @@ class OnnxRunner(Runner):
             raise BackendMissing(f"ONNX Runtime provider(s) {missing} not available here; available: {available}")
         # Load the very bytes that were checked; a model with external weights must be loaded from its path.
         source = str(self.path) if info["external_data"] else data
-        disabled = list(CPU_DISABLED_OPTIMIZERS) if wanted == ["CPUExecutionProvider"] else None
         try:
             self._session = ort.InferenceSession(source, sess_options=opts, providers=wanted,
-                                                 disabled_optimizers=disabled)
+                                                 disabled_optimizers=disabled_optimizers(wanted))
         except Exception as e:  # onnxruntime raises its own exception types for bad models
             raise ArtifactError(f"artifact {self.path} cannot be loaded by ONNX Runtime: {_first_line(e)}") from None
         del data
