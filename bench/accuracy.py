@@ -100,3 +100,24 @@ def accuracy(runner, split, batch_size: int = 256) -> tuple[float, np.ndarray]:
 
 def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def discordant_counts(labels: np.ndarray, reference_logits: np.ndarray, logits: np.ndarray) -> dict[str, int]:
+    """On the same rows: how many only the reference gets right, how many only this model, and how many rows."""
+    ref_right = reference_logits.argmax(1) == labels
+    right = logits.argmax(1) == labels
+    return {"baseline_only": int((ref_right & ~right).sum()), "variant_only": int((right & ~ref_right).sum()),
+            "rows": int(len(labels))}
+
+
+def paired_drop_interval(baseline_only: int, variant_only: int, rows: int, *, z: float = 1.96) -> tuple[float, float]:
+    """95 % interval of the accuracy drop (points) of a model against a baseline scored on the same rows.
+
+    Only the discordant rows carry information: drop d = (b - c) / n, with the paired (Wald) standard error
+    sqrt(b + c - (b - c)^2 / n) / n. Two independent accuracies would overstate the spread several times."""
+    if rows < 1:
+        raise ValueError("no rows scored")
+    b, c, n = baseline_only, variant_only, rows
+    d = (b - c) / n
+    se = np.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+    return round(100.0 * (d - z * se), 2), round(100.0 * (d + z * se), 2)

@@ -326,7 +326,9 @@ def _cards(report: dict) -> str:
         return ""
     cards = []
     drop = c.get("accuracy_drop_pt")
-    cards.append(("accuracy drop", "n/a" if drop is None else f"{drop:.2f} pt"))
+    ci = c.get("accuracy_drop_ci95_pt")
+    cards.append(("accuracy drop" + (f" (95 % CI {ci[0]:.2f} to {ci[1]:.2f})" if ci else ""),
+                  "n/a" if drop is None else f"{drop:.2f} pt"))
     for b, r in (c.get("speedup_p50") or {}).items():
         cards.append((f"p50 speed-up, batch {b}", f"{r:.2f}x"))
     if c.get("size_ratio"):

@@ -9,7 +9,8 @@ from typing import Any
 
 
 from bench import environment
-from bench.accuracy import accuracy, as_model_input, fixed_batch, latency_feeds, top1_agreement
+from bench.accuracy import (accuracy, as_model_input, discordant_counts, fixed_batch, latency_feeds,
+                            paired_drop_interval, top1_agreement)
 from bench.formatting import fmt_bytes, memory_batch, peak_rss
 from bench.latency import measure_interleaved
 from bench.memory import measure_peak_rss
@@ -63,6 +64,7 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     reference = logits.get(BASELINE, next(iter(logits.values())))
     for v in variants:
         rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
+        rows[v.name]["discordant_vs_baseline"] = discordant_counts(split.y, reference, logits[v.name])
 
     batch_sizes = timed_batches(batch_sizes, fixed)
 
@@ -114,10 +116,13 @@ def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str
     if baseline not in by_name or candidate not in by_name:
         return {}
     base, cand = by_name[baseline], by_name[candidate]
+    pairs = cand.get("discordant_vs_baseline")
+    interval = {"accuracy_drop_ci95_pt": list(paired_drop_interval(**pairs))} if pairs and base is not cand else {}
     return {
         "baseline": baseline,
         "candidate": candidate,
         "accuracy_drop_pt": round(100.0 * (base["accuracy"] - cand["accuracy"]), 4),
+        **interval,
         "speedup_p50": {b: base["latency_ms"][b]["p50"] / cand["latency_ms"][b]["p50"]
                         for b in base["latency_ms"] if b in cand["latency_ms"]},
         "size_ratio": base["size_bytes"] / cand["size_bytes"],
@@ -187,7 +192,7 @@ def to_markdown(report: dict) -> str:
     ]
     if c:
         speed = ", ".join(f"batch {b}: {v:.2f}x" for b, v in c["speedup_p50"].items())
-        lines += [f"**{c['candidate']} vs {c['baseline']}**: accuracy drop {c['accuracy_drop_pt']:.2f} pt; "
+        lines += [f"**{c['candidate']} vs {c['baseline']}**: accuracy drop {c['accuracy_drop_pt']:.2f} pt{drop_interval(c)}; "
                   f"p50 speed-up {speed}; {c['size_ratio']:.1f}x smaller.", ""]
     notes = [f"- {s['name']}: {s['metrics']['note']}" for s in report.get("stages", []) if s.get("metrics", {}).get("note")]
     if notes:
@@ -195,6 +200,12 @@ def to_markdown(report: dict) -> str:
     lines += ["| stage | cached | wall (s) |", "|---|---|---|"]
     lines += [f"| {s['name']} | {'yes' if s['cached'] else 'no'} | {s['wall_s']:.1f} |" for s in report["stages"]]
     return "\n".join(lines) + "\n"
+
+
+def drop_interval(comparison: dict) -> str:
+    """' (95 % CI lo to hi, paired)' when the comparison has the paired interval, else ''."""
+    ci = comparison.get("accuracy_drop_ci95_pt")
+    return f" (95 % CI {ci[0]:.2f} to {ci[1]:.2f}, paired)" if ci else ""
 
 
 def write_reports(report: dict, out_dir: Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from bench import environment
 from bench.datasets import Split
 from bench.formatting import fmt_bytes, memory_batch, peak_rss
-from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare
+from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare, drop_interval
 from compress.errors import CompressError
 
 SYNTHETIC_SAMPLES = 64
@@ -119,9 +119,10 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
     rows = bench_variants(variants, split, batch_sizes=tuple(batch_sizes), warmup=warmup, runs=runs, rounds=rounds,
                           threads=threads, run_noise_pct=run_noise_pct)
     wall = round(time.perf_counter() - start, 2)
-    if not has_accuracy:
+    if not has_accuracy:  # random inputs: right and wrong mean nothing
         for r in rows:
             r["accuracy"] = None
+            r.pop("discordant_vs_baseline", None)
     comparison: dict[str, Any] = {}
     if candidate != baseline:
         if has_accuracy:
@@ -186,7 +187,7 @@ def to_markdown(report: dict) -> str:
         lines.append("| " + " | ".join(row + lat + speed + ([peak_rss(v, top)] if top else [])) + " |")
     if c:
         speed = ", ".join(f"batch {b}: {r:.2f}x" for b, r in c["speedup_p50"].items())
-        drop = "n/a (no --data)" if c.get("accuracy_drop_pt") is None else f"{c['accuracy_drop_pt']:.2f} pt"
+        drop = "n/a (no --data)" if c.get("accuracy_drop_pt") is None else f"{c['accuracy_drop_pt']:.2f} pt{drop_interval(c)}"
         lines += ["", f"**{c['candidate']} vs {c['baseline']}**: accuracy drop {drop}; p50 speed-up {speed}; "
                   f"{c['size_ratio']:.1f}x smaller."]
     return "\n".join(lines) + "\n"

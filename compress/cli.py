@@ -145,7 +145,7 @@ def print_summary(report: dict, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.report import summary_rows
+    from bench.report import drop_interval, summary_rows
 
     header, rows = summary_rows(report)
     table = Table(title=f"{report['recipe']['name']} -> {report['target']} ({report['environment']['cpu']})")
@@ -158,7 +158,8 @@ def print_summary(report: dict, out_dir: Path) -> None:
     c = report.get("comparison")
     if c:
         speed = ", ".join(f"b{b} {v:.2f}x" for b, v in c["speedup_p50"].items())
-        console.print(f"compressed vs baseline: accuracy drop {c['accuracy_drop_pt']:.2f} pt, p50 speed-up {speed}, "
+        console.print(f"compressed vs baseline: accuracy drop {c['accuracy_drop_pt']:.2f} pt{drop_interval(c)}, "
+                      f"p50 speed-up {speed}, "
                       f"{c['size_ratio']:.1f}x smaller")
     console.print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
 

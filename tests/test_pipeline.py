@@ -77,6 +77,11 @@ def test_report_schema_and_comparison(small_run):
             assert lat["p50_ci95"][0] <= lat["p50"] <= lat["p50_ci95"][1]
     c = on_disk["comparison"]
     assert c["accuracy_drop_pt"] == pytest.approx(100 * (base["accuracy"] - comp["accuracy"]))
+    pairs = comp["discordant_vs_baseline"]  # the drop is decided on the rows only one of the two gets right
+    assert pairs["rows"] == on_disk["dataset"]["samples"]
+    assert 100 * (pairs["baseline_only"] - pairs["variant_only"]) / pairs["rows"] == pytest.approx(c["accuracy_drop_pt"])
+    lo, hi = c["accuracy_drop_ci95_pt"]
+    assert lo <= c["accuracy_drop_pt"] <= hi
     assert c["size_ratio"] == pytest.approx(base["size_bytes"] / comp["size_bytes"])
     assert c["size_ratio"] > 4  # half the channels (~4x fewer weights) and 8-bit weights (~4x)
     assert (out / "report.md").read_text().startswith("# Compression report")
