@@ -120,4 +120,4 @@ def paired_drop_interval(baseline_only: int, variant_only: int, rows: int, *, z:
     b, c, n = baseline_only, variant_only, rows
     d = (b - c) / n
     se = np.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
-    return round(100.0 * (d - z * se), 2), round(100.0 * (d + z * se), 2)
+    return round(float(100.0 * (d - z * se)), 2), round(float(100.0 * (d + z * se)), 2)
