@@ -10,6 +10,12 @@ def fmt_bytes(n: float) -> str:
     return str(n)
 
 
+def drop_interval(comparison: dict) -> str:
+    """' (95 % CI lo to hi, paired)' when the comparison has the paired interval, else ''."""
+    ci = comparison.get("accuracy_drop_ci95_pt")
+    return f" (95 % CI {ci[0]:.2f} to {ci[1]:.2f}, paired)" if ci else ""
+
+
 def memory_batch(variants: list[dict]) -> str | None:
     """The batch whose peak RSS the reports hold, None when no variant has one (older reports, probe failed)."""
     return next((b for v in variants for b in v.get("memory_mib", {})), None)

@@ -12,7 +12,7 @@ import math
 from html import escape
 from typing import Sequence
 
-from bench.formatting import fmt_bytes, memory_batch, peak_rss
+from bench.formatting import drop_interval, fmt_bytes, memory_batch, peak_rss
 
 PRECISION_COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728"}
 OTHER_COLOR = "#7f7f7f"
@@ -326,9 +326,7 @@ def _cards(report: dict) -> str:
         return ""
     cards = []
     drop = c.get("accuracy_drop_pt")
-    ci = c.get("accuracy_drop_ci95_pt")
-    cards.append(("accuracy drop" + (f" (95 % CI {ci[0]:.2f} to {ci[1]:.2f})" if ci else ""),
-                  "n/a" if drop is None else f"{drop:.2f} pt"))
+    cards.append(("accuracy drop" + drop_interval(c), "n/a" if drop is None else f"{drop:.2f} pt"))
     for b, r in (c.get("speedup_p50") or {}).items():
         cards.append((f"p50 speed-up, batch {b}", f"{r:.2f}x"))
     if c.get("size_ratio"):

@@ -11,7 +11,7 @@ from typing import Any
 from bench import environment
 from bench.accuracy import (accuracy, as_model_input, discordant_counts, fixed_batch, latency_feeds,
                             paired_drop_interval, top1_agreement)
-from bench.formatting import fmt_bytes, memory_batch, peak_rss
+from bench.formatting import drop_interval, fmt_bytes, memory_batch, peak_rss
 from bench.latency import measure_interleaved
 from bench.memory import measure_peak_rss
 
@@ -117,7 +117,7 @@ def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str
         return {}
     base, cand = by_name[baseline], by_name[candidate]
     pairs = cand.get("discordant_vs_baseline")
-    interval = {"accuracy_drop_ci95_pt": list(paired_drop_interval(**pairs))} if pairs and base is not cand else {}
+    interval = {"accuracy_drop_ci95_pt": list(paired_drop_interval(**pairs))} if pairs else {}
     return {
         "baseline": baseline,
         "candidate": candidate,
@@ -200,12 +200,6 @@ def to_markdown(report: dict) -> str:
     lines += ["| stage | cached | wall (s) |", "|---|---|---|"]
     lines += [f"| {s['name']} | {'yes' if s['cached'] else 'no'} | {s['wall_s']:.1f} |" for s in report["stages"]]
     return "\n".join(lines) + "\n"
-
-
-def drop_interval(comparison: dict) -> str:
-    """' (95 % CI lo to hi, paired)' when the comparison has the paired interval, else ''."""
-    ci = comparison.get("accuracy_drop_ci95_pt")
-    return f" (95 % CI {ci[0]:.2f} to {ci[1]:.2f}, paired)" if ci else ""
 
 
 def write_reports(report: dict, out_dir: Path) -> None:

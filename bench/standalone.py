@@ -17,8 +17,8 @@ import numpy as np
 
 from bench import environment
 from bench.datasets import Split
-from bench.formatting import fmt_bytes, memory_batch, peak_rss
-from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare, drop_interval
+from bench.formatting import drop_interval, fmt_bytes, memory_batch, peak_rss
+from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare
 from compress.errors import CompressError
 
 SYNTHETIC_SAMPLES = 64

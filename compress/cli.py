@@ -145,7 +145,8 @@ def print_summary(report: dict, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.report import drop_interval, summary_rows
+    from bench.formatting import drop_interval
+    from bench.report import summary_rows
 
     header, rows = summary_rows(report)
     table = Table(title=f"{report['recipe']['name']} -> {report['target']} ({report['environment']['cpu']})")
