@@ -98,10 +98,6 @@ def accuracy(runner, split, batch_size: int = 256) -> tuple[float, np.ndarray]:
     return float((logits.argmax(1) == split.y).mean()), logits
 
 
-def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a.argmax(1) == b.argmax(1)).mean())
-
-
 def discordant_counts(labels: np.ndarray, reference_logits: np.ndarray, logits: np.ndarray) -> dict[str, int]:
     """On the same rows: how many only the reference gets right, how many only this model, and how many rows."""
     ref_right = reference_logits.argmax(1) == labels

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from compress.errors import CompressError
+from common.errors import CompressError
 
 SCHEMA_VERSION = 1
 MODES = ("ratio", "absolute", "both")

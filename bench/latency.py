@@ -81,7 +81,7 @@ def repeat_interval(block_medians: np.ndarray, center: float, run_noise: float =
     samples within them (the pooled median then spreads like a median of block levels, up to pi/2 the variance).
 
     `run_noise` (relative sd, e.g. 0.08) adds a shift of the whole bench that blocks cannot see: a shared machine
-    that is faster or slower for tens of seconds. It is a property of the machine, measured by bench.stability
+    that is faster or slower for tens of seconds. It is a property of the machine, measured by tools.stability
     (`sigma_run`), and enters both benches: half-width t * sqrt(2 * (s^2 / k + run_noise^2))."""
     logs = np.log(np.asarray(block_medians, dtype=float))
     k = len(logs)

@@ -10,10 +10,11 @@ from typing import Any
 
 from bench import environment
 from bench.accuracy import (accuracy, as_model_input, discordant_counts, fixed_batch, latency_feeds,
-                            paired_drop_interval, top1_agreement)
+                            paired_drop_interval)
 from bench.formatting import drop_interval, fmt_bytes, memory_batch, peak_rss
 from bench.latency import measure_interleaved
 from bench.memory import measure_peak_rss
+from common.compare import top1_agreement
 
 SCHEMA_VERSION = 1
 BASELINE = "baseline"
@@ -30,7 +31,7 @@ class Variant:
 
 def _progress(label: str, total: int):
     try:
-        from compress.progress import progress_bar
+        from common.progress import progress_bar
     except ImportError:  # bench used without the pipeline installed
         import contextlib
 
@@ -130,7 +131,7 @@ def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str
 
 
 def build_report(recipe, data, variants: list[Variant], stages: list[dict], extra: dict, out_dir: Path) -> dict:
-    import compress
+    from common.version import __version__
 
     b = recipe.bench
     start = time.perf_counter()
@@ -144,7 +145,7 @@ def build_report(recipe, data, variants: list[Variant], stages: list[dict], extr
                         "metrics": {}}]
     return {
         "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "edge-compress", "version": compress.__version__},
+        "tool": {"name": "edge-compress", "version": __version__},
         "recipe": recipe.to_dict(),
         "target": recipe.target.name,
         "dataset": {"name": data.name, "split": "test", "samples": len(data.test), "fingerprint": data.fingerprint},
@@ -204,7 +205,7 @@ def to_markdown(report: dict) -> str:
 
 def write_reports(report: dict, out_dir: Path) -> None:
     from bench.html import to_html
-    from compress.atomic import write_json, write_text
+    from common.atomic import write_json, write_text
 
     write_json(out_dir / "report.json", report)
     write_text(out_dir / "report.md", to_markdown(report))

@@ -19,7 +19,7 @@ from bench import environment
 from bench.datasets import Split
 from bench.formatting import drop_interval, fmt_bytes, memory_batch, peak_rss
 from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare
-from compress.errors import CompressError
+from common.errors import CompressError
 
 SYNTHETIC_SAMPLES = 64
 
@@ -196,7 +196,7 @@ def to_markdown(report: dict) -> str:
 def write_all(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     """report.json, report.md and report.html into `out_dir` (each written atomically)."""
     from bench.html import to_html
-    from compress.atomic import write_json, write_text
+    from common.atomic import write_json, write_text
 
     out = Path(out_dir)
     paths = [out / "report.json", out / "report.md", out / "report.html"]

@@ -1,3 +1,3 @@
 """Train-then-shrink pipeline: train, prune, distill, quantize, compile per target, benchmark."""
 
-__version__ = "0.1.0"
+from common.version import __version__  # noqa: F401 - compress.__version__

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.atomic import atomic_path
-from compress.errors import CompressError
+from common.atomic import atomic_path
+from common.errors import CompressError
 from models import resize_to_state_dict
 
 

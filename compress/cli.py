@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from compress.errors import CompressError
+from common.errors import CompressError
 
 
 RANK_ERRORS_ENV = "EDGE_COMPRESS_RANK_ERRORS"
@@ -46,11 +46,10 @@ def friendly_errors(fn):
             _fail(str(e), e.exit_code)
         except Exception as e:  # noqa: BLE001 - the CLI must never end in a traceback
             from runtime import RuntimeFailure
-            from targets import TargetError
 
             if debug:
                 raise
-            if isinstance(e, (RuntimeFailure, TargetError)):
+            if isinstance(e, RuntimeFailure):  # runtime/ ships alone, so its errors are not CompressErrors
                 _fail(str(e), 2)
             if isinstance(e, KeyboardInterrupt):
                 _fail("interrupted; rerun the same command to resume from the last finished stage", 130)
@@ -119,7 +118,7 @@ def launch_distributed(nproc: int, recipe, target: str | None, out_dir: Path, da
     """Re-run this command under torchrun; the effective recipe travels as a file so every rank sees the same."""
     import subprocess
 
-    from compress.atomic import write_text
+    from common.atomic import write_text
     from compress.distributed import launch_command
     from compress.pipeline import prepare_out_dir
     from compress.recipe import dump_recipe

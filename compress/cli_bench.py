@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from compress.cli import friendly_errors
-from compress.errors import CompressError, GateFailed
+from common.errors import CompressError, GateFailed
 
 
 def _batches(value: str | None) -> tuple[int, ...] | None:
@@ -36,7 +36,7 @@ def _batches(value: str | None) -> tuple[int, ...] | None:
               help="Blocks per variant, cycled A, B, A, B so drift cancels; runs are split among them. "
               "Per-round figures give the gate its paired ratios (needs >= 3).")
 @click.option("--run-noise-pct", type=click.FloatRange(min=0, max=100, max_open=True), default=0.0, show_default=True,
-              help="This machine's shift between whole benches, in percent (python -m bench.stability prints it); "
+              help="This machine's shift between whole benches, in percent (python -m tools.stability prints it); "
               "widens p50_repeat_pi95 by it.")
 @click.option("--baseline", default=None, help="Name of the baseline artifact (default: the first).")
 @click.option("--candidate", default=None, help="Name of the artifact compared with it (default: the last other one).")

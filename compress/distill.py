@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compress.errors import CompressError
+from common.errors import CompressError
 from compress.recipe import DistillConfig
 
 FEATURE_LAYER = "features"  # the module whose output is the last feature map (models.ResNetCNN)

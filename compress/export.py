@@ -5,31 +5,19 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from compress.atomic import atomic_path
-from compress.errors import GateFailed
+from common.atomic import atomic_path
+from common.compare import Bars, Comparison, compare
+from common.errors import GateFailed
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 18
-
-
-@dataclass(frozen=True)
-class Parity:
-    max_abs_diff: float
-    top1_agreement: float
-    batch_sizes: tuple[int, ...]
-    samples: int
-
-    def to_dict(self) -> dict:
-        return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
-                "batch_sizes": list(self.batch_sizes), "samples": self.samples}
 
 
 def export_onnx(model: nn.Module, example: np.ndarray, path: Path) -> None:
@@ -57,25 +45,23 @@ def _quiet():
 
 
 def check_parity(model: nn.Module, onnx_path: Path, x: np.ndarray, *, atol: float,
-                 batch_sizes: tuple[int, ...] = (1, 4, 64)) -> Parity:
-    """Compare ONNX Runtime with torch on real inputs at several batch sizes; raise when beyond `atol`."""
+                 batch_sizes: tuple[int, ...] = (1, 4, 64)) -> Comparison:
+    """Compare ONNX Runtime with torch on real inputs at several batch sizes (`common.compare`, every row of
+    every batch size pooled); raise when max abs diff is beyond `atol`."""
     import onnxruntime as ort
 
     from compress.train import predict_logits
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     reference = predict_logits(model, x)
-    diffs, agree, count = [], 0, 0
+    outs, refs = [], []
     for b in batch_sizes:
         chunk = x[: max(b, min(len(x), 4 * b))]
         for i in range(0, len(chunk) - b + 1, b):
-            out = session.run(None, {INPUT_NAME: chunk[i : i + b]})[0]
-            ref = reference[i : i + b]
-            diffs.append(float(np.abs(out - ref).max()))
-            agree += int((out.argmax(1) == ref.argmax(1)).sum())
-            count += b
-    parity = Parity(max(diffs), agree / count, tuple(batch_sizes), count)
-    if parity.max_abs_diff > atol:
+            outs.append(session.run(None, {INPUT_NAME: chunk[i : i + b]})[0])
+            refs.append(reference[i : i + b])
+    parity = compare(np.concatenate(refs), np.concatenate(outs), Bars(atol=atol), batch_sizes=tuple(batch_sizes))
+    if not parity.ok:
         raise GateFailed(
             f"ONNX export of {onnx_path.name} differs from torch by {parity.max_abs_diff:.2e} "
             f"(tolerance {atol:.0e}); the export is wrong, not shipped"

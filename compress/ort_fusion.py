@@ -3,7 +3,7 @@
 The fused `Attention` (and `QAttention` after dynamic INT8) runs the Q/K/V projections as one MatMul and the
 attention in one kernel, which takes the per-layer operator overhead that dominates a small student on CPU.
 Residual adds stay Add + LayerNormalization: ONNX Runtime's CPU SkipLayerNormalization kernel is several times
-slower than the two ops it replaces (`bench/skip_layernorm.py`; `runtime/` keeps ORT from re-fusing them on CPU).
+slower than the two ops it replaces (`tools/skip_layernorm.py`; `runtime/` keeps ORT from re-fusing them on CPU).
 The graph then holds com.microsoft operators: ONNX Runtime runs it, TensorRT and LiteRT do not.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def fuse_encoder(src: Path, dst: Path) -> dict[str, int]:
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from compress.atomic import atomic_path
+    from common.atomic import atomic_path
 
     model = onnx.load(str(src))
     split_unsqueezes(model)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import compress
 from compress import distributed
 from compress.cache import StageCache, StageRecord, stage_key
-from compress.errors import CompressError, GateFailed
+from common.errors import CompressError, GateFailed
 from compress.recipe import Recipe
 
 
@@ -326,7 +326,8 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         def do_quantize():
             import tempfile
 
-            from bench.accuracy import predict, top1_agreement
+            from bench.accuracy import predict
+            from common.compare import top1_agreement
             from compress.search import search_int8
             from runtime import load
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.atomic import atomic_path
+from common.atomic import atomic_path
 from compress.recipe import QuantConfig
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -52,7 +52,7 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray, cfg:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not np.isfinite(calib).all():
-        from compress.errors import CompressError
+        from common.errors import CompressError
 
         raise CompressError("calibration data holds NaN or Inf; clean the data set before quantizing")
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

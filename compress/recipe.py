@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from compress.errors import CompressError
+from common.errors import CompressError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "cnn-fashion"
@@ -189,7 +189,7 @@ class BenchConfig:
     runs: int = 200
     rounds: int = 8  # blocks per variant; >= 3 lets the confidence interval resample whole blocks
     threads: int = 2
-    run_noise_pct: float = 0.0  # the machine's shift between whole benches (bench.stability's sigma_run)
+    run_noise_pct: float = 0.0  # the machine's shift between whole benches (tools.stability's sigma_run)
 
     def __post_init__(self) -> None:
         if not self.batch_sizes:

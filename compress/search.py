@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compress.errors import GateFailed
+from common.compare import sqnr_db, top1_agreement
+from common.errors import GateFailed
 from compress.quantize import preprocess_for_quantization, quantizable_nodes, quantize_static_qdq
 from compress.recipe import QuantConfig
 
@@ -59,12 +60,6 @@ class SearchResult:
                 "candidates": rows, "sensitivity": list(self.sensitivity)}
 
 
-def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    """20 log10(|x| / |x - y|): how far the quantized output sits from the float one (torchao's measure)."""
-    noise = float(np.linalg.norm(reference - test))
-    return math.inf if noise == 0 else 20.0 * math.log10(float(np.linalg.norm(reference)) / noise)
-
-
 def _predict(path: Path, x: np.ndarray) -> np.ndarray:
     from bench.accuracy import predict
     from runtime import load
@@ -82,7 +77,7 @@ def layer_sensitivity(pre_path: Path, calib: np.ndarray, x: np.ndarray, referenc
         quantize_static_qdq(pre_path, path, calib, cfg, only_nodes=(node,), preprocessed=True)
         logits = _predict(path, x)
         rows.append({"node": node, "op": op, "sqnr_db": round(sqnr_db(reference, logits), 2),
-                     "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean())})
+                     "top1_agreement": top1_agreement(reference, logits)})
     return sorted(rows, key=lambda r: r["sqnr_db"])
 
 
@@ -128,7 +123,7 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
         acc = float((logits.argmax(1) == val_y).mean())
         drop = 100.0 * (fp32_acc - acc)
         cand = Candidate(name, calibration, float_nodes, str(path), acc, round(drop, 4),
-                         float((logits.argmax(1) == reference.argmax(1)).mean()),
+                         top1_agreement(reference, logits),
                          meets_bar=drop <= cfg.max_accuracy_drop + 1e-9)
         candidates.append(cand)
         return cand
@@ -201,7 +196,7 @@ def _with(cfg: QuantConfig, calibration: str) -> QuantConfig:
 def _copy(src: Path, dst: Path) -> None:
     import shutil
 
-    from compress.atomic import atomic_path
+    from common.atomic import atomic_path
 
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)

@@ -15,7 +15,7 @@ import numpy as np
 
 import compress
 from compress.cache import StageCache, stage_key
-from compress.errors import CompressError, GateFailed
+from common.errors import CompressError, GateFailed
 from compress.pipeline import (WORKDIR_PREFIX, RunContext, _section, choose_student, export_plan, finish_report,
                                log, prepare_out_dir, usable_target)
 from compress.recipe import Recipe
@@ -376,7 +376,8 @@ def oov_rate(split, keep_ids: np.ndarray | None) -> float:
 
 
 def val_agreement(fp32: Path, int8: Path, split, threads: int) -> float:
-    from bench.accuracy import predict_split, top1_agreement
+    from bench.accuracy import predict_split
+    from common.compare import top1_agreement
     from runtime import load
 
     with load(fp32, threads=threads) as a, load(int8, threads=threads) as b:
@@ -406,6 +407,7 @@ def search_dynamic_int8(fp32_path: Path, out_path: Path, data: TextData, q, work
     printed, and SearchFailed raised.
     """
     from bench.accuracy import latency_feeds, predict_split
+    from common.compare import top1_agreement
     from compress import transformer_shrink as ts
     from compress.search import Candidate, SearchFailed, SearchResult, _copy, choose, format_table, latencies
     from runtime import load
@@ -426,7 +428,7 @@ def search_dynamic_int8(fp32_path: Path, out_path: Path, data: TextData, q, work
         acc = ts.accuracy_of(logits, data.val.y)
         drop = 100.0 * (fp32_acc - acc)
         candidates.append(Candidate(name, "dynamic", (), str(paths[name]), acc, round(drop, 4),
-                                    float((logits.argmax(1) == reference.argmax(1)).mean()),
+                                    top1_agreement(reference, logits),
                                     meets_bar=drop <= q.max_accuracy_drop + 1e-9))
         log(f"  {name}: val {acc:.4f} (FP32 {fp32_acc:.4f}), agreement {candidates[-1].agreement:.4f}")
     feeds = latency_feeds(data.test, 1, "input_ids", data.max_length)

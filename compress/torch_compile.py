@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import compress
 from compress.cache import StageRecord, stage_key
-from compress.errors import CompressError, GateFailed
+from common.errors import CompressError, GateFailed
 
 PRECISION_BY_MODE = {"static": "int8", "dynamic": "dynamic-int8"}
 

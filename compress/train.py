@@ -12,8 +12,8 @@ from torch.nn import functional as F
 
 from bench.datasets import Split
 from compress.distill import teacher_logits_tensor
-from compress.errors import CompressError
-from compress.progress import progress_bar
+from common.errors import CompressError
+from common.progress import progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

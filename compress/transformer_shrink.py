@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.text_data import EncodedSplit, at_length, logits_by_length, sorted_chunks
-from compress.errors import CompressError, GateFailed
+from common.compare import Bars, Comparison, compare, top1_agreement
+from common.errors import CompressError, GateFailed
 from models.transformer import EncoderClassifier
 
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -308,7 +309,7 @@ def fit_text(model: EncoderClassifier, data: EncodedSplit, cfg: TextLoopConfig, 
     Returns the mean loss of each tenth of training.
     """
     from compress.distill import kd_loss, teacher_logits_tensor
-    from compress.progress import progress_bar
+    from common.progress import progress_bar
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -423,7 +424,7 @@ def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:
 
 def export_text_onnx(model: EncoderClassifier, path: Path, *, example_length: int = 16) -> None:
     """Dynamo export with dynamic batch and sequence axes, from a batch-2 example (batch 1 fixes the axis)."""
-    from compress.atomic import atomic_path
+    from common.atomic import atomic_path
     from compress.export import _quiet
 
     model = model.eval()
@@ -463,27 +464,15 @@ def ort_text_logits(session, data: EncodedSplit, *, batch_size: int = 32) -> np.
         [OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0])
 
 
-@dataclass(frozen=True)
-class TextParity:
-    max_abs_diff: float
-    top1_agreement: float
-    batch_sizes: tuple[int, ...]
-    seq_lengths: tuple[int, ...]
-    samples: int
-
-    def to_dict(self) -> dict:
-        return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
-                "batch_sizes": list(self.batch_sizes), "seq_lengths": list(self.seq_lengths), "samples": self.samples}
-
-
 @torch.no_grad()
 def check_text_parity(model: EncoderClassifier, onnx_path: Path, data: EncodedSplit, *, atol: float = 1e-4,
                       batch_sizes: tuple[int, ...] = (1, 4), seq_lengths: tuple[int, ...] = (32, 128),
-                      rows: int = 8) -> TextParity:
-    """ONNX Runtime vs torch at every (batch size, sequence length); raise beyond `atol`."""
+                      rows: int = 8) -> Comparison:
+    """ONNX Runtime vs torch at every (batch size, sequence length), every row pooled (`common.compare`); raise
+    when max abs diff is beyond `atol`."""
     session = ort_session(onnx_path)
     model.eval()
-    diffs, agree, count = [], 0, 0
+    outs, refs = [], []
     for length in seq_lengths:
         chunk = at_length(data.take(np.arange(min(rows, len(data))), crop=False), length)
         for b in batch_sizes:
@@ -494,11 +483,11 @@ def check_text_parity(model: EncoderClassifier, onnx_path: Path, data: EncodedSp
                 if out.shape != ref.shape:
                     raise GateFailed(f"ONNX output shape {out.shape} != torch {ref.shape} at batch {b}, "
                                      f"sequence {length}: an axis was fixed at export")
-                diffs.append(float(np.abs(out - ref).max()))
-                agree += int((out.argmax(1) == ref.argmax(1)).sum())
-                count += b
-    parity = TextParity(max(diffs), agree / count, tuple(batch_sizes), tuple(seq_lengths), count)
-    if parity.max_abs_diff > atol:
+                outs.append(out)
+                refs.append(ref)
+    parity = compare(np.concatenate(refs), np.concatenate(outs), Bars(atol=atol), batch_sizes=tuple(batch_sizes),
+                     seq_lengths=tuple(seq_lengths))
+    if not parity.ok:
         raise GateFailed(f"ONNX export of {Path(onnx_path).name} differs from torch by {parity.max_abs_diff:.2e} "
                          f"(tolerance {atol:.0e}); the export is wrong, not shipped")
     return parity
@@ -537,7 +526,7 @@ def quantize_dynamic_int8(fp32_path: Path, out_path: Path, *, per_channel: bool 
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from compress.atomic import atomic_path
+    from common.atomic import atomic_path
 
     if scope not in INT8_SCOPES:
         raise CompressError(f"INT8 scope {scope!r} unknown; known: {', '.join(INT8_SCOPES)}")
@@ -581,10 +570,10 @@ def check_int8(fp32_logits: np.ndarray, int8_logits: np.ndarray, y: np.ndarray, 
     towards one class and accuracy falls to the majority rate. Agreement with FP32 and the accuracy drop
     both catch that; the message says which bar was missed.
     """
-    pred_q, pred_f = int8_logits.argmax(1), fp32_logits.argmax(1)
+    pred_q = int8_logits.argmax(1)
     share = float(np.bincount(pred_q).max() / len(pred_q))
     result = Int8Check(accuracy_of(fp32_logits, y), accuracy_of(int8_logits, y),
-                       float((pred_q == pred_f).mean()), share, len(y))
+                       top1_agreement(fp32_logits, int8_logits), share, len(y))
     if result.agreement < min_agreement or result.drop > max_drop:
         collapsed = " (predictions collapsed towards one class)" if share > 0.95 else ""
         raise GateFailed(

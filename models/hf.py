@@ -121,7 +121,7 @@ class TextTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """The tokenizer as one `tokenizer.json` (what an edge app loads with `tokenizers` alone); atomic."""
-        from compress.atomic import write_text
+        from common.atomic import write_text
 
         write_text(path, self._tok.to_str())
 
@@ -196,7 +196,7 @@ def save_encoder(model: EncoderClassifier, path: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    from compress.atomic import atomic_path
+    from common.atomic import atomic_path
 
     path = Path(path)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

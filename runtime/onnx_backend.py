@@ -18,7 +18,7 @@ _ORT_TYPES = {
 }
 _OPTIMIZATION = ("none", "basic", "extended", "all")
 # ONNX Runtime's CPU SkipLayerNormalization kernel runs several times slower than the Add + LayerNormalization it
-# replaces (ORT 1.31, 1 x 128 x 384: 338 against 70 us on one thread; bench/skip_layernorm.py), so a CPU-only
+# replaces (ORT 1.31, 1 x 128 x 384: 338 against 70 us on one thread; tools/skip_layernorm.py), so a CPU-only
 # session keeps them apart. Other providers have their own fast kernels and keep the fusion.
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 

@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.errors import CompressError
+
 KNOWN_TARGETS = ("cpu", "gpu", "jetson", "mobile")
 _MODULES = {"cpu": "targets.onnxruntime_cpu", "gpu": "targets.gpu", "jetson": "targets.jetson",
             "mobile": "targets.tflite"}
 
 
-class TargetError(Exception):
-    """Unknown target, or one that cannot be built here; the message says why and what to do."""
+class TargetError(CompressError):
+    """Unknown target, or one that cannot be built here; the message says why and what to do (exit code 2)."""
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str
             check=None) -> Artifact:
     """TensorRT engine (out_dir/model.engine) or ONNX for the CUDA EP (out_dir/model.onnx); `check`: real
     input samples to compare on (default: seeded random inputs)."""
-    from compress.atomic import atomic_path, write_json
+    from common.atomic import atomic_path, write_json
     from runtime import load, sidecar_path
 
     opts = _options(spec)
@@ -101,7 +101,7 @@ def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str
             name = runner.inputs[0].name
             got = [next(iter(runner.infer({name: x[i : i + config.opt_batch]}).values()))
                    for i in range(0, len(x), config.opt_batch)]
-        parity = trt_build.compare(_concat(got), expected)
+        parity = trt_build.compare(_concat(got), expected, _bars(opts))
         meta.update({"engine": config.to_dict(), "profiles": result.profiles,
                      "tensorrt_version": result.tensorrt_version})
         path, files = result.engine, [result.engine] + ([result.timing_cache] if result.timing_cache else [])
@@ -112,11 +112,11 @@ def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str
             shutil.copyfile(onnx_path, tmp)
         with load(path, providers=providers) as runner:
             got = [next(iter(runner.infer(x[i : i + 16]).values())) for i in range(0, len(x), 16)]
-        parity = trt_build.compare(_concat(got), expected)
+        parity = trt_build.compare(_concat(got), expected, _bars(opts))
         meta.update({"providers": providers})
         files = [path]
     _gate(parity, opts, path)
-    meta["parity_vs_onnx_cpu"] = parity
+    meta["parity_vs_onnx_cpu"] = parity.to_dict()
     write_json(sidecar_path(path), meta)
     return Artifact(path, spec.name, chosen, meta, files=tuple(files) + (sidecar_path(path),))
 
@@ -127,10 +127,16 @@ def _concat(chunks):
     return np.concatenate(chunks)
 
 
-def _gate(parity: dict[str, float], opts: dict[str, Any], path: Path) -> None:
-    too_far = opts["max_abs_diff"] is not None and parity["max_abs_diff"] > opts["max_abs_diff"]
-    if too_far or parity["top1_agreement"] < opts["min_agreement"]:
+def _bars(opts: dict[str, Any]):
+    from common.compare import Bars
+
+    return Bars(atol=opts["max_abs_diff"], min_agreement=opts["min_agreement"])
+
+
+def _gate(parity, opts: dict[str, Any], path: Path) -> None:
+    """`parity`: a `common.compare.Comparison` held to `_bars(opts)`; removes the artifact on a miss."""
+    if not parity.ok:
         path.unlink(missing_ok=True)
         raise TargetError(f"{path.name} differs from ONNX Runtime CPU on the same graph: top-1 agreement "
-                          f"{parity['top1_agreement']:.4f} (need >= {opts['min_agreement']}), max abs diff "
-                          f"{parity['max_abs_diff']:.3g} on {parity['samples']} samples; not shipped")
+                          f"{parity.top1_agreement:.4f} (need >= {opts['min_agreement']}), max abs diff "
+                          f"{parity.max_abs_diff:.3g} on {parity.samples} samples; not shipped")

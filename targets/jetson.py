@@ -81,7 +81,7 @@ def _options(spec: TargetSpec) -> tuple[dict[str, Any], Preset, trt_build.Engine
 
 
 def sha256(path: Path) -> str:
-    from compress.cache import file_digest
+    from common.digest import file_digest
 
     return file_digest(path)
 
@@ -127,8 +127,8 @@ In an app: runtime.load("<this folder>") gives a runner with infer() / predict()
 def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str, Any], *,
             check=None) -> Artifact:
     """Write the bundle to `out_dir` (a fresh directory each time); build the engine too where possible."""
-    import compress
-    from compress.atomic import atomic_path, write_json, write_text
+    from common.atomic import atomic_path, write_json, write_text
+    from common.version import __version__
     import numpy as np
     from runtime import sidecar_path
 
@@ -155,7 +155,7 @@ def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str
         "inputs": profiles, "batch": {"min": config.min_batch, "opt": config.opt_batch, "max": config.max_batch},
         "onnx": "model.onnx", "engine": "model.engine", "timing_cache": config.timing_cache,
         "source": {"name": onnx_path.name, "sha256": sha256(onnx_path), "bytes": onnx_path.stat().st_size},
-        "toolkit": f"edge-compress {compress.__version__}",
+        "toolkit": f"edge-compress {__version__}",
         "expected_accuracy": metadata.get("expected_accuracy"),
         "check": {"reference": "reference.npz", "min_agreement": opts["min_agreement"],
                   "max_abs_diff": opts["max_abs_diff"], "samples": int(len(x))},

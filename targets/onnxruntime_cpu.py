@@ -20,7 +20,7 @@ def available() -> tuple[bool, str]:
 
 def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str, Any]) -> Artifact:
     """Copy the graph under the target's name and store preprocessing/provenance beside it."""
-    from compress.atomic import atomic_path, write_json
+    from common.atomic import atomic_path, write_json
     from runtime import load, sidecar_path
 
     out_path = Path(out_dir) / "model.onnx"

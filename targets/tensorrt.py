@@ -126,7 +126,7 @@ def build_engine(onnx_path: Path, engine_path: Path, config: EngineConfig = Engi
         trt = import_tensorrt()
     except Exception as e:  # BackendMissing: no driver / no tensorrt
         raise TargetError(str(e)) from None
-    from compress.atomic import atomic_path
+    from common.atomic import atomic_path
 
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if int(trt.__version__.split(".")[0]) >= 11 and not config.strongly_typed:
@@ -233,9 +233,12 @@ def reference_io(onnx_path: Path, check=None, *, samples: int = 64, seed: int = 
     return x, y.astype(np.float32)
 
 
-def compare(got, expected) -> dict[str, float]:
+def compare(got, expected, bars=None):
+    """The artifact's outputs `got` against the reference `expected` (`common.compare.compare`), held to `bars`
+    (a `common.compare.Bars`; none by default)."""
     import numpy as np
 
-    got = np.asarray(got, dtype=np.float32)
-    return {"samples": int(len(expected)), "max_abs_diff": float(np.abs(got - expected).max()),
-            "top1_agreement": float((got.argmax(1) == expected.argmax(1)).mean())}
+    from common.compare import Bars
+    from common.compare import compare as _compare
+
+    return _compare(expected, np.asarray(got, dtype=np.float32), Bars() if bars is None else bars)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import importlib.util
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common.compare import Bars, Comparison, compare
 from targets import Artifact, TargetError, TargetSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,7 +106,7 @@ def _sample(sample) -> tuple:
 
 
 def _export(edge_model, path: Path) -> Path:
-    from compress.atomic import atomic_path
+    from common.atomic import atomic_path
 
     with atomic_path(path) as tmp, _quiet():
         edge_model.export(str(tmp))
@@ -129,7 +130,7 @@ def _requantize(model: "nn.Module", sample, path: Path, configure) -> Path:
 
     from ai_edge_quantizer import quantizer
 
-    from compress.atomic import atomic_path
+    from common.atomic import atomic_path
 
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix=".aeq-", dir=path.parent if path.parent.exists() else None) as tmp:
@@ -323,17 +324,6 @@ def op_summary(path: Path) -> dict[str, Any]:
 
 
 # -- parity with torch ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Parity:
-    max_abs_diff: float
-    top1_agreement: float
-    sqnr_db: float
-    samples: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _to_input(detail: dict, x: np.ndarray) -> np.ndarray:
     """A float input quantized with the artifact's (scale, zero point), or integer ids cast to its dtype."""
     from runtime.runner import quantize_input
@@ -370,8 +360,10 @@ def run_tflite(path: Path, x, *, threads: int | None = None) -> np.ndarray:
     return np.concatenate(results)
 
 
-def check_parity(model: "nn.Module", path: Path, x: np.ndarray, *, threads: int | None = None) -> Parity:
-    """Compare the .tflite with the torch module on real inputs: max abs diff, top-1 agreement, SQNR."""
+def check_parity(model: "nn.Module", path: Path, x: np.ndarray, *, threads: int | None = None,
+                 bars: Bars = Bars()) -> Comparison:
+    """Compare the .tflite with the torch module on real inputs (`common.compare`: max abs diff, top-1
+    agreement, SQNR...), held to `bars`; the caller decides what a miss means."""
     import torch
 
     model = model.eval()
@@ -379,10 +371,7 @@ def check_parity(model: "nn.Module", path: Path, x: np.ndarray, *, threads: int 
     with torch.no_grad():
         ref = np.concatenate([model(*_sample(_rows(x, i, i + 256))).numpy() for i in range(0, n, 256)])
     got = run_tflite(path, x, threads=threads)
-    err = got - ref
-    noise = float(np.linalg.norm(err))
-    sqnr = float("inf") if noise == 0 else 20 * np.log10(float(np.linalg.norm(ref)) / noise)
-    return Parity(float(np.abs(err).max()), float((got.argmax(1) == ref.argmax(1)).mean()), sqnr, n)
+    return compare(ref, got, bars)
 
 
 # -- the target --------------------------------------------------------------------------------------------
@@ -417,7 +406,7 @@ def compile_module(model: "nn.Module", spec: TargetSpec, out_dir: Path, metadata
     The model is not modified (PT2E works on an exported copy).
     """
     _require()
-    from compress.atomic import write_json
+    from common.atomic import write_json
     from runtime import sidecar_path
 
     opts = _options(spec)
@@ -440,9 +429,9 @@ def compile_module(model: "nn.Module", spec: TargetSpec, out_dir: Path, metadata
     x = calib if check is None else _arrays(check)
     n = min(len(x[0]), opts["check_samples"])
     x = _rows(x, 0, n - n % batch)
-    parity = check_parity(model, out_path, x, threads=spec.threads)
-    too_far = opts["max_abs_diff"] is not None and parity.max_abs_diff > opts["max_abs_diff"]
-    if too_far or parity.top1_agreement < opts["min_agreement"]:
+    parity = check_parity(model, out_path, x, threads=spec.threads,
+                          bars=Bars(atol=opts["max_abs_diff"], min_agreement=opts["min_agreement"]))
+    if not parity.ok:
         out_path.unlink(missing_ok=True)
         raise TargetError(
             f"{opts['precision']} .tflite differs from torch: top-1 agreement {parity.top1_agreement:.4f} "

@@ -77,7 +77,7 @@ def test_bad_idx_files(tmp_path, content, message):
 
 
 def test_nan_calibration_data_is_refused(tmp_path):
-    from compress.errors import CompressError
+    from common.errors import CompressError
     from compress.quantize import quantize_static_qdq
     from compress.recipe import QuantConfig
 

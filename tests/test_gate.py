@@ -199,7 +199,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, new, args, pattern):
 
 
 def test_report_error_is_a_compress_error():
-    from compress.errors import CompressError
+    from common.errors import CompressError
 
     assert issubclass(ReportError, CompressError) and ReportError.exit_code == 2
 

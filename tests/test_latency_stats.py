@@ -93,7 +93,7 @@ def test_run_noise_restores_coverage_when_whole_benches_shift():
 
 
 def test_stability_estimates_the_machines_bench_shift():
-    from bench.stability import run_noise
+    from tools.stability import run_noise
 
     rng = np.random.default_rng(3)
     blocks, pooled = _pairs_with_bench_shift(rng, 400, shift_sd=0.10)

@@ -180,8 +180,8 @@ def test_check_on_the_wire_format():
 # -- bit flips never crash the host ---------------------------------------------------------------------------------
 def test_bit_flipped_and_cut_files_never_crash(good):
     """500 mutated files loaded and run in a child process: each one runs or raises the runtime's own error.
-    (`python -m bench.fuzz ARTIFACT --n 10000` is the same check at scale.)"""
-    from bench.fuzz import OUTCOMES, fuzz
+    (`python -m tools.fuzz ARTIFACT --n 10000` is the same check at scale.)"""
+    from tools.fuzz import OUTCOMES, fuzz
 
     result = fuzz(good, 500, chunk=500)
     assert result["host_crashes"] == 0, result["crashed_chunks"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.compare import sqnr_db
 from compress.recipe import QuantConfig
-from compress.search import layer_sensitivity, search_int8, sqnr_db
+from compress.search import layer_sensitivity, search_int8
 from tests.conftest import needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist

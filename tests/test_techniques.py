@@ -8,7 +8,7 @@ import torch
 from bench.datasets import Split
 from compress import prune, train
 from compress.distill import FeatureDistiller, kd_loss, make_kd_loss
-from compress.errors import CompressError
+from common.errors import CompressError
 from compress.recipe import DistillConfig, PruneConfig
 from models import build_model
 

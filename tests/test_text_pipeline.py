@@ -130,7 +130,7 @@ def test_text_recipes_are_validated(tmp_path):
 
 
 def test_a_missing_text_column_is_one_clear_error(tmp_path):
-    from compress.errors import CompressError
+    from common.errors import CompressError
     from compress.pipeline import run
 
     recipe = _recipe(tmp_path, data={"text_column": "review"})

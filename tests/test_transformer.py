@@ -9,7 +9,7 @@ import torch
 
 from bench.text_data import EncodedSplit, TextSplit
 from compress import transformer_shrink as ts
-from compress.errors import CompressError, GateFailed
+from common.errors import CompressError, GateFailed
 from models.hf import load_encoder, save_encoder, word_level_tokenizer
 from models.transformer import EncoderConfig, build_encoder, count_parameters
 

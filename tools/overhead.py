@@ -1,6 +1,6 @@
 """What `runtime/` costs on top of ONNX Runtime: runner.infer() against a raw InferenceSession.run.
 
-    python -m bench.overhead MODEL.onnx [--threads 1] [--runs 5000] [--rounds 10] [--batch 1] [--json]
+    python -m tools.overhead MODEL.onnx [--threads 1] [--runs 5000] [--rounds 10] [--batch 1] [--json]
 
 Both sides run the same model at the same batch with the same session options. Each is timed in its own
 blocks (warm-up, then runs), cycled raw, runner, raw, runner, ... with a fresh session per block, so that
@@ -134,7 +134,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.overhead", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="an .onnx artifact")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1)

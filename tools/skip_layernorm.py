@@ -1,6 +1,6 @@
 """ONNX Runtime's CPU SkipLayerNormalization against the Add + LayerNormalization it replaces.
 
-    python -m bench.skip_layernorm [--model MODEL.onnx] [--threads 1] [--seq 128] [--hidden 384] [--json]
+    python -m tools.skip_layernorm [--model MODEL.onnx] [--threads 1] [--seq 128] [--hidden 384] [--json]
 
 Why `runtime/` disables ORT's `SkipLayerNormFusion` on CPU and `compress/ort_fusion.py` leaves residual adds
 unfused. Two comparisons, each timed in interleaved blocks with a fresh session per block (bench/latency.py):
@@ -117,7 +117,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.skip_layernorm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.skip_layernorm", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="an .onnx text encoder (input_ids, attention_mask) to time both ways")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seq", type=int, default=128)

@@ -1,6 +1,6 @@
 """Probe: does Intel neural-compressor's PyTorch path pass the toolkit's own parity and accuracy gate?
 
-    python -m bench.inc_probe [--out /tmp/inc_probe.json] [--checkpoint /tmp/runs/full/student.pt]
+    python -m tools.inc_probe [--out /tmp/inc_probe.json] [--checkpoint /tmp/runs/full/student.pt]
 
 Not part of the toolkit and not a dependency of it: neural-compressor is imported lazily, and only here. Run it
 in a separate virtual environment (see docs/neural-compressor.md for the exact install commands). It measures,
@@ -47,7 +47,7 @@ def _require_inc():
                  "  python3 -m venv /tmp/inc-venv && /tmp/inc-venv/bin/pip install torch==2.13.0 "
                  "'neural-compressor[pt]==3.10' onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.31.1 "
                  "numpy pyyaml click rich torch-pruning==1.6.1\n"
-                 "  /tmp/inc-venv/bin/pip install --no-deps -e .  &&  /tmp/inc-venv/bin/python -m bench.inc_probe")
+                 "  /tmp/inc-venv/bin/pip install --no-deps -e .  &&  /tmp/inc-venv/bin/python -m tools.inc_probe")
     logging.getLogger("neural_compressor").setLevel(logging.ERROR)
     for name in ("torch.onnx", "torch.export", "torch._export"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"environment": environment(), "command": " ".join([sys.executable, "-m", "bench.inc_probe",
+    res: dict = {"environment": environment(), "command": " ".join([sys.executable, "-m", "tools.inc_probe",
                                                                       *(argv or sys.argv[1:])])}
     ds = load_fashion_mnist(limit_test=args.limit_test)
     model = load_checkpoint(build_model("resnet-cnn", (1, 28, 28), 10, width=args.width), Path(args.checkpoint))

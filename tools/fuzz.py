@@ -1,6 +1,6 @@
 """Fuzz `runtime.load` with mutated artifacts: every file must run or raise the runtime's own error.
 
-    python -m bench.fuzz ARTIFACT --n 10000 --chunk 500 --out fuzz.json
+    python -m tools.fuzz ARTIFACT --n 10000 --chunk 500 --out fuzz.json
 
 Mutations cycle through four kinds: one bit flipped anywhere, one bit flipped in the first 400 bytes (header and
 graph structure), a random byte in the last 600 bytes (nodes, value infos), and the file cut anywhere. Each chunk
@@ -77,7 +77,7 @@ def fuzz(src: Path, n: int, *, chunk: int = 500, seed: int = 1234, timeout: floa
     with tempfile.TemporaryDirectory(prefix="fuzz-") as work:
         for start in range(0, n, chunk):
             size = min(chunk, n - start)
-            cmd = [sys.executable, "-m", "bench.fuzz", "--child", str(src), work, str(start), str(size), str(seed)]
+            cmd = [sys.executable, "-m", "tools.fuzz", "--child", str(src), work, str(start), str(size), str(seed)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, timeout=timeout)
             if proc.returncode != 0:
                 crashes.append({"start": start, "files": size, "status": proc.returncode,

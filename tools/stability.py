@@ -1,6 +1,6 @@
 """How trustworthy are the figures? Bench the same artifacts twice, N times, and tally.
 
-    python -m bench.stability baseline=fp32.onnx compressed=int8.onnx --repeats 20 --out stability.json
+    python -m tools.stability baseline=fp32.onnx compressed=int8.onnx --repeats 20 --out stability.json
 
 For each repeat: two benches A and B of the same artifacts; counts how often `compress check B --baseline A`
 passes (ratio and absolute latency modes), and how often B's p50 lies inside A's reported intervals (per variant

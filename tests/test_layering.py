@@ -1,0 +1,145 @@
+"""Import rules between the packages, read from the source with `ast` (imports inside functions included).
+
+    common/    what every layer may use: imports no other package of ours, nothing heavy anywhere (numpy at most)
+    runtime/   ships alone and torch-free: imports no other package of ours; heavy libraries only inside functions
+    targets/, bench/, models/   never import compress/ (the pipeline) or tools/
+    tools/     experiments, not installed: may import anything, but nothing in the product imports it
+"""
+from __future__ import annotations
+
+import ast
+import fnmatch
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = ("common", "runtime", "targets", "bench", "models", "compress")
+OURS = PRODUCT + ("tools",)
+HEAVY = frozenset({"torch", "tensorrt", "ai_edge_litert", "tflite_runtime", "onnx", "transformers", "torch_pruning"})
+
+# package -> the packages of ours it must not import
+FORBIDDEN = {
+    "common": set(OURS) - {"common"},
+    "runtime": set(OURS) - {"runtime"},
+    "targets": {"compress", "tools"},
+    "bench": {"compress", "tools"},
+    "models": {"compress", "tools"},
+    "compress": {"tools"},
+}
+
+
+@dataclass(frozen=True)
+class Import:
+    file: Path
+    line: int
+    top: str  # the top-level package imported
+    text: str  # the statement as written
+    module_level: bool  # runs when the file is imported (not inside a function, not under TYPE_CHECKING)
+
+    def __str__(self) -> str:
+        return f"{self.file.relative_to(ROOT)}:{self.line}: {self.text}"
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def imports_in_source(source: str, file: Path, package: str) -> list[Import]:
+    """Every import in `source`, with whether it runs at import time. Relative imports count as `package`."""
+    found: list[Import] = []
+
+    def visit(node: ast.AST, module_level: bool) -> None:
+        if isinstance(node, ast.Import):
+            text = ast.get_source_segment(source, node) or ""
+            found.extend(Import(file, node.lineno, a.name.split(".")[0], text, module_level) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            top = package if node.level else (node.module or "").split(".")[0]
+            found.append(Import(file, node.lineno, top, ast.get_source_segment(source, node) or "", module_level))
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.body:
+                visit(child, False)
+            for child in node.orelse:
+                visit(child, module_level)
+            return
+        inner = module_level and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(ast.parse(source, filename=str(file)), True)
+    return found
+
+
+def package_files(package: str) -> list[Path]:
+    skip = {"__pycache__", "build", "dist"}
+    return sorted(p for p in (ROOT / package).rglob("*.py") if not skip & set(p.relative_to(ROOT).parts))
+
+
+def package_imports(package: str) -> list[Import]:
+    out = []
+    for path in package_files(package):
+        out += imports_in_source(path.read_text(encoding="utf-8"), path, package)
+    return out
+
+
+def _report(bad: list[Import], rule: str) -> str:
+    return f"{rule}:\n" + "\n".join(f"  {i}" for i in bad)
+
+
+@pytest.mark.parametrize("package", PRODUCT)
+def test_package_imports_only_what_its_layer_may(package):
+    assert package_files(package), f"no .py files found under {package}/"
+    bad = [i for i in package_imports(package) if i.top in FORBIDDEN[package]]
+    assert not bad, _report(bad, f"{package}/ must not import {', '.join(sorted(FORBIDDEN[package]))}")
+
+
+def test_runtime_imports_heavy_libraries_only_inside_functions():
+    bad = [i for i in package_imports("runtime") if i.module_level and i.top in HEAVY]
+    assert not bad, _report(bad, "runtime/ imports a heavy library at module level (move it into the function "
+                                 "that needs it)")
+
+
+def test_common_imports_nothing_heavy():
+    """common/ at module level: the standard library and numpy only; inside functions nothing heavy either."""
+    allowed_at_top = set(sys.stdlib_module_names) | {"numpy", "common", "__future__"}
+    heavy_anywhere = HEAVY | {"onnxruntime"}
+    imports = package_imports("common")
+    bad = [i for i in imports if i.top in heavy_anywhere or (i.module_level and i.top not in allowed_at_top)]
+    assert not bad, _report(bad, "common/ imports something heavy (module level: stdlib and numpy only)")
+
+
+def test_tools_are_not_installed():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    included = any(fnmatch.fnmatch("tools", pat) for pat in config.get("include", ["*"]))
+    excluded = any(fnmatch.fnmatch("tools", pat) for pat in config.get("exclude", []))
+    assert not included or excluded, "pyproject.toml would install tools/ (experiments)"
+    for package in PRODUCT:
+        assert any(fnmatch.fnmatch(package, pat) for pat in config["include"]), f"{package} is not installed"
+
+
+def test_the_scan_sees_imports_inside_functions_and_type_checking_blocks():
+    source = (
+        "import os\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    import torch\n"
+        "try:\n"
+        "    import onnx\n"
+        "except ImportError:\n"
+        "    onnx = None\n"
+        "class A:\n"
+        "    import numpy\n"
+        "    def f(self):\n"
+        "        from compress.cache import stage_key\n"
+        "def g():\n"
+        "    from . import sibling\n"
+        "    h = lambda: __import__('x')\n"
+    )
+    got = {(i.top, i.line, i.module_level) for i in imports_in_source(source, ROOT / "x.py", "bench")}
+    assert got == {("os", 1, True), ("typing", 2, True), ("torch", 4, False), ("onnx", 6, True),
+                   ("numpy", 10, True), ("compress", 12, False), ("bench", 14, False)}
