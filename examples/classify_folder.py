@@ -1,6 +1,10 @@
-"""An edge app in one file: classify every image in a folder with a compiled artifact, using only `runtime/`.
+"""An edge app in one file: classify every image in a folder with a compiled artifact, using only the runtime.
 
-    python examples/classify_folder.py MODEL.onnx|MODEL.tflite FOLDER [--threads 2] [--isolate]
+    python -m venv app && app/bin/pip install ./runtime     # the runtime alone: numpy + onnxruntime, no torch
+    app/bin/python examples/classify_folder.py MODEL.onnx|MODEL.tflite FOLDER [--threads 2] [--isolate]
+
+(`pip install './runtime[litert]'` adds LiteRT for .tflite artifacts.) Run from a source checkout without the
+runtime installed, the script falls back to the repository's runtime/ folder.
 
 Reads .npy (one H x W image, or N x H x W images), binary or ASCII PGM, and 8-bit PNG (grey, RGB, RGBA;
 colour is averaged to grey) with numpy and the standard library only; no torch, no Pillow. The artifact's
