@@ -24,3 +24,25 @@ def memory_batch(variants: list[dict]) -> str | None:
 def peak_rss(variant: dict, batch: str | None) -> str:
     memory = variant.get("memory_mib", {}).get(batch) if batch else None
     return f"{memory['peak_rss_mib']:.0f} MiB" if memory else "-"
+
+
+def budget_cell(variant: dict) -> str:
+    """'meets' / 'misses' the run's accuracy budget, with the held-out drop; '?' when its interval straddles the
+    budget; '-' for rows that were not judged (a standalone bench)."""
+    b = variant.get("budget")
+    if not b:
+        return "-"
+    verdict = "meets" if b["meets"] else "misses"
+    return f"{verdict}{'?' if b['uncertain'] else ''} {b['drop_pt']:+.2f}"
+
+
+def budget_line(report: dict) -> str:
+    """One line naming the budget and what shipped under it ('' for reports without a budget)."""
+    b = report.get("budget")
+    if not b:
+        return ""
+    head = (f"budget: at most {b['max_accuracy_drop_pt']:g} pt below the baseline on {b['judged_on']['rows']} "
+            f"held-out rows ({'+'.join(b['judged_on']['splits'])})")
+    if b["shipped"] is None:
+        return f"{head}; {b['why']}"
+    return f"{head}; shipped {b['shipped']} (fastest within the budget at batch {b['latency_batch']})"

@@ -12,7 +12,7 @@ import math
 from html import escape
 from typing import Sequence
 
-from bench.formatting import drop_interval, fmt_bytes, memory_batch, peak_rss
+from bench.formatting import budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, peak_rss
 
 PRECISION_COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728"}
 OTHER_COLOR = "#7f7f7f"
@@ -285,6 +285,8 @@ def variant_table(report: dict) -> str:
     header += [f"p50 b{b} (ms)" for b in batches] + [f"p99 b{b} (ms)" for b in batches]
     top = memory_batch(rows)
     header += [f"speed-up b{b}" for b in batches] + ([f"peak RSS b{top}"] if top else []) + ["Pareto front at"]
+    judged = "budget" in report
+    header += ["budget (drop pt)"] if judged else []
     out = []
     for v in rows:
         acc = "-" if v.get("accuracy") is None else f"{100 * v['accuracy']:.2f}%"
@@ -301,6 +303,7 @@ def variant_table(report: dict) -> str:
               if base and b in v["latency_ms"] and b in base["latency_ms"] else "-" for b in batches]
         r += [peak_rss(v, top)] if top else []
         r.append(", ".join(fronts.get(v["name"], [])) or "-")
+        r += [budget_cell(v)] if judged else []
         out.append(r)
     return _table(header, out, left=2, row_classes=["front" if fronts.get(v["name"]) else "" for v in rows])
 
@@ -322,8 +325,10 @@ def stage_table(report: dict) -> str:
 
 def _cards(report: dict) -> str:
     c = report.get("comparison") or {}
+    line = budget_line(report)
+    budget = f'<p class="sub">{escape(line)}</p>' if line else ""
     if not c:
-        return ""
+        return budget
     cards = []
     drop = c.get("accuracy_drop_pt")
     cards.append(("accuracy drop" + drop_interval(c), "n/a" if drop is None else f"{drop:.2f} pt"))
@@ -333,7 +338,7 @@ def _cards(report: dict) -> str:
         cards.append(("smaller", f"{c['size_ratio']:.1f}x"))
     head = f'<p class="sub"><b>{escape(str(c.get("candidate")))}</b> vs <b>{escape(str(c.get("baseline")))}</b>, ' \
            f'measured in the same run:</p>'
-    return head + '<div class="cards">' + "".join(
+    return budget + head + '<div class="cards">' + "".join(
         f'<div class="card"><div class="v">{escape(v)}</div><div class="k">{escape(k)}</div></div>' for k, v in cards) + \
         "</div>"
 

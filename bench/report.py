@@ -10,8 +10,8 @@ from typing import Any
 
 from bench import environment
 from bench.accuracy import (accuracy, as_model_input, discordant_counts, fixed_batch, latency_feeds,
-                            paired_drop_interval)
-from bench.formatting import drop_interval, fmt_bytes, memory_batch, peak_rss
+                            paired_drop_interval, predict_split)
+from bench.formatting import budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, peak_rss
 from bench.latency import measure_interleaved
 from bench.memory import measure_peak_rss
 from common.compare import top1_agreement
@@ -41,22 +41,25 @@ def _progress(label: str, total: int):
 
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
                    rounds: int, threads: int, seq_length: int | None = None,
-                   run_noise_pct: float = 0.0) -> list[dict[str, Any]]:
+                   run_noise_pct: float = 0.0, heldout_extra=None) -> list[dict[str, Any]]:
     """Accuracy on `split` and interleaved latency of every variant, in one run.
 
     `split` holds images (`x`) or token ids (`input_ids`, `attention_mask`); text is timed on real rows cut or
-    padded to `seq_length`."""
+    padded to `seq_length`. `heldout_extra` (the validation split) adds each row's `heldout` accuracy and
+    discordant counts on it and `split` together: what the run's accuracy budget is judged on."""
     import contextlib
 
     from runtime import load
 
     rows: dict[str, dict[str, Any]] = {}
-    logits = {}
+    logits, extra_logits = {}, {}
     input_specs = {}
     fixed = set()
     for v in variants:
         with load(v.path, threads=threads) as runner:
             acc, logits[v.name] = accuracy(runner, split)
+            if heldout_extra is not None:
+                extra_logits[v.name] = predict_split(runner, heldout_extra)
             input_specs[v.name] = runner.inputs
             fixed.add(fixed_batch(runner))
         rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
@@ -66,6 +69,8 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     for v in variants:
         rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
         rows[v.name]["discordant_vs_baseline"] = discordant_counts(split.y, reference, logits[v.name])
+    if heldout_extra is not None:
+        add_heldout(rows, split.y, heldout_extra.y, logits, extra_logits)
 
     batch_sizes = timed_batches(batch_sizes, fixed)
 
@@ -96,6 +101,19 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
         peak = measure_peak_rss(v.path, feeds_of(v, top), threads=threads)
         rows[v.name]["memory_mib"] = {str(top): peak} if peak else {}
     return [rows[v.name] for v in variants]
+
+
+def add_heldout(rows: dict[str, dict[str, Any]], test_y, extra_y, logits: dict, extra_logits: dict) -> None:
+    """Each row's accuracy on every held-out row (test and validation together) and its discordant rows against
+    the baseline there."""
+    import numpy as np
+
+    labels = np.concatenate([test_y, extra_y])
+    joined = {name: np.concatenate([logits[name], extra_logits[name]]) for name in logits}
+    reference = joined.get(BASELINE, next(iter(joined.values())))
+    for name, out in joined.items():
+        rows[name]["heldout"] = {"rows": int(len(labels)), "accuracy": float((out.argmax(1) == labels).mean()),
+                                 "discordant_vs_baseline": discordant_counts(labels, reference, out)}
 
 
 def timed_batches(wanted: tuple[int, ...], fixed: set[int | None]) -> tuple[int, ...]:
@@ -130,19 +148,23 @@ def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str
     }
 
 
-def build_report(recipe, data, variants: list[Variant], stages: list[dict], extra: dict, out_dir: Path) -> dict:
+def measure_variants(recipe, data, variants: list[Variant], out_dir: Path) -> list[dict[str, Any]]:
+    """Bench every variant on the test split (accuracy and latency) and score it on every held-out row."""
+    b = recipe.bench
+    rows = bench_variants(variants, data.test, batch_sizes=b.batch_sizes, warmup=b.warmup, runs=b.runs,
+                          rounds=b.rounds, threads=b.threads, seq_length=getattr(data, "max_length", None),
+                          run_noise_pct=b.run_noise_pct, heldout_extra=data.val)
+    for row in rows:
+        row["artifact"] = str(Path(row["artifact"]).relative_to(out_dir))
+    return rows
+
+
+def assemble_report(recipe, data, rows: list[dict[str, Any]], stages: list[dict], extra: dict,
+                    candidate: str = CANDIDATE) -> dict:
     from common.version import __version__
 
     b = recipe.bench
-    start = time.perf_counter()
     seq_length = getattr(data, "max_length", None)
-    rows = bench_variants(variants, data.test, batch_sizes=b.batch_sizes, warmup=b.warmup, runs=b.runs,
-                          rounds=b.rounds, threads=b.threads, seq_length=seq_length,
-                          run_noise_pct=b.run_noise_pct)
-    for row in rows:
-        row["artifact"] = str(Path(row["artifact"]).relative_to(out_dir))
-    stages = stages + [{"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2),
-                        "metrics": {}}]
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "edge-compress", "version": __version__},
@@ -153,7 +175,7 @@ def build_report(recipe, data, variants: list[Variant], stages: list[dict], extr
                         "run_noise_pct": b.run_noise_pct,
                         **({"sequence_length": seq_length} if seq_length else {})},
         "variants": rows,
-        "comparison": compare(rows),
+        "comparison": compare(rows, candidate=candidate),
         "stages": stages,
         **extra,
     }
@@ -167,12 +189,15 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     top = memory_batch(report["variants"])
     if top:
         header.append(f"peak RSS b{top}")
+    judged = "budget" in report
+    if judged:
+        header.append("budget (drop pt)")
     rows = []
     for r in report["variants"]:
         lat = [f"{r['latency_ms'][b]['p50']:.3f}" for b in batches]
         speed = [f"{base['latency_ms'][b]['p50'] / r['latency_ms'][b]['p50']:.2f}x" if base else "-" for b in batches]
         rows.append([r["name"], r["precision"], f"{r['accuracy']:.4f}", fmt_bytes(r["size_bytes"])] + lat + speed +
-                    ([peak_rss(r, top)] if top else []))
+                    ([peak_rss(r, top)] if top else []) + ([budget_cell(r)] if judged else []))
     return header, rows
 
 
@@ -195,6 +220,8 @@ def to_markdown(report: dict) -> str:
         speed = ", ".join(f"batch {b}: {v:.2f}x" for b, v in c["speedup_p50"].items())
         lines += [f"**{c['candidate']} vs {c['baseline']}**: accuracy drop {c['accuracy_drop_pt']:.2f} pt{drop_interval(c)}; "
                   f"p50 speed-up {speed}; {c['size_ratio']:.1f}x smaller.", ""]
+    if report.get("budget"):
+        lines += [budget_line(report) + ".", ""]
     notes = [f"- {s['name']}: {s['metrics']['note']}" for s in report.get("stages", []) if s.get("metrics", {}).get("note")]
     if notes:
         lines += ["Notes:", *notes, ""]

@@ -74,12 +74,15 @@ def main(debug: bool) -> None:
 @click.option("--data", "data_path", default=None, help="Directory with the data set's files (overrides data.path).")
 @click.option("--model", "model_factory", default=None, metavar="MODULE:FACTORY",
               help="Your own CNN: FACTORY(input_shape, num_classes) -> torch.nn.Module (sets model.arch custom).")
+@click.option("--max-accuracy-drop", "max_drop", type=float, default=None, metavar="PT",
+              help="The run's accuracy budget: points below the baseline on held-out rows (overrides "
+                   "budget.max_accuracy_drop, default 1.0). Nothing outside it ships with exit 0.")
 @click.option("--dump-config", is_flag=True, help="Print the effective recipe as YAML and exit.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with this many processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on CUDA).")
 @friendly_errors
 def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None,
-        model_factory: str | None, dump_config: bool, nproc: int) -> None:
+        model_factory: str | None, max_drop: float | None, dump_config: bool, nproc: int) -> None:
     """Run the whole pipeline and write report.json / report.md to --out."""
     import dataclasses
     import os
@@ -94,6 +97,8 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
             recipe = recipe.replace(data=dataclasses.replace(recipe.data, path=data_path))
         if model_factory is not None:
             recipe = recipe.replace(model=dataclasses.replace(recipe.model, arch="custom", factory=model_factory))
+        if max_drop is not None:
+            recipe = recipe.replace(budget=dataclasses.replace(recipe.budget, max_accuracy_drop=max_drop))
     except (ValueError, TypeError) as e:
         raise RecipeError(str(e)) from None
     from targets import KNOWN_TARGETS
@@ -108,8 +113,13 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
             raise RecipeError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
         return launch_distributed(nproc, recipe, target, out_dir, data_path)
     from compress.pipeline import run as run_pipeline
+    from compress.shipping import BudgetMissed
 
-    report = run_pipeline(recipe, out_dir)
+    try:
+        report = run_pipeline(recipe, out_dir)
+    except BudgetMissed as e:
+        print_summary(e.report, out_dir)
+        raise
     if report is not None:
         print_summary(report, out_dir)
 
@@ -144,7 +154,7 @@ def print_summary(report: dict, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.formatting import drop_interval
+    from bench.formatting import budget_line, drop_interval
     from bench.report import summary_rows
 
     header, rows = summary_rows(report)
@@ -160,7 +170,9 @@ def print_summary(report: dict, out_dir: Path) -> None:
         speed = ", ".join(f"b{b} {v:.2f}x" for b, v in c["speedup_p50"].items())
         console.print(f"compressed vs baseline: accuracy drop {c['accuracy_drop_pt']:.2f} pt{drop_interval(c)}, "
                       f"p50 speed-up {speed}, "
-                      f"{c['size_ratio']:.1f}x smaller")
+                      f"{c['size_ratio']:.1f}x smaller", highlight=False)
+    if report.get("budget"):
+        console.print(budget_line(report), highlight=False, soft_wrap=True)
     console.print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
 
 

@@ -15,6 +15,7 @@ from compress import distributed
 from compress.cache import StageCache, StageRecord, stage_key
 from common.errors import CompressError, GateFailed
 from compress.recipe import Recipe
+from compress.shipping import compile_stage, finish_report, onnx_candidates
 
 
 WORKDIR_PREFIX = ".work-"
@@ -136,7 +137,6 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     from compress import checkpoints, export, prune, quantize, train
     from compress.distill import make_kd_loss
     from models import build_model
-    from targets import TargetSpec
 
     out_dir = prepare_out_dir(out_dir)
     target = usable_target(recipe.target.name)
@@ -283,7 +283,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
             data_fingerprint=data.fingerprint)
         return finish_report(ctx, data, torch_compile.variants(conversions, compile_rec, out_dir),
                              compile_rec.metrics["parity"], torch_compile.quantize_section(conversions, compile_rec),
-                             student_name, student_val)
+                             student_name, student_val, lambda name: torch_compile.ship_stage(ctx, compile_rec, name))
 
     # -- export -----------------------------------------------------------------------------------
     fp32_models, export_key, onnx_paths = export_plan(recipe, distill_key, baseline_pt,
@@ -321,7 +321,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     quant_key = stage_key("quantize", version, export_key, _section(recipe, "quantize"), data.fingerprint, student_name)
     int8_paths = {name: out_dir / f"{src}.int8.onnx" for name, src in int8_sources.items()}
     if recipe.quantize.enabled:
-        shipped_name = "compressed" if "compressed" in int8_sources else "int8"
+        shipped_name = "compressed" if "compressed" in int8_sources else "int8"  # the one the search tunes
 
         def do_quantize():
             import tempfile
@@ -349,56 +349,22 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
             return list(int8_paths.values()), info
 
         quant_rec = ctx.stage("quantize", quant_key, do_quantize)
-        search = quant_rec.metrics[shipped_name].get("search", {})
-        int8_ships = not (recipe.quantize.fp32_if_faster and search.get("fp32_is_faster", False))
-        shipped_source = int8_paths[shipped_name] if int8_ships else onnx_paths[int8_sources[shipped_name]]
-        quant_rec.metrics[shipped_name]["shipped"] = "int8" if int8_ships else "fp32"  # report only, not cached
-        if not int8_ships:
-            log(f"[quantize] the best INT8 candidate ({search['chosen']}) runs slower than its FP32 source at batch 1 "
-                f"({search['fp32_p50_ms']:.3f} ms FP32): shipping FP32; the INT8 files stay for comparison")
     else:
         quant_rec = None
-        int8_ships = False
-        shipped_source = onnx_paths[student_name]
 
-    # -- compile for the target -------------------------------------------------------------------
-    metadata["source"] = shipped_source.name
-    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
-    compile_key = stage_key("compile", version, quant_key if quant_rec else export_key, dataclasses.asdict(spec),
-                            shipped_source.name)  # FP32 or INT8 can ship from the same quantize stage
-    target_dir = out_dir / "target" / recipe.target.name
+    # -- bench every candidate; the fastest within the run's accuracy budget is compiled for the target ------
+    variants = onnx_candidates(onnx_paths, int8_paths if quant_rec else {}, student_name, "static INT8")
+    sources = {v.name: v.path for v in variants}
+    upstream = quant_key if quant_rec else export_key
+    fp32_students = {"pruned", "distilled"} if quant_rec and not recipe.quantize.fp32_if_faster else set()
 
-    def do_compile():
-        from runtime import sidecar_path
+    def ship(name: str) -> Path:
+        path = compile_stage(ctx, target, sources[name], metadata, upstream_key=upstream,
+                             data_fingerprint=data.fingerprint, check=data.val.x[:256])
+        return path / "model.onnx" if path.is_dir() else path  # a jetson bundle: the graph it builds from
 
-        if recipe.target.name in ("gpu", "jetson"):  # compared with ONNX Runtime CPU on real inputs
-            artifact = target.compile(shipped_source, spec, target_dir, metadata, check=data.val.x[:256])
-        else:
-            artifact = target.compile(shipped_source, spec, target_dir, metadata)
-        files = list(artifact.files) or [artifact.path, sidecar_path(artifact.path)]
-        return files, {"artifact": str(artifact.path.relative_to(out_dir)), "runtime": artifact.runtime}
-
-    compile_rec = ctx.stage("compile", compile_key, do_compile)
-
-    # -- bench (never cached: latency is measured fresh in every run) ------------------------------
-    from bench.report import Variant
-
-    variants = [Variant("baseline", onnx_paths["baseline"], "fp32", "uncompressed FP32 baseline")]
-    if "pruned" in onnx_paths:
-        variants.append(Variant("pruned", onnx_paths["pruned"], "fp32", "pruned + fine-tuned, no teacher"))
-    if "distilled" in onnx_paths:
-        variants.append(Variant("distilled", onnx_paths["distilled"], "fp32", "pruned + distilled"))
-    if quant_rec:
-        variants.append(Variant("int8", int8_paths["int8"], "int8", "baseline, static INT8 only"))
-    shipped_path = out_dir / compile_rec.metrics["artifact"]
-    if shipped_path.is_dir():  # a jetson bundle: bench the graph it builds its engine from, on ONNX Runtime here
-        shipped_path = shipped_path / "model.onnx"
-    variants.append(Variant("compressed", shipped_path, "int8" if int8_ships else "fp32",
-                            "shipped: " + {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned",
-                                           "baseline": "baseline"}[student_name]
-                            + (" + INT8" if int8_ships else " (INT8 was slower)" if quant_rec else "")))
     return finish_report(ctx, data, variants, export_rec.metrics["parity"], quant_rec.metrics if quant_rec else {},
-                         student_name, student_val)
+                         student_name, student_val, ship, eligible=set(sources) - fp32_students)
 
 
 def export_plan(recipe: Recipe, distill_key: str, baseline: Path, pruned: Path | None,
@@ -416,32 +382,3 @@ def choose_student(prune_rec: StageRecord | None, distill_rec: StageRecord | Non
     val = {name: rec.metrics["val_accuracy"] for name, rec in (("pruned", prune_rec), ("distilled", distill_rec))
            if rec is not None}
     return (max(val, key=lambda n: (val[n], n == "distilled")) if val else "baseline"), val
-
-
-def finish_report(ctx: RunContext, data, variants: list, parity: dict[str, Any], quantize: dict[str, Any],
-                  student_name: str, student_val: dict[str, float]) -> dict[str, Any]:
-    """Bench every variant (never cached), add the stage records and write report.json / .md / .html.
-
-    `parity`: each artifact against its torch model; `quantize`: what the INT8 stage recorded."""
-    from bench.report import build_report, write_reports
-
-    stage_info = [{"name": r.name, "cached": cached, "wall_s": round(r.wall_s, 2), "metrics": r.metrics}
-                  for r, cached in ctx.records]
-    extra = {"parity": parity, "quantize": quantize}
-    report = build_report(ctx.recipe, data, variants, stage_info, extra, ctx.out_dir)
-    report["distillation"] = distillation_effect(report["variants"])
-    report["student"] = {"chosen": student_name, "val_accuracy": student_val,
-                         "rule": "higher validation accuracy of the pruned students; ties go to the distilled one"}
-    write_reports(report, ctx.out_dir)
-    return report
-
-
-def distillation_effect(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """How much of the accuracy that pruning lost (fine-tuned without a teacher) distillation won back."""
-    acc = {r["name"]: r["accuracy"] for r in rows}
-    if not {"baseline", "pruned", "distilled"} <= set(acc):
-        return {}
-    lost = acc["baseline"] - acc["pruned"]
-    recovered = acc["distilled"] - acc["pruned"]
-    return {"pruning_loss_pt": round(100 * lost, 4), "recovered_pt": round(100 * recovered, 4),
-            "recovered_fraction": round(recovered / lost, 4) if lost > 0 else None}

@@ -200,6 +200,17 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """The run's accuracy budget: what may ship, judged against the FP32 baseline on every held-out row."""
+
+    max_accuracy_drop: float = 1.0  # percentage points below the baseline, on validation + test together
+    allow_baseline: bool = False  # ship the FP32 baseline (exit 0) when no compressed variant meets the budget
+
+    def __post_init__(self) -> None:
+        _non_negative("budget", max_accuracy_drop=self.max_accuracy_drop)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = DEFAULT_RECIPE
     seed: int = 0
@@ -211,6 +222,7 @@ class Recipe:
     quantize: QuantConfig = field(default_factory=QuantConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
         if self.data.is_text != self.model.is_text:

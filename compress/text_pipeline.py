@@ -16,8 +16,9 @@ import numpy as np
 import compress
 from compress.cache import StageCache, stage_key
 from common.errors import CompressError, GateFailed
-from compress.pipeline import (WORKDIR_PREFIX, RunContext, _section, choose_student, export_plan, finish_report,
-                               log, prepare_out_dir, usable_target)
+from compress.pipeline import (WORKDIR_PREFIX, RunContext, _section, choose_student, export_plan, log,
+                               prepare_out_dir, usable_target)
+from compress.shipping import compile_stage, finish_report, onnx_candidates
 from compress.recipe import Recipe
 
 TEXT_TARGETS = ("cpu", "mobile")
@@ -88,7 +89,6 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     from compress import transformer_shrink as ts
     from models.hf import load_encoder, load_hf_encoder, save_encoder
     from models.transformer import EncoderConfig, build_encoder, count_parameters
-    from targets import TargetSpec
 
     if distributed.world_size() > 1:
         raise CompressError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
@@ -262,42 +262,24 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
             return list(int8_paths.values()), info
 
         quant_rec = ctx.stage("quantize", quant_key, do_quantize)
-        shipped_source = int8_paths[shipped_name]
-    else:
-        shipped_source = onnx_paths[student_name]
 
-    # -- compile: the graph, its metadata and the tokenizer an edge app needs -------------------------
-    metadata["source"] = shipped_source.name
-    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
-    compile_key = stage_key("compile", version, quant_key if quant_rec else export_key, dataclasses.asdict(spec),
-                            shipped_source.name,
-                            data.fingerprint)
-    target_dir = out_dir / "target" / recipe.target.name
+    # -- bench every candidate; the fastest within the run's accuracy budget is compiled with its tokenizer -----
+    described = {"baseline": "fine-tuned FP32 baseline", "pruned": "shrunk + fine-tuned, no teacher",
+                 "distilled": "shrunk + distilled"}
+    variants = onnx_candidates(onnx_paths, int8_paths if quant_rec else {}, student_name,
+                               "ONNX Runtime dynamic INT8", described)
+    sources = {v.name: v.path for v in variants}
 
-    def do_compile():
-        from runtime import sidecar_path
-
-        artifact = target.compile(shipped_source, spec, target_dir, metadata)
+    def save_tokenizer(target_dir: Path) -> list[Path]:
         tokenizer.save(target_dir / "tokenizer.json")
-        files = list(artifact.files) or [artifact.path, sidecar_path(artifact.path)]
-        return files + [target_dir / "tokenizer.json"], {"artifact": str(artifact.path.relative_to(out_dir)),
-                                                         "runtime": artifact.runtime}
+        return [target_dir / "tokenizer.json"]
 
-    compile_rec = ctx.stage("compile", compile_key, do_compile)
+    def ship(name: str) -> Path:
+        return compile_stage(ctx, target, sources[name], metadata, upstream_key=quant_key if quant_rec else export_key,
+                             data_fingerprint=data.fingerprint, write_extra=save_tokenizer)
 
-    # -- bench (never cached) ------------------------------------------------------------------------
-    from bench.report import Variant
-
-    described = {"pruned": "shrunk + fine-tuned, no teacher", "distilled": "shrunk + distilled",
-                 "baseline": "baseline"}
-    variants = [Variant("baseline", onnx_paths["baseline"], "fp32", "fine-tuned FP32 baseline")]
-    variants += [Variant(n, onnx_paths[n], "fp32", described[n]) for n in ("pruned", "distilled") if n in onnx_paths]
-    if quant_rec:
-        variants.append(Variant("int8", int8_paths["int8"], "int8", "baseline, ONNX Runtime dynamic INT8 only"))
-    variants.append(Variant("compressed", out_dir / compile_rec.metrics["artifact"], "int8" if quant_rec else "fp32",
-                            "shipped: " + described[student_name] + (" + dynamic INT8" if quant_rec else "")))
     return finish_report(ctx, data, variants, export_rec.metrics["parity"], quant_rec.metrics if quant_rec else {},
-                         student_name, student_val)
+                         student_name, student_val, ship)
 
 
 def compile_for_torch_target(ctx, target, data: TextData, tokenizer, metadata: dict[str, Any], student_name: str,
@@ -323,7 +305,8 @@ def compile_for_torch_target(ctx, target, data: TextData, tokenizer, metadata: d
         data_fingerprint=data.fingerprint, write_extra=save_tokenizer)
     variants = torch_compile.variants(conversions, compile_rec, ctx.out_dir)
     return finish_report(ctx, data, variants, compile_rec.metrics["parity"],
-                         torch_compile.quantize_section(conversions, compile_rec), student_name, student_val)
+                         torch_compile.quantize_section(conversions, compile_rec), student_name, student_val,
+                         lambda name: torch_compile.ship_stage(ctx, compile_rec, name))
 
 
 TAYLOR_ROWS = 512  # training texts the Taylor scores are summed over (a 4-layer MiniLM: ~20 s per pass on 2 cores)

@@ -27,26 +27,24 @@ class Conversion:
 
 
 def plan(student_name: str, checkpoints: dict[str, Path], quantize_mode: str | None) -> list[Conversion]:
-    """What to convert: the baseline and the student in FP32, and both in INT8 when quantization is on.
-
-    `quantize_mode` is the recipe's quantize.mode, or None when quantization is off."""
+    """The candidates to convert: the baseline and the student in FP32, and both in INT8 when quantization is on
+    (`quantize_mode` is the recipe's quantize.mode, or None). Which of them ships is the run's budget's choice."""
     described = {"distilled": "pruned + distilled", "pruned": "pruned + fine-tuned", "baseline": "baseline"}
     student = checkpoints[student_name]
     rows = [Conversion("baseline", "baseline", checkpoints["baseline"], "fp32", "uncompressed FP32 baseline")]
+    if student_name != "baseline":
+        rows.append(Conversion(student_name, student_name, student, "fp32", described[student_name]))
     if quantize_mode is None:
-        if student_name != "baseline":
-            rows.append(Conversion("compressed", student_name, student, "fp32", f"shipped: {described[student_name]}"))
         return rows
     try:
         precision = PRECISION_BY_MODE[quantize_mode]
     except KeyError:
         raise CompressError(f"quantize.mode {quantize_mode!r} has no TFLite form; known: "
                             f"{', '.join(PRECISION_BY_MODE)}") from None
+    rows.append(Conversion("int8", "baseline", checkpoints["baseline"], precision, f"baseline, {precision} only"))
     if student_name != "baseline":
-        rows.append(Conversion(student_name, student_name, student, "fp32", described[student_name]))
-        rows.append(Conversion("int8", "baseline", checkpoints["baseline"], precision, f"baseline, {precision} only"))
-    rows.append(Conversion("compressed", student_name, student, precision,
-                           f"shipped: {described[student_name]} + {precision}"))
+        rows.append(Conversion(f"{student_name}-int8", student_name, student, precision,
+                               f"{described[student_name]} + {precision}"))
     return rows
 
 
@@ -79,7 +77,7 @@ def compile_stage(ctx, target, conversions: list[Conversion], load_model: Callab
                                       options={**spec.options, "precision": c.precision, **fp32_bar})
             try:
                 artifact = target.compile_module(model, variant_spec, target_dir, metadata, calib=calib,
-                                                 check=check, name=f"{c.variant}.{c.precision}")
+                                                 check=check, name=f"{c.source}.{c.precision}")
             except TargetError as e:
                 raise GateFailed(f"[compile] {c.variant}: {e}") from None
             files += [artifact.path, sidecar_path(artifact.path)]
@@ -88,8 +86,7 @@ def compile_stage(ctx, target, conversions: list[Conversion], load_model: Callab
             artifacts[c.variant] = str(artifact.path.relative_to(ctx.out_dir))
         if write_extra is not None:
             files += write_extra(target_dir)
-        return files, {"artifacts": artifacts, "runtime": target.RUNTIME, "parity": parity, "ops": ops,
-                       "artifact": artifacts["compressed" if "compressed" in artifacts else "baseline"]}
+        return files, {"artifacts": artifacts, "runtime": target.RUNTIME, "parity": parity, "ops": ops}
 
     return ctx.stage("compile", key, body)
 
@@ -109,6 +106,28 @@ def quantize_section(conversions: list[Conversion], compile_rec: StageRecord) ->
     """report.json's `quantize`, shaped as for the ONNX targets: per INT8 variant, its source and its ops
     (here the .tflite's op list, with the ops that stayed float or run hybrid)."""
     ops = compile_rec.metrics["ops"]
-    return {c.variant: {"source": c.source, "precision": c.precision, "ops": ops[c.variant]}
+    return {"int8" if c.source == "baseline" else "compressed": {"source": c.source, "precision": c.precision,
+                                                                  "ops": ops[c.variant]}
             for c in conversions if c.precision != "fp32"}
+
+
+def ship_stage(ctx, compile_rec: StageRecord, variant: str) -> Path:
+    """The chosen candidate's file, copied with its sidecar to `target/<target>/model.tflite`: where an app finds
+    the shipped model whichever candidate it is."""
+    import shutil
+
+    from common.atomic import atomic_path
+    from runtime import sidecar_path
+
+    source = ctx.out_dir / compile_rec.metrics["artifacts"][variant]
+    shipped = source.parent / f"model{source.suffix}"
+
+    def body():
+        for src, dst in ((source, shipped), (sidecar_path(source), sidecar_path(shipped))):
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        return [shipped, sidecar_path(shipped)], {"artifact": str(shipped.relative_to(ctx.out_dir)),
+                                                  "shipped_from": variant}
+
+    return ctx.out_dir / ctx.stage("ship", stage_key("ship", compile_rec.key, variant), body).metrics["artifact"]
 

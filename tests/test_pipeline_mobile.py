@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import needs_fashion_mnist, small_recipe
+from tests.test_pipeline import candidate_accuracies
 
 _MISSING = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
 pytestmark = [
@@ -40,13 +41,16 @@ def test_every_variant_is_a_tflite_checked_against_torch(mobile_run):
     report, out, _ = mobile_run
     rows = _rows(report)
     student = report["student"]["chosen"]
-    assert list(rows) == ["baseline", student, "int8", "compressed"]
+    assert list(rows) == ["baseline", student, "int8", f"{student}-int8", "compressed"]
     for name, row in rows.items():
         assert row["artifact"].startswith("target/mobile/") and row["artifact"].endswith(".tflite")
         assert (out / row["artifact"]).is_file()
+    assert rows["compressed"]["artifact"] == "target/mobile/model.tflite"  # a copy of the candidate that ships
+    assert (out / "target/mobile/model.tflite").read_bytes() == \
+        (out / rows[report["budget"]["shipped"]]["artifact"]).read_bytes()
     fp32 = {n: p for n, p in report["parity"].items() if rows[n]["precision"] == "fp32"}
     int8 = {n: p for n, p in report["parity"].items() if rows[n]["precision"] == "int8"}
-    assert set(fp32) == {"baseline", student} and set(int8) == {"int8", "compressed"}
+    assert set(fp32) == {"baseline", student} and set(int8) == {"int8", f"{student}-int8"}
     for name, p in fp32.items():  # same function, another runtime: float rounding only
         assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0, name
     for name, p in int8.items():  # full integer vs the float torch model it came from
@@ -59,11 +63,13 @@ def test_shipped_tflite_is_full_integer_and_keeps_the_students_accuracy(mobile_r
     assert set(ops["by_precision"]) == {"int8"} and not ops["float_ops"], ops
     assert ops["inputs"][0]["dtype"] == "int8" and ops["inputs"][0]["shape"][0] == 1
     rows = _rows(report)
-    student = rows[report["student"]["chosen"]]
+    student, student_int8 = rows[report["student"]["chosen"]], rows[report["student"]["chosen"] + "-int8"]
     # test split (1,000 images), through runtime/ with inputs quantized by the artifact's own scale
-    assert abs(student["accuracy"] - rows["compressed"]["accuracy"]) <= 0.02
+    assert abs(student["accuracy"] - student_int8["accuracy"]) <= 0.02
     assert rows["baseline"]["accuracy"] >= 0.65
-    assert rows["compressed"]["size_bytes"] * 6 < rows["baseline"]["size_bytes"]  # quarter width, int8 weights
+    assert student_int8["size_bytes"] * 6 < rows["baseline"]["size_bytes"]  # quarter width, int8 weights
+    shipped = rows[report["budget"]["shipped"]]  # the mobile INT8 file is held to the baseline too
+    assert shipped["budget"]["meets"] and shipped["budget"]["drop_pt"] <= report["budget"]["max_accuracy_drop_pt"]
 
 
 def test_latency_is_timed_at_the_artifacts_fixed_batch(mobile_run):
@@ -79,9 +85,9 @@ def test_rerun_is_served_from_the_cache(mobile_run):
 
     first, out, recipe = mobile_run
     again = run(recipe, out)
-    assert all(s["cached"] for s in again["stages"] if s["name"] != "bench")
-    assert {s["name"] for s in again["stages"]} >= {"train", "prune", "distill", "compile", "bench"}
-    assert [v["accuracy"] for v in again["variants"]] == [v["accuracy"] for v in first["variants"]]
+    assert all(s["cached"] for s in again["stages"] if s["name"] not in ("bench", "ship"))
+    assert {s["name"] for s in again["stages"]} >= {"train", "prune", "distill", "compile", "bench", "ship"}
+    assert candidate_accuracies(again) == candidate_accuracies(first)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +104,8 @@ def test_transformer_becomes_fp32_and_dynamic_int8_tflite(text_mobile_run):
     report, out, _ = text_mobile_run
     rows = _rows(report)
     student = report["student"]["chosen"]
-    assert list(rows) == ["baseline", student, "int8", "compressed"]
-    assert rows["compressed"]["precision"] == "dynamic-int8"
+    assert list(rows) == ["baseline", student, "int8", f"{student}-int8", "compressed"]
+    assert rows[f"{student}-int8"]["precision"] == "dynamic-int8"
     for name, p in report["parity"].items():
         if rows[name]["precision"] == "fp32":
             assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0, (name, p)
@@ -109,7 +115,7 @@ def test_transformer_becomes_fp32_and_dynamic_int8_tflite(text_mobile_run):
     assert ops["inputs"][0]["shape"] == [1, 32] and ops["inputs"][0]["dtype"] == "int32"
     assert "EMBEDDING_LOOKUP" in ops["ops"] and ops["hybrid_ops"].get("FULLY_CONNECTED", 0) > 0, ops
     assert rows["baseline"]["accuracy"] >= 0.9  # separable toy set, 200 test rows
-    assert rows["compressed"]["accuracy"] >= rows["baseline"]["accuracy"] - 0.05
+    assert rows[f"{student}-int8"]["accuracy"] >= rows["baseline"]["accuracy"] - 0.05
     assert list(rows["compressed"]["latency_ms"]) == ["1"]
     assert (out / "target/mobile/tokenizer.json").is_file()
 

@@ -1,0 +1,147 @@
+"""The last steps of every run: bench the candidates, hold each to the run's accuracy budget against the
+baseline, compile the fastest one within it for the target, and write the reports."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from common.errors import GateFailed
+
+DESCRIBED = {"baseline": "uncompressed FP32 baseline", "pruned": "pruned + fine-tuned, no teacher",
+             "distilled": "pruned + distilled"}
+
+
+class BudgetMissed(GateFailed):
+    """No compressed candidate is within the run's accuracy budget; the report is written and carried along so
+    that the CLI can still print its table."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def onnx_candidates(onnx_paths: dict[str, Path], int8_paths: dict[str, Path], student_name: str,
+                    int8_kind: str, described: dict[str, str] = DESCRIBED) -> list:
+    """The ONNX files that may ship: the FP32 baseline and students, the baseline's INT8 (`int8`) and the
+    student's (`<student>-int8`)."""
+    from bench.report import Variant
+
+    variants = [Variant("baseline", onnx_paths["baseline"], "fp32", described["baseline"])]
+    variants += [Variant(n, onnx_paths[n], "fp32", described[n]) for n in ("pruned", "distilled") if n in onnx_paths]
+    if "int8" in int8_paths:
+        variants.append(Variant("int8", int8_paths["int8"], "int8", f"baseline, {int8_kind} only"))
+    if "compressed" in int8_paths:
+        variants.append(Variant(f"{student_name}-int8", int8_paths["compressed"], "int8",
+                                f"{described[student_name]} + {int8_kind}"))
+    return variants
+
+
+def compile_stage(ctx, target, source: Path, metadata: dict[str, Any], *, upstream_key: str, data_fingerprint: str,
+                  check=None, write_extra: Callable[[Path], list[Path]] | None = None) -> Path:
+    """Compile the chosen ONNX file for the target (cached like every stage); returns the artifact's path.
+    `check`: real inputs the gpu and jetson targets compare the compiled form on; `write_extra(target_dir)`
+    writes what else an app needs (a tokenizer) and returns those files."""
+    from compress import __version__
+    from compress.cache import stage_key
+    from targets import TargetSpec
+
+    recipe = ctx.recipe
+    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
+    key = stage_key("compile", __version__, upstream_key, dataclasses.asdict(spec), source.name, data_fingerprint)
+    target_dir = ctx.out_dir / "target" / recipe.target.name
+
+    def body():
+        from runtime import sidecar_path
+
+        meta = {**metadata, "source": source.name}
+        kwargs = {"check": check} if check is not None and recipe.target.name in ("gpu", "jetson") else {}
+        artifact = target.compile(source, spec, target_dir, meta, **kwargs)
+        files = list(artifact.files) or [artifact.path, sidecar_path(artifact.path)]
+        if write_extra is not None:
+            files += write_extra(target_dir)
+        return files, {"artifact": str(artifact.path.relative_to(ctx.out_dir)), "runtime": artifact.runtime,
+                       "source": source.name}
+
+    return ctx.out_dir / ctx.stage("compile", key, body).metrics["artifact"]
+
+
+def judge_rows(rows: list[dict[str, Any]], max_drop_pt: float) -> dict[str, Any]:
+    """Adds `budget` (held-out accuracy, drop against the baseline and its paired interval, verdict) to each row;
+    returns the baseline's row."""
+    from bench.budget import judge
+
+    base = next(r for r in rows if r["name"] == "baseline")
+    for r in rows:
+        held = r["heldout"]
+        r["budget"] = judge(held["discordant_vs_baseline"], base["heldout"]["accuracy"], held["accuracy"],
+                            max_drop_pt).to_dict()
+    return base
+
+
+def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str], Path], out_dir: Path,
+                 eligible: set[str] | None = None) -> dict[str, Any]:
+    """Judge every row, ship the fastest within the budget through `ship(name) -> artifact path` and add the
+    shipped row as `compressed`; returns report.json's `budget`."""
+    from bench import budget as rule
+
+    cfg = recipe.budget
+    base = judge_rows(rows, cfg.max_accuracy_drop)
+    batch = next(iter(base["latency_ms"]))
+    chosen = rule.choose([r for r in rows if eligible is None or r["name"] in eligible], batch)
+    ships = chosen is not None and (chosen != "baseline" or cfg.allow_baseline)
+    info = {"metric": "accuracy", "max_accuracy_drop_pt": cfg.max_accuracy_drop, "allow_baseline": cfg.allow_baseline,
+            "judged_on": {"splits": ["test", "val"], "rows": base["heldout"]["rows"],
+                          "excludes": "training and calibration rows"},
+            "baseline_heldout_accuracy": base["heldout"]["accuracy"], "latency_batch": int(batch), "rule": rule.RULE,
+            "meets": [r["name"] for r in rows if r["budget"]["meets"]], "chosen": chosen,
+            "shipped": chosen if ships else None}
+    if not ships:
+        info["why"] = rule.failure_message(cfg.max_accuracy_drop, "baseline", rows, chosen)
+        return info
+    row = next(r for r in rows if r["name"] == chosen)
+    artifact = ship(chosen)
+    rows.append({**copy.deepcopy(row), "name": "compressed", "artifact": str(artifact.relative_to(out_dir)),
+                 "description": f"shipped: {row['description']}", "shipped_from": chosen})
+    return info
+
+
+def finish_report(ctx, data, variants: list, parity: dict[str, Any], quantize: dict[str, Any], student_name: str,
+                  student_val: dict[str, float], ship: Callable[[str], Path],
+                  eligible: set[str] | None = None) -> dict[str, Any]:
+    """Bench every candidate (never cached), ship the one the budget picks, write report.json / .md / .html.
+
+    `parity`: each artifact against its torch model; `quantize`: what the INT8 stage recorded. Raises
+    BudgetMissed (exit 1), after writing the reports, when nothing compressed is within the budget."""
+    from bench.report import assemble_report, measure_variants, write_reports
+
+    start = time.perf_counter()
+    rows = measure_variants(ctx.recipe, data, variants, ctx.out_dir)
+    bench = {"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2), "metrics": {}}
+    before_ship = len(ctx.records)
+    budget = apply_budget(ctx.recipe, rows, ship, ctx.out_dir, eligible)
+    stage_info = [{"name": r.name, "cached": cached, "wall_s": round(r.wall_s, 2), "metrics": r.metrics}
+                  for r, cached in ctx.records]
+    stage_info.insert(before_ship, bench)
+    report = assemble_report(ctx.recipe, data, rows, stage_info,
+                             {"parity": parity, "quantize": quantize, "budget": budget})
+    report["distillation"] = distillation_effect(rows)
+    report["student"] = {"chosen": student_name, "val_accuracy": student_val,
+                         "rule": "higher validation accuracy of the pruned students; ties go to the distilled one"}
+    write_reports(report, ctx.out_dir)
+    if budget["shipped"] is None:
+        raise BudgetMissed(budget["why"], report)
+    return report
+
+
+def distillation_effect(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """How much of the accuracy that pruning lost (fine-tuned without a teacher) distillation won back."""
+    acc = {r["name"]: r["accuracy"] for r in rows}
+    if not {"baseline", "pruned", "distilled"} <= set(acc):
+        return {}
+    lost = acc["baseline"] - acc["pruned"]
+    recovered = acc["distilled"] - acc["pruned"]
+    return {"pruning_loss_pt": round(100 * lost, 4), "recovered_pt": round(100 * recovered, 4),
+            "recovered_fraction": round(recovered / lost, 4) if lost > 0 else None}

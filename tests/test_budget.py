@@ -1,0 +1,109 @@
+"""The run's accuracy budget: every candidate is held to the FP32 baseline on all held-out rows, the fastest one
+within it ships, and a run where nothing compressed is within it exits 1 with its table."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from bench.budget import choose, judge
+from tests.conftest import needs_fashion_mnist, small_recipe
+
+
+def _row(name: str, p50: float, ci: tuple[float, float], accuracy: float, meets: bool = True) -> dict:
+    return {"name": name, "latency_ms": {"1": {"p50": p50, "p50_ci95": list(ci)}},
+            "budget": {"meets": meets, "heldout_accuracy": accuracy}}
+
+
+def test_the_fastest_variant_within_the_budget_ships():
+    rows = [_row("baseline", 1.00, (0.95, 1.05), 0.90), _row("int8", 0.50, (0.48, 0.52), 0.89),
+            _row("student", 0.30, (0.29, 0.31), 0.85, meets=False), _row("student-int8", 0.40, (0.39, 0.41), 0.889)]
+    assert choose(rows, "1") == "student-int8"  # the faster student misses the budget and never ships
+
+
+def test_a_tie_within_the_noise_goes_to_the_more_accurate():
+    rows = [_row("baseline", 1.0, (0.9, 1.1), 0.90), _row("a", 0.40, (0.37, 0.43), 0.880),
+            _row("b", 0.41, (0.38, 0.44), 0.885), _row("c", 0.50, (0.46, 0.54), 0.899)]
+    assert choose(rows, "1") == "b"  # c's interval starts above a's: slower, whatever its accuracy
+
+
+def test_nothing_within_the_budget_chooses_nothing():
+    assert choose([_row("baseline", 1.0, (0.9, 1.1), 0.9, meets=False)], "1") is None
+
+
+def test_the_verdict_uses_the_paired_interval():
+    # 1,500 rows; the baseline alone right on 30, the variant alone right on 15: drop 1.0 pt exactly
+    v = judge({"baseline_only": 30, "variant_only": 15, "rows": 1500}, 0.90, 0.89, 1.0)
+    assert v.drop_pt == pytest.approx(1.0) and v.meets
+    lo, hi = v.drop_ci95_pt
+    assert lo < 1.0 < hi and v.uncertain  # 45 discordant rows cannot tell 1.0 pt from 0.2 or 1.8
+    clear = judge({"baseline_only": 0, "variant_only": 0, "rows": 1500}, 0.90, 0.90, 1.0)
+    assert clear.meets and not clear.uncertain and clear.drop_ci95_pt == (0.0, 0.0)
+    worse = judge({"baseline_only": 120, "variant_only": 0, "rows": 1500}, 0.90, 0.82, 1.0)
+    assert not worse.meets and worse.drop_pt == pytest.approx(8.0) and worse.drop_ci95_pt[0] > 1.0
+
+
+def _small_data_run(tmp_path, **budget):
+    """The default CNN on 600 training images, 87.5 % of its channels pruned, 0.1 epochs of fine-tuning and of
+    distillation: a student near chance beside an INT8 baseline that keeps the baseline's accuracy."""
+    import dataclasses
+
+    from compress.recipe import BudgetConfig, DistillConfig, PruneConfig, QuantConfig, dump_recipe
+
+    recipe = small_recipe(prune=PruneConfig(ratio=0.875, round_to=2, finetune_epochs=0.1),
+                          distill=DistillConfig(epochs=0.1), quantize=QuantConfig(fp32_if_faster=True),
+                          budget=BudgetConfig(**budget))
+    recipe = recipe.replace(data=dataclasses.replace(recipe.data, limit_train=600))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(dump_recipe(recipe))
+    return path
+
+
+@needs_fashion_mnist
+def test_a_broken_student_never_ships_with_exit_0(tmp_path):
+    from compress.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "--recipe", str(_small_data_run(tmp_path)), "--out", str(out),
+                                       "--max-accuracy-drop", "1.0"])
+    report = json.loads((out / "report.json").read_text())
+    rows = {v["name"]: v for v in report["variants"]}
+    budget = report["budget"]
+    assert budget["max_accuracy_drop_pt"] == 1.0 and budget["judged_on"]["rows"] == 1500
+    student = report["student"]["chosen"]
+    assert not rows[student]["budget"]["meets"], rows[student]  # the pruned student is far below the baseline
+    if result.exit_code == 0:  # something compressed is within the budget: it ships, and it is within it
+        shipped = rows[budget["shipped"]]
+        assert budget["shipped"] not in ("baseline", student) and shipped["budget"]["drop_pt"] <= 1.0
+        assert rows["compressed"]["shipped_from"] == budget["shipped"]
+        assert f"budget: at most 1 pt below the baseline on 1500 held-out rows" in result.output
+    else:  # nothing is: exit 1, the table printed, nothing named as shipped
+        assert result.exit_code == 1 and budget["shipped"] is None and "compressed" not in rows
+        assert "nothing shipped" in result.output.strip().splitlines()[-1]
+    assert "budget" in result.output and "misses" in result.output
+
+
+@needs_fashion_mnist
+def test_only_the_baseline_within_the_budget_exits_1_unless_allowed(tmp_path):
+    from compress.cli import main
+
+    recipe = _small_data_run(tmp_path, max_accuracy_drop=0.0)
+    recipe.write_text(recipe.read_text().replace("enabled: true\n  mode: static", "enabled: false\n  mode: static"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "--recipe", str(recipe), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: nothing shipped:") and "budget.max_accuracy_drop 0 pt" in last
+    assert "budget" in result.output  # the table came first
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["shipped"] is None and report["budget"]["meets"][0] == "baseline"
+    assert {v["name"] for v in report["variants"]} == {"baseline", "pruned", "distilled"}
+
+    allowed = recipe.read_text().replace("allow_baseline: false", "allow_baseline: true")
+    recipe.write_text(allowed)
+    again = CliRunner().invoke(main, ["run", "--recipe", str(recipe), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["shipped"] == "baseline" and report["comparison"]["accuracy_drop_pt"] == 0.0
+    assert (out / "target" / "cpu" / "model.onnx").read_bytes() == (out / "baseline.onnx").read_bytes()
