@@ -33,7 +33,7 @@ def _import_ort():
     try:
         import onnxruntime
     except ImportError:
-        raise BackendMissing("onnxruntime is not installed; pip install 'edge-compress[runtime]'") from None
+        raise BackendMissing("onnxruntime is not installed; pip install ./runtime (the edge-compress-runtime distribution)") from None
     return onnxruntime
 
 

@@ -209,7 +209,7 @@ class Runner:
             try:
                 from tokenizers import Tokenizer
             except ImportError:
-                raise BackendMissing("text models need the tokenizers package (pip install 'edge-compress[runtime]')"
+                raise BackendMissing("text models need the tokenizers package (pip install './runtime[text]', the edge-compress-runtime distribution)"
                                      ) from None
             path = self.path.parent / str(pre.get("tokenizer", "tokenizer.json"))
             try:

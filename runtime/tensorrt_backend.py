@@ -28,7 +28,7 @@ from runtime.runner import Runner, TensorSpec
 OPTIONS = ("device",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 MANIFEST = "manifest.json"
-INSTALL = "pip install 'edge-compress[tensorrt]' (tensorrt, cuda-python; on Jetson, TensorRT comes with JetPack)"
+INSTALL = "pip install 'edge-compress-runtime[tensorrt]' (from a checkout: pip install './runtime[tensorrt]'; tensorrt, cuda-python; on Jetson, TensorRT comes with JetPack)"
 
 _CUDA_PROBE = r"""
 import ctypes, sys

@@ -1,6 +1,6 @@
 """TFLite / LiteRT backend (imported only when a .tflite artifact is loaded).
 
-Uses `ai_edge_litert.interpreter.Interpreter` (pip install 'edge-compress[runtime-tflite]') and falls back to
+Uses `ai_edge_litert.interpreter.Interpreter` (pip install './runtime[litert]') and falls back to
 `tflite_runtime.interpreter.Interpreter` where a device has only that. A TFLite interpreter is not
 thread-safe, so one lock serialises resize / set / invoke / get on a runner.
 """
@@ -27,7 +27,7 @@ def _import_interpreter():
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
             raise BackendMissing("no TFLite interpreter is installed (ai-edge-litert or tflite-runtime); "
-                                 "pip install 'edge-compress[runtime-tflite]'") from None
+                                 "pip install './runtime[litert]'") from None
     return Interpreter
 
 

@@ -33,14 +33,14 @@ def test_missing_interpreter_names_the_extra(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=REPO,
                          check=True)
     assert out.stdout.startswith("BackendMissing: no TFLite interpreter is installed (ai-edge-litert or "
-                                 "tflite-runtime); pip install 'edge-compress[runtime-tflite]'"), out.stdout
+                                 "tflite-runtime); pip install './runtime[litert]'"), out.stdout
 
 
 
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory):
     pytest.importorskip("ai_edge_litert.interpreter",
-                        reason="ai-edge-litert is not installed (pip install 'edge-compress[runtime-tflite]')")
+                        reason="ai-edge-litert is not installed (pip install './runtime[litert]')")
     from tests.test_runtime_helpers import LABELS, tflite_dense
 
     rng = np.random.default_rng(0)
