@@ -210,9 +210,12 @@ def check_reports(new: dict, old: dict, *, variant: str | None = None, max_accur
     validate_report(new, new_where)
     validate_report(old, old_where)
     name = variant or default_variant(old)
+    shipped = budget_check(new)
+    if shipped is not None and not shipped.passed:  # the run itself shipped nothing: there is nothing to compare
+        return GateResult(name, mode, [shipped])
     v_new, v_old = get_variant(new, name, new_where), get_variant(old, name, old_where)
     warnings: list[str] = []
-    checks: list[Check] = []
+    checks: list[Check] = [shipped] if shipped is not None else []
 
     fp_new, fp_old = ((r.get("dataset") or {}).get("fingerprint") for r in (new, old))
     if fp_new and fp_old and fp_new != fp_old:
@@ -260,6 +263,17 @@ def check_reports(new: dict, old: dict, *, variant: str | None = None, max_accur
         if mode in ("absolute", "both"):
             checks.append(_latency_check(f"latency b{b} (p50 ms)", s_old, s_new, max_latency_regression, " ms"))
     return GateResult(name, mode, checks, warnings)
+
+
+def budget_check(report: dict) -> Check | None:
+    """Whether the run shipped a model within its own accuracy budget (reports from `compress run`)."""
+    budget = report.get("budget")
+    if not isinstance(budget, dict):
+        return None
+    limit = f"within the run's budget ({budget.get('max_accuracy_drop_pt')} pt vs its baseline)"
+    shipped = budget.get("shipped")
+    note = f"shipped {shipped}" if shipped else str(budget.get("why") or "nothing shipped")
+    return Check("shipped", None, None, limit, shipped is not None, note)
 
 
 def check_files(new_path: str | os.PathLike, old_path: str | os.PathLike, **kwargs) -> GateResult:

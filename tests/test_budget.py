@@ -107,3 +107,20 @@ def test_only_the_baseline_within_the_budget_exits_1_unless_allowed(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["budget"]["shipped"] == "baseline" and report["comparison"]["accuracy_drop_pt"] == 0.0
     assert (out / "target" / "cpu" / "model.onnx").read_bytes() == (out / "baseline.onnx").read_bytes()
+
+
+def test_the_gate_fails_a_run_that_shipped_nothing():
+    from bench.gate import check_reports
+
+    def report(shipped):
+        row = {"name": "compressed", "accuracy": 0.9, "latency_ms": {"1": {"p50": 1.0, "p50_ci95": [0.9, 1.1]}}}
+        rows = [{**row, "name": "baseline"}] + ([row] if shipped else [])
+        return {"schema_version": 1, "variants": rows, "comparison": {"baseline": "baseline", "candidate": "compressed"},
+                "budget": {"max_accuracy_drop_pt": 1.0, "shipped": shipped,
+                           "why": None if shipped else "nothing shipped: only the baseline is within the budget"}}
+
+    failed = check_reports(report(None), report("int8"))
+    assert not failed.passed and [c.metric for c in failed.checks] == ["shipped"]
+    assert "only the baseline" in failed.checks[0].note
+    passed = check_reports(report("int8"), report("int8"))
+    assert passed.checks[0].metric == "shipped" and passed.checks[0].passed and passed.passed
