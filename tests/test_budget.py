@@ -124,3 +124,15 @@ def test_the_gate_fails_a_run_that_shipped_nothing():
     assert "only the baseline" in failed.checks[0].note
     passed = check_reports(report("int8"), report("int8"))
     assert passed.checks[0].metric == "shipped" and passed.checks[0].passed and passed.passed
+
+
+def test_the_failure_line_says_why_nothing_ships():
+    from bench.budget import failure_message
+
+    def row(name, drop, meets):
+        return {"name": name, "budget": {"drop_pt": drop, "drop_ci95_pt": [drop - 1, drop + 1], "meets": meets}}
+
+    alone = failure_message(1.0, "baseline", [row("baseline", 0, True), row("pruned", 19.9, False)], "baseline")
+    assert alone.startswith("nothing shipped: only the baseline is within the budget") and "pruned at 19.90 pt" in alone
+    slower = failure_message(1.0, "baseline", [row("baseline", 0, True), row("int8", 0.2, True)], "baseline")
+    assert "no compressed variant within the budget runs faster than the baseline" in slower
