@@ -209,7 +209,7 @@ def to_markdown(report: dict) -> str:
         f"# Compression report: {report['recipe']['name']} -> {report['target']}",
         "",
         f"Dataset {report['dataset']['name']} ({report['dataset']['samples']} {report['dataset']['split']} samples); "
-        f"{env['cpu']}, {env['threads']} threads; onnxruntime {env['versions'].get('onnxruntime', '?')}.",
+        f"{env['cpu']} ({env.get('int8_class', '?')}), {env['threads']} threads; onnxruntime {env['versions'].get('onnxruntime', '?')}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -136,3 +136,14 @@ def test_the_failure_line_says_why_nothing_ships():
     assert alone.startswith("nothing shipped: only the baseline is within the budget") and "pruned at 19.90 pt" in alone
     slower = failure_message(1.0, "baseline", [row("baseline", 0, True), row("int8", 0.2, True)], "baseline")
     assert "no compressed variant within the budget runs faster than the baseline" in slower
+
+
+def test_every_report_names_the_cpus_int8_class():
+    from bench.environment import describe, int8_class
+
+    assert int8_class({"avx2", "avx512f", "avx512_vnni"}) == "AVX-512 VNNI"
+    assert int8_class({"avx2", "fma"}) == "AVX2"
+    assert int8_class({"asimd", "asimddp"}) == "Arm dot product"
+    env = describe(2)
+    assert env["int8_class"] and set(env["cpu_flags"]) <= {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+                                                         "asimddp", "i8mm"}
