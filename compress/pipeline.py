@@ -75,15 +75,21 @@ def load_dataset(recipe: Recipe):
         raise CompressError(str(e)) from None
 
 
-def usable_target(name: str):
-    """The target `name`, or a one-line CompressError when it is unknown or cannot be built here (checked before
-    any training, not after)."""
-    from targets import TargetError, get_target
+RECIPE_KIND = {"image": "CNN", "text": "Transformer"}
+
+
+def usable_target(name: str, kind: str = "image"):
+    """The target `name`, or a one-line CompressError when it is unknown, does not take `kind` models ("image" or
+    "text") or cannot be built here (checked before any training, not after)."""
+    from targets import TargetError, get_target, names
 
     try:
         target = get_target(name)
     except TargetError as e:
         raise CompressError(str(e)) from None
+    if kind not in target.MODEL_KINDS:
+        raise CompressError(f"{RECIPE_KIND[kind]} recipes compile for --target {' / '.join(names(kind))} in this "
+                            f"version, not {name!r}")
     ok, why = target.available()
     if not ok:
         raise CompressError(f"target {name!r} cannot be built here: {why}")
@@ -271,7 +277,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         "labels": list(data.labels),
         "preprocess": {"scale": 1 / 255.0, "mean": data.mean, "std": data.std, "layout": "NCHW"},
     }
-    if getattr(target, "SOURCE", "onnx") == "torch":  # mobile: litert-torch converts each checkpoint itself
+    if target.SOURCE == "torch":  # mobile: litert-torch converts each checkpoint itself
         from compress import torch_compile
 
         sources = {"baseline": baseline_pt, "pruned": pruned_pt, "distilled": student_pt}

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import targets
 from common.errors import CompressError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "cnn-fashion"
-TARGET_NAMES = ("cpu", "gpu", "jetson", "mobile")
 
 
 class RecipeError(CompressError):
@@ -172,13 +172,19 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    name: Literal["cpu", "gpu", "jetson", "mobile"] = "cpu"
+    name: str = "cpu"  # a registered target: targets.names() (`compress targets` lists them)
     parity_atol: float = 1e-4
     # Transformers on cpu: ONNX Runtime's transformer optimizer fuses attention and BiasGelu in every exported
     # variant, baseline included (compress.ort_fusion); ignored by CNN recipes and other targets
     ort_fusion: bool = True
 
     def __post_init__(self) -> None:
+        known = targets.names()
+        if self.name not in known:
+            close = difflib.get_close_matches(str(self.name), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RecipeError(f"target.name = {self.name!r} is not allowed; expected one of "
+                              f"{', '.join(repr(n) for n in known)}{hint}")
         _positive("target", parity_atol=self.parity_atol)
 
 

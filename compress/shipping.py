@@ -42,8 +42,9 @@ def onnx_candidates(onnx_paths: dict[str, Path], int8_paths: dict[str, Path], st
 def compile_stage(ctx, target, source: Path, metadata: dict[str, Any], *, upstream_key: str, data_fingerprint: str,
                   check=None, write_extra: Callable[[Path], list[Path]] | None = None) -> Path:
     """Compile the chosen ONNX file for the target (cached like every stage); returns the artifact's path.
-    `check`: real inputs the gpu and jetson targets compare the compiled form on; `write_extra(target_dir)`
-    writes what else an app needs (a tokenizer) and returns those files."""
+    `check`: real inputs (an array, or a tuple of arrays, one per model input) every target runs its compiled form
+    on and compares with the source; `write_extra(target_dir)` writes what else an app needs (a tokenizer) and
+    returns those files."""
     from compress import __version__
     from compress.cache import stage_key
     from targets import TargetSpec
@@ -57,8 +58,7 @@ def compile_stage(ctx, target, source: Path, metadata: dict[str, Any], *, upstre
         from runtime import sidecar_path
 
         meta = {**metadata, "source": source.name}
-        kwargs = {"check": check} if check is not None and recipe.target.name in ("gpu", "jetson") else {}
-        artifact = target.compile(source, spec, target_dir, meta, **kwargs)
+        artifact = target.compile(source, spec, target_dir, meta, check=check)
         files = list(artifact.files) or [artifact.path, sidecar_path(artifact.path)]
         if write_extra is not None:
             files += write_extra(target_dir)

@@ -21,7 +21,6 @@ from compress.pipeline import (WORKDIR_PREFIX, RunContext, _section, choose_stud
 from compress.shipping import compile_stage, finish_report, onnx_candidates
 from compress.recipe import Recipe
 
-TEXT_TARGETS = ("cpu", "mobile")
 DYNAMIC_CANDIDATES = (("all", False), ("all", True), ("weights", False), ("weights", True))
 
 
@@ -92,11 +91,8 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
 
     if distributed.world_size() > 1:
         raise CompressError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
-    if recipe.target.name not in TEXT_TARGETS:
-        raise CompressError(f"Transformer recipes compile for --target {' / '.join(TEXT_TARGETS)} in this version, "
-                            f"not {recipe.target.name!r}")
+    target = usable_target(recipe.target.name, "text")  # before anything is written
     out_dir = prepare_out_dir(out_dir)
-    target = usable_target(recipe.target.name)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     folder = model_folder(recipe)
     data, tokenizer = load_text(recipe, folder)
@@ -205,7 +201,7 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         "preprocess": {"kind": "text", "tokenizer": "tokenizer.json", "max_length": data.max_length,
                        "inputs": ["input_ids", "attention_mask"]},
     }
-    if getattr(target, "SOURCE", "onnx") == "torch":  # mobile: litert-torch converts each checkpoint itself
+    if target.SOURCE == "torch":  # mobile: litert-torch converts each checkpoint itself
         return compile_for_torch_target(ctx, target, data, tokenizer, metadata, student_name, student_val,
                                         {"baseline": baseline_pt, "pruned": pruned_pt, "distilled": student_pt},
                                         stage_key(distill_key, train_key, student_name))
@@ -274,9 +270,11 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
         tokenizer.save(target_dir / "tokenizer.json")
         return [target_dir / "tokenizer.json"]
 
+    check = (data.val.input_ids[:64], data.val.attention_mask[:64])  # the target runs what it ships on these
+
     def ship(name: str) -> Path:
         return compile_stage(ctx, target, sources[name], metadata, upstream_key=quant_key if quant_rec else export_key,
-                             data_fingerprint=data.fingerprint, write_extra=save_tokenizer)
+                             data_fingerprint=data.fingerprint, check=check, write_extra=save_tokenizer)
 
     return finish_report(ctx, data, variants, export_rec.metrics["parity"], quant_rec.metrics if quant_rec else {},
                          student_name, student_val, ship)

@@ -15,6 +15,10 @@ from typing import Any
 from targets import Artifact, TargetError, TargetSpec
 from targets import tensorrt as trt_build
 
+NAME = "gpu"
+RUNTIME = "tensorrt"  # an artifact for ONNX Runtime's CUDA EP (no TensorRT here) says runtime "ort-cuda"
+SOURCE = "onnx"
+MODEL_KINDS = frozenset({"image"})  # one input: `check` is an array (tensorrt.reference_io)
 BACKENDS = ("auto", "tensorrt", "ort-cuda")
 OPTIONS = ("backend", "precision", "strongly_typed", "min_batch", "opt_batch", "max_batch", "workspace_mib",
            "builder_optimization_level", "min_agreement", "max_abs_diff", "check_samples")

@@ -28,6 +28,12 @@ from targets import Artifact, TargetError, TargetSpec
 from targets import tensorrt as trt_build
 
 
+NAME = "jetson"
+RUNTIME = "tensorrt"
+SOURCE = "onnx"
+MODEL_KINDS = frozenset({"image"})  # one input: `check` is an array (tensorrt.reference_io)
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str

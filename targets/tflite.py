@@ -30,7 +30,9 @@ from targets import Artifact, TargetError, TargetSpec
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
+NAME = "mobile"
 RUNTIME = "litert"
+MODEL_KINDS = frozenset({"image", "text"})
 SOURCE = "torch"  # compiles from the torch module, not from the ONNX graph
 PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8")
 INPUT_LAYOUT = "NCHW"
@@ -390,7 +392,8 @@ def _options(spec: TargetSpec) -> dict[str, Any]:
     return opts
 
 
-def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str, Any]) -> Artifact:
+def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str, Any], *,
+            check=None) -> Artifact:
     """The ONNX entry point of the other targets; the mobile target converts from torch instead."""
     raise TargetError("target 'mobile' converts from the torch model (litert-torch), not from ONNX: call "
                       "targets.tflite.compile_module(model, spec, out_dir, metadata, calib=..., check=...)")

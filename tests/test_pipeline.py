@@ -107,6 +107,9 @@ def test_the_shipped_model_is_the_fastest_within_the_budget(small_run):
         assert lo - 0.01 <= row["budget"]["drop_pt"] <= hi + 0.01
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert digest(out / "target" / "cpu" / "model.onnx") == digest(out / chosen["artifact"])
+    sidecar = json.loads((out / "target" / "cpu" / "model.onnx.meta.json").read_text())
+    assert sidecar["parity_vs_source"]["logits"]["ok"] is True  # run on validation images against the source
+    assert sidecar["parity_vs_source"]["logits"]["samples"] == 32
     assert "budget: at most 5 pt below the baseline" in (out / "report.md").read_text()
 
 

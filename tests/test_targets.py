@@ -58,6 +58,39 @@ def test_unknown_target_names_the_known_ones(name, match):
         get_target(name)
 
 
+def test_cpu_target_checks_the_copy_on_real_inputs(tiny_onnx, tmp_path):
+    _, int8, calib = tiny_onnx
+    before = hashlib.sha256(int8.read_bytes()).hexdigest()
+    art = get_target("cpu").compile(int8, TargetSpec("cpu"), tmp_path / "cpu", META, check=calib)
+    assert art.path == tmp_path / "cpu" / "model.onnx" and art.runtime == "onnxruntime"
+    assert hashlib.sha256(int8.read_bytes()).hexdigest() == before
+    assert art.path.read_bytes() == int8.read_bytes()
+    parity = art.metadata["parity_vs_source"]["logits"]
+    assert parity["ok"] is True and parity["samples"] == 32 and parity["max_abs_diff"] <= 1e-5
+    sidecar = json.loads((tmp_path / "cpu" / "model.onnx.meta.json").read_text())
+    assert sidecar["parity_vs_source"] == art.metadata["parity_vs_source"] and sidecar["labels"] == ["a", "b", "c"]
+    # a tuple with one array per input works the same; without check the graph is only opened
+    assert get_target("cpu").compile(int8, TargetSpec("cpu"), tmp_path / "t", META, check=(calib,)).metadata[
+        "parity_vs_source"]["logits"]["ok"] is True
+    assert "parity_vs_source" not in get_target("cpu").compile(int8, TargetSpec("cpu"), tmp_path / "n", META).metadata
+    with pytest.raises(TargetError, match=r"check has 2 array\(s\) for a model with 1 input\(s\) \(input\)"):
+        get_target("cpu").compile(int8, TargetSpec("cpu"), tmp_path / "two", META, check=(calib, calib))
+
+
+def test_cpu_target_never_ships_a_graph_that_gives_other_outputs(tiny_onnx, tmp_path, monkeypatch):
+    """The copy opens but is not the source (here: the FP32 graph in place of the INT8 one): nothing ships."""
+    import shutil
+
+    fp32, int8, calib = tiny_onnx
+    real_copy = shutil.copyfile
+    monkeypatch.setattr(shutil, "copyfile", lambda src, dst: real_copy(fp32, dst))
+    out = tmp_path / "cpu"
+    with pytest.raises(TargetError, match=r"model.onnx differs from ONNX Runtime on tiny.int8.onnx: output 'logits': "
+                                          r"max_abs_diff .* > atol 1e-05 .*; not shipped"):
+        get_target("cpu").compile(int8, TargetSpec("cpu"), out, META, check=calib)
+    assert list(out.iterdir()) == []  # neither the graph, nor its sidecar, nor a temporary file
+
+
 def test_gpu_target_says_why_not_here():
     """No CUDA driver on the CI box: the gpu target is unavailable, and says what is missing for both paths."""
     from runtime.tensorrt_backend import cuda_status

@@ -101,6 +101,8 @@ def test_the_shipped_bundle_runs_without_torch_from_its_own_tokenizer(text_run):
     bundle = out / "target" / "cpu"
     meta = json.loads((bundle / "model.onnx.meta.json").read_text())
     assert meta["preprocess"]["kind"] == "text" and meta["labels"] == ["neg", "pos"]
+    # the cpu target ran the shipped graph on validation token ids and masks and matched the source graph
+    assert [(c["ok"], c["samples"] > 0) for c in meta["parity_vs_source"].values()] == [(True, True)]
     texts = ["the coffee was really delicious", "this snack arrived stale", "the tea was awful", "perfect box"]
     with load(bundle / "model.onnx") as runner:
         assert runner.predict_texts(texts) == ["pos", "neg", "neg", "pos"]
