@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from bench.accuracy import paired_drop_interval
+from bench.latency import paired_ratio_stats
 
 RULE = ("fastest p50 at the latency batch among the variants whose held-out accuracy is within the budget of the "
-        "baseline's; variants whose p50 intervals overlap the fastest's are a tie, broken by held-out accuracy")
+        "baseline's; variants not measurably slower than the fastest (95 % interval of the per-round p50 ratio "
+        "includes 1) are a tie, broken by held-out accuracy")
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,19 @@ def choose(rows: Iterable[dict[str, Any]], batch: str) -> str | None:
     if not meeting:
         return None
     fastest = min(meeting, key=lambda r: r["latency_ms"][batch]["p50"])
-    fast_hi = _interval(fastest, batch)[1]
-    tied = [r for r in meeting if _interval(r, batch)[0] <= fast_hi]
+    tied = [r for r in meeting if r is fastest or not measurably_slower(r, fastest, batch)]
     best = max(tied, key=lambda r: (r["budget"]["heldout_accuracy"], -r["latency_ms"][batch]["p50"]))
     return best["name"]
+
+
+def measurably_slower(row: dict[str, Any], fastest: dict[str, Any], batch: str) -> bool:
+    """Whether `row` is slower than `fastest` beyond the bench's noise: the 95 % interval of their per-round p50
+    ratio (blocks of one round are timed back to back) lies above 1; without per-round medians, their p50
+    intervals do not overlap. A loaded machine widens each p50 interval but hardly the paired ratio's."""
+    paired = paired_ratio_stats(row["latency_ms"][batch], fastest["latency_ms"][batch])
+    if paired is not None:
+        return paired[1] > 1.0
+    return _interval(row, batch)[0] > _interval(fastest, batch)[1]
 
 
 def _interval(row: dict[str, Any], batch: str) -> tuple[float, float]:

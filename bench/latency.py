@@ -149,3 +149,25 @@ def measure_callables(runs_by_variant: Mapping[str, RunFn], batch_size: int, **k
     """`measure_interleaved` for plain callables that need no opening (e.g. a raw session vs a runner)."""
     opens = {name: (lambda run=run: contextlib.nullcontext(run)) for name, run in runs_by_variant.items()}
     return measure_interleaved(opens, batch_size, **kwargs)
+
+
+def paired_ratio_stats(cand: dict, base: dict, *, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float, float] | None:
+    """Candidate / baseline p50 with a CI from the per-round ratios, when the report has `block_p50`.
+
+    Round i times the baseline's block and the candidate's block back to back, so the ratio of their medians
+    cancels load that lasts longer than a block; the bootstrap over rounds gives the interval. None when the
+    report has no per-block medians (older reports): the caller falls back to `ratio_stats`."""
+    import numpy as np
+
+    cb, bb = cand.get("block_p50"), base.get("block_p50")
+    if not (isinstance(cb, list) and isinstance(bb, list) and len(cb) == len(bb) >= 3):
+        return None
+    r = np.asarray(cb, dtype=float) / np.asarray(bb, dtype=float)
+    if not np.all(np.isfinite(r)) or np.any(r <= 0):
+        return None
+    rng = np.random.default_rng(seed)
+    medians = np.median(r[rng.integers(0, len(r), size=(resamples, len(r)))], axis=1)
+    point = float(cand["p50"]) / float(base["p50"])
+    lo, hi = (float(x) for x in np.percentile(medians, [2.5, 97.5]))
+    return point, min(lo, point), max(hi, point)

@@ -16,7 +16,8 @@ import os
 import time
 from pathlib import Path
 
-from bench.gate import _stats, baseline_name, check_reports, default_variant, get_variant, paired_ratio_stats
+from bench.gate import _stats, baseline_name, check_reports, default_variant, get_variant
+from bench.latency import paired_ratio_stats
 from bench.standalone import bench_artifacts, parse_artifacts
 
 
