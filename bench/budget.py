@@ -67,8 +67,9 @@ def _interval(row: dict[str, Any], batch: str) -> tuple[float, float]:
     return lo, hi
 
 
-def failure_message(max_drop_pt: float, baseline: str, rows: list[dict[str, Any]], chosen: str | None) -> str:
-    """One line: why nothing compressed ships."""
+def failure_message(max_drop_pt: float, rows: list[dict[str, Any]], chosen: str | None,
+                    baseline: str = "baseline") -> str:
+    """One line: why nothing compressed ships (`rows`: the candidates that were eligible to ship)."""
     closest = min((r for r in rows if r["name"] != baseline), key=lambda r: r["budget"]["drop_pt"], default=None)
     others_meet = any(r["budget"]["meets"] for r in rows if r["name"] != baseline)
     if chosen == baseline and others_meet:

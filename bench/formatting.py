@@ -45,4 +45,11 @@ def budget_line(report: dict) -> str:
             f"held-out rows ({'+'.join(b['judged_on']['splits'])})")
     if b["shipped"] is None:
         return f"{head}; {b['why']}"
-    return f"{head}; shipped {b['shipped']} (fastest within the budget at batch {b['latency_batch']})"
+    row = next((v for v in report.get("variants", []) if v["name"] == b["shipped"]), None)
+    drop = ""
+    if row and row.get("budget"):
+        v = row["budget"]
+        lo, hi = v["drop_ci95_pt"]
+        drop = (f", {v['drop_pt']:+.2f} pt held-out (95 % CI {lo:.2f} to {hi:.2f}"
+                + ("; these rows cannot settle the verdict" if v["uncertain"] else "") + ")")
+    return f"{head}; shipped {b['shipped']} (fastest within the budget at batch {b['latency_batch']}{drop})"

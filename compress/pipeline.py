@@ -362,7 +362,6 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     variants = onnx_candidates(onnx_paths, int8_paths if quant_rec else {}, student_name, "static INT8")
     sources = {v.name: v.path for v in variants}
     upstream = quant_key if quant_rec else export_key
-    fp32_students = {"pruned", "distilled"} if quant_rec and not recipe.quantize.fp32_if_faster else set()
 
     def ship(name: str) -> Path:
         path = compile_stage(ctx, target, sources[name], metadata, upstream_key=upstream,
@@ -370,7 +369,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         return path / "model.onnx" if path.is_dir() else path  # a jetson bundle: the graph it builds from
 
     return finish_report(ctx, data, variants, export_rec.metrics["parity"], quant_rec.metrics if quant_rec else {},
-                         student_name, student_val, ship, eligible=set(sources) - fp32_students)
+                         student_name, student_val, ship)
 
 
 def export_plan(recipe: Recipe, distill_key: str, baseline: Path, pruned: Path | None,

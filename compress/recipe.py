@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -211,9 +212,13 @@ class BudgetConfig:
 
     max_accuracy_drop: float = 1.0  # percentage points below the baseline, on validation + test together
     allow_baseline: bool = False  # ship the FP32 baseline (exit 0) when no compressed variant meets the budget
+    latency_batch: int | None = None  # the batch size "fastest" is decided at (null: the first of bench.batch_sizes)
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.max_accuracy_drop):
+            raise RecipeError(f"budget.max_accuracy_drop must be a finite number of points, got {self.max_accuracy_drop}")
         _non_negative("budget", max_accuracy_drop=self.max_accuracy_drop)
+        _positive("budget", latency_batch=self.latency_batch)
 
 
 @dataclass(frozen=True)

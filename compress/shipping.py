@@ -45,13 +45,15 @@ def compile_stage(ctx, target, source: Path, metadata: dict[str, Any], *, upstre
     `check`: real inputs (an array, or a tuple of arrays, one per model input) every target runs its compiled form
     on and compares with the source; `write_extra(target_dir)` writes what else an app needs (a tokenizer) and
     returns those files."""
+    from common.digest import file_digest
     from compress import __version__
     from compress.cache import stage_key
     from targets import TargetSpec
 
     recipe = ctx.recipe
     spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
-    key = stage_key("compile", __version__, upstream_key, dataclasses.asdict(spec), source.name, data_fingerprint)
+    key = stage_key("compile", __version__, upstream_key, dataclasses.asdict(spec), source.name, file_digest(source),
+                    data_fingerprint)  # the source's bytes: a re-searched INT8 file of the same name must recompile
     target_dir = ctx.out_dir / "target" / recipe.target.name
 
     def body():
@@ -81,16 +83,32 @@ def judge_rows(rows: list[dict[str, Any]], max_drop_pt: float) -> dict[str, Any]
     return base
 
 
-def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str], Path], out_dir: Path,
-                 eligible: set[str] | None = None) -> dict[str, Any]:
-    """Judge every row, ship the fastest within the budget through `ship(name) -> artifact path` and add the
-    shipped row as `compressed`; returns report.json's `budget`."""
+NOT_SHIPPED = "NOT_SHIPPED.txt"
+
+
+def eligible_rows(recipe, rows: list[dict[str, Any]]) -> set[str]:
+    """The candidates that may ship: all of them, except the FP32 students when quantization is on and
+    `quantize.fp32_if_faster` is false."""
+    names = {r["name"] for r in rows}
+    if recipe.quantize.enabled and not recipe.quantize.fp32_if_faster:
+        return names - {"pruned", "distilled"}
+    return names
+
+
+def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str], Path], out_dir: Path) -> dict[str, Any]:
+    """Judge every row, ship the fastest eligible one within the budget through `ship(name) -> artifact path` and
+    add the shipped row as `compressed`; returns report.json's `budget`."""
     from bench import budget as rule
 
     cfg = recipe.budget
     base = judge_rows(rows, cfg.max_accuracy_drop)
-    batch = next(iter(base["latency_ms"]))
-    chosen = rule.choose([r for r in rows if eligible is None or r["name"] in eligible], batch)
+    eligible = eligible_rows(recipe, rows)
+    for r in rows:
+        r["budget"]["eligible"] = r["name"] in eligible
+    wanted = str(cfg.latency_batch) if cfg.latency_batch else None
+    batch = wanted if wanted in base["latency_ms"] else next(iter(base["latency_ms"]))  # fixed-batch artifacts
+    pool = [r for r in rows if r["name"] in eligible]
+    chosen = rule.choose(pool, batch)
     ships = chosen is not None and (chosen != "baseline" or cfg.allow_baseline)
     info = {"metric": "accuracy", "max_accuracy_drop_pt": cfg.max_accuracy_drop, "allow_baseline": cfg.allow_baseline,
             "judged_on": {"splits": ["test", "val"], "rows": base["heldout"]["rows"],
@@ -98,19 +116,33 @@ def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str], Path]
             "baseline_heldout_accuracy": base["heldout"]["accuracy"], "latency_batch": int(batch), "rule": rule.RULE,
             "meets": [r["name"] for r in rows if r["budget"]["meets"]], "chosen": chosen,
             "shipped": chosen if ships else None}
+    target_dir = out_dir / "target" / recipe.target.name
     if not ships:
-        info["why"] = rule.failure_message(cfg.max_accuracy_drop, "baseline", rows, chosen)
+        info["why"] = rule.failure_message(cfg.max_accuracy_drop, pool, chosen)
+        withdraw(target_dir, info["why"])
         return info
     row = next(r for r in rows if r["name"] == chosen)
     artifact = ship(chosen)
+    (target_dir / NOT_SHIPPED).unlink(missing_ok=True)
     rows.append({**copy.deepcopy(row), "name": "compressed", "artifact": str(artifact.relative_to(out_dir)),
                  "description": f"shipped: {row['description']}", "shipped_from": chosen})
     return info
 
 
+def withdraw(target_dir: Path, why: str) -> None:
+    """Nothing ships: an earlier run's model in target/<target>/ must not pass for this run's. Its `model.*` files
+    go (the candidates stay in the run directory) and NOT_SHIPPED.txt says why."""
+    from common.atomic import write_text
+
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for path in target_dir.glob("model.*"):
+        if path.is_file():
+            path.unlink()
+    write_text(target_dir / NOT_SHIPPED, why + "\n")
+
+
 def finish_report(ctx, data, variants: list, parity: dict[str, Any], quantize: dict[str, Any], student_name: str,
-                  student_val: dict[str, float], ship: Callable[[str], Path],
-                  eligible: set[str] | None = None) -> dict[str, Any]:
+                  student_val: dict[str, float], ship: Callable[[str], Path]) -> dict[str, Any]:
     """Bench every candidate (never cached), ship the one the budget picks, write report.json / .md / .html.
 
     `parity`: each artifact against its torch model; `quantize`: what the INT8 stage recorded. Raises
@@ -121,7 +153,12 @@ def finish_report(ctx, data, variants: list, parity: dict[str, Any], quantize: d
     rows = measure_variants(ctx.recipe, data, variants, ctx.out_dir)
     bench = {"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2), "metrics": {}}
     before_ship = len(ctx.records)
-    budget = apply_budget(ctx.recipe, rows, ship, ctx.out_dir, eligible)
+    budget = apply_budget(ctx.recipe, rows, ship, ctx.out_dir)
+    shipped = budget["shipped"]
+    if shipped in parity:  # the names report.json used before the budget chose among candidates
+        parity["compressed"] = parity[shipped]
+    if "compressed" in quantize and shipped in (student_name, f"{student_name}-int8"):
+        quantize["compressed"]["shipped"] = "int8" if shipped.endswith("-int8") else "fp32"
     stage_info = [{"name": r.name, "cached": cached, "wall_s": round(r.wall_s, 2), "metrics": r.metrics}
                   for r, cached in ctx.records]
     stage_info.insert(before_ship, bench)

@@ -88,25 +88,28 @@ def test_a_broken_student_never_ships_with_exit_0(tmp_path):
 def test_only_the_baseline_within_the_budget_exits_1_unless_allowed(tmp_path):
     from compress.cli import main
 
-    recipe = _small_data_run(tmp_path, max_accuracy_drop=0.0)
+    recipe = _small_data_run(tmp_path, max_accuracy_drop=0.0, allow_baseline=True)
     recipe.write_text(recipe.read_text().replace("enabled: true\n  mode: static", "enabled: false\n  mode: static"))
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["run", "--recipe", str(recipe), "--out", str(out)])
-    assert result.exit_code == 1, result.output
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("error: nothing shipped:") and "budget.max_accuracy_drop 0 pt" in last
-    assert "budget" in result.output  # the table came first
-    report = json.loads((out / "report.json").read_text())
-    assert report["budget"]["shipped"] is None and report["budget"]["meets"][0] == "baseline"
-    assert {v["name"] for v in report["variants"]} == {"baseline", "pruned", "distilled"}
-
-    allowed = recipe.read_text().replace("allow_baseline: false", "allow_baseline: true")
-    recipe.write_text(allowed)
-    again = CliRunner().invoke(main, ["run", "--recipe", str(recipe), "--out", str(out)])
-    assert again.exit_code == 0, again.output
+    allowed = CliRunner().invoke(main, ["run", "--recipe", str(recipe), "--out", str(out)])
+    assert allowed.exit_code == 0, allowed.output
     report = json.loads((out / "report.json").read_text())
     assert report["budget"]["shipped"] == "baseline" and report["comparison"]["accuracy_drop_pt"] == 0.0
     assert (out / "target" / "cpu" / "model.onnx").read_bytes() == (out / "baseline.onnx").read_bytes()
+
+    recipe.write_text(recipe.read_text().replace("allow_baseline: true", "allow_baseline: false"))
+    result = CliRunner().invoke(main, ["run", "--recipe", str(recipe), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: nothing shipped: only the baseline is within the budget")
+    assert "budget.max_accuracy_drop 0 pt" in last
+    assert "misses" in result.output and "meets" in result.output  # the table came first
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["shipped"] is None and report["budget"]["meets"][0] == "baseline"
+    assert {v["name"] for v in report["variants"]} == {"baseline", "pruned", "distilled"}
+    # the baseline the previous run shipped is withdrawn: nothing in target/cpu passes for this run's model
+    assert not list((out / "target" / "cpu").glob("model.*"))
+    assert (out / "target" / "cpu" / "NOT_SHIPPED.txt").read_text().startswith("nothing shipped:")
 
 
 def test_the_gate_fails_a_run_that_shipped_nothing():
@@ -132,9 +135,9 @@ def test_the_failure_line_says_why_nothing_ships():
     def row(name, drop, meets):
         return {"name": name, "budget": {"drop_pt": drop, "drop_ci95_pt": [drop - 1, drop + 1], "meets": meets}}
 
-    alone = failure_message(1.0, "baseline", [row("baseline", 0, True), row("pruned", 19.9, False)], "baseline")
+    alone = failure_message(1.0, [row("baseline", 0, True), row("pruned", 19.9, False)], "baseline")
     assert alone.startswith("nothing shipped: only the baseline is within the budget") and "pruned at 19.90 pt" in alone
-    slower = failure_message(1.0, "baseline", [row("baseline", 0, True), row("int8", 0.2, True)], "baseline")
+    slower = failure_message(1.0, [row("baseline", 0, True), row("int8", 0.2, True)], "baseline")
     assert "no compressed variant within the budget runs faster than the baseline" in slower
 
 
