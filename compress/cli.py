@@ -162,7 +162,8 @@ def print_summary(report: dict, out_dir: Path) -> None:
 
     header, rows = summary_rows(report)
     env = report["environment"]
-    table = Table(title=f"{report['recipe']['name']} -> {report['target']} ({env['cpu']}, {env.get('int8_class', '?')})")
+    where = f"{env['cpu']}, {env.get('int8_class', '?')}"
+    table = Table(title=f"{report['recipe']['name']} -> {report['target']} ({where})")
     for h in header:
         table.add_column(h, justify="left" if h in ("variant", "precision") else "right")
     for r in rows:

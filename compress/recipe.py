@@ -216,7 +216,8 @@ class BudgetConfig:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_accuracy_drop):
-            raise RecipeError(f"budget.max_accuracy_drop must be a finite number of points, got {self.max_accuracy_drop}")
+            raise RecipeError(f"budget.max_accuracy_drop must be a finite number of points, "
+                              f"got {self.max_accuracy_drop}")
         _non_negative("budget", max_accuracy_drop=self.max_accuracy_drop)
         _positive("budget", latency_batch=self.latency_batch)
 

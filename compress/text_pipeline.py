@@ -266,15 +266,11 @@ def run_text(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
                                "ONNX Runtime dynamic INT8", described)
     sources = {v.name: v.path for v in variants}
 
-    def save_tokenizer(target_dir: Path) -> list[Path]:
-        tokenizer.save(target_dir / "tokenizer.json")
-        return [target_dir / "tokenizer.json"]
-
     check = (data.val.input_ids[:64], data.val.attention_mask[:64])  # the target runs what it ships on these
 
     def ship(name: str) -> Path:
         return compile_stage(ctx, target, sources[name], metadata, upstream_key=quant_key if quant_rec else export_key,
-                             data_fingerprint=data.fingerprint, check=check, write_extra=save_tokenizer)
+                             data_fingerprint=data.fingerprint, check=check, write_extra=tokenizer_writer(tokenizer))
 
     return finish_report(ctx, data, variants, export_rec.metrics["parity"], quant_rec.metrics if quant_rec else {},
                          student_name, student_val, ship)
@@ -293,18 +289,23 @@ def compile_for_torch_target(ctx, target, data: TextData, tokenizer, metadata: d
     conversions = torch_compile.plan(student_name, checkpoints, q.mode if q.enabled else None)
     val = at_length(data.val, data.max_length)
 
-    def save_tokenizer(target_dir: Path) -> list[Path]:
-        tokenizer.save(target_dir / "tokenizer.json")
-        return [target_dir / "tokenizer.json"]
-
     compile_rec = torch_compile.compile_stage(
         ctx, target, conversions, load_encoder, calib=(val.input_ids, val.attention_mask),
         check=(val.input_ids, val.attention_mask), metadata=metadata, upstream_key=upstream_key,
-        data_fingerprint=data.fingerprint, write_extra=save_tokenizer)
+        data_fingerprint=data.fingerprint, write_extra=tokenizer_writer(tokenizer))
     variants = torch_compile.variants(conversions, compile_rec, ctx.out_dir)
     return finish_report(ctx, data, variants, compile_rec.metrics["parity"],
                          torch_compile.quantize_section(conversions, compile_rec), student_name, student_val,
                          lambda name: torch_compile.ship_stage(ctx, compile_rec, name))
+
+
+def tokenizer_writer(tokenizer):
+    """`write_extra` for the compile stages: the tokenizer an app needs beside the shipped graph."""
+    def write(target_dir: Path) -> list[Path]:
+        tokenizer.save(target_dir / "tokenizer.json")
+        return [target_dir / "tokenizer.json"]
+
+    return write
 
 
 TAYLOR_ROWS = 512  # training texts the Taylor scores are summed over (a 4-layer MiniLM: ~20 s per pass on 2 cores)

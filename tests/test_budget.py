@@ -167,3 +167,16 @@ def test_a_loaded_machine_does_not_turn_a_2x_gap_into_a_tie():
     assert choose([fp32, int8], "1") == "distilled-int8"
     twin = row("pruned", [2.30, 2.35, 4.60, 2.10, 3.80, 4.30], 0.8320)  # the same speed round by round: a tie
     assert choose([int8, twin], "1") == "pruned"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"max_accuracy_drop": float("nan")}, "must be a finite number of points"),
+    ({"max_accuracy_drop": float("inf")}, "must be a finite number of points"),
+    ({"max_accuracy_drop": -0.5}, "must be >= 0"),
+    ({"latency_batch": 0}, "latency_batch must be > 0"),
+])
+def test_bad_budgets_are_one_clear_error(values, message):
+    from compress.recipe import BudgetConfig, RecipeError
+
+    with pytest.raises(RecipeError, match=message):
+        BudgetConfig(**values)

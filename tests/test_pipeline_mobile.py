@@ -48,8 +48,10 @@ def test_every_variant_is_a_tflite_checked_against_torch(mobile_run):
     assert rows["compressed"]["artifact"] == "target/mobile/model.tflite"  # a copy of the candidate that ships
     assert (out / "target/mobile/model.tflite").read_bytes() == \
         (out / rows[report["budget"]["shipped"]]["artifact"]).read_bytes()
-    fp32 = {n: p for n, p in report["parity"].items() if rows[n]["precision"] == "fp32"}
-    int8 = {n: p for n, p in report["parity"].items() if rows[n]["precision"] == "int8"}
+    parity = dict(report["parity"])
+    assert parity.pop("compressed") == parity[report["budget"]["shipped"]]  # the shipped file's, under its old key
+    fp32 = {n: p for n, p in parity.items() if rows[n]["precision"] == "fp32"}
+    int8 = {n: p for n, p in parity.items() if rows[n]["precision"] == "int8"}
     assert set(fp32) == {"baseline", student} and set(int8) == {"int8", f"{student}-int8"}
     for name, p in fp32.items():  # same function, another runtime: float rounding only
         assert p["max_abs_diff"] <= 1e-4 and p["top1_agreement"] == 1.0, name
