@@ -29,16 +29,6 @@ class Variant:
     description: str = ""
 
 
-def _progress(label: str, total: int):
-    try:
-        from common.progress import progress_bar
-    except ImportError:  # bench used without the pipeline installed
-        import contextlib
-
-        return contextlib.nullcontext(lambda **_: None)
-    return progress_bar(label, total)
-
-
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
                    rounds: int, threads: int, seq_length: int | None = None,
                    run_noise_pct: float = 0.0, heldout_extra=None) -> list[dict[str, Any]]:
@@ -89,7 +79,9 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
 
         return open_run
 
-    with _progress("latency", len(batch_sizes) * rounds * len(variants)) as advance:
+    from common.progress import progress_bar
+
+    with progress_bar("latency", len(batch_sizes) * rounds * len(variants)) as advance:
         for b in batch_sizes:
             stats = measure_interleaved({v.name: opener(v, b) for v in variants}, b, warmup=warmup, runs=runs,
                                         rounds=rounds, on_block=advance,
@@ -159,8 +151,7 @@ def measure_variants(recipe, data, variants: list[Variant], out_dir: Path) -> li
     return rows
 
 
-def assemble_report(recipe, data, rows: list[dict[str, Any]], stages: list[dict], extra: dict,
-                    candidate: str = CANDIDATE) -> dict:
+def assemble_report(recipe, data, rows: list[dict[str, Any]], stages: list[dict], extra: dict) -> dict:
     from common.version import __version__
 
     b = recipe.bench
@@ -175,7 +166,7 @@ def assemble_report(recipe, data, rows: list[dict[str, Any]], stages: list[dict]
                         "run_noise_pct": b.run_noise_pct,
                         **({"sequence_length": seq_length} if seq_length else {})},
         "variants": rows,
-        "comparison": compare(rows, candidate=candidate),
+        "comparison": compare(rows),
         "stages": stages,
         **extra,
     }

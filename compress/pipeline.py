@@ -81,12 +81,9 @@ RECIPE_KIND = {"image": "CNN", "text": "Transformer"}
 def usable_target(name: str, kind: str = "image"):
     """The target `name`, or a one-line CompressError when it is unknown, does not take `kind` models ("image" or
     "text") or cannot be built here (checked before any training, not after)."""
-    from targets import TargetError, get_target, names
+    from targets import get_target, names
 
-    try:
-        target = get_target(name)
-    except TargetError as e:
-        raise CompressError(str(e)) from None
+    target = get_target(name)  # a TargetError is a CompressError: one line, exit 2
     if kind not in target.MODEL_KINDS:
         raise CompressError(f"{RECIPE_KIND[kind]} recipes compile for --target {' / '.join(names(kind))} in this "
                             f"version, not {name!r}")
@@ -278,18 +275,13 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
         "preprocess": {"scale": 1 / 255.0, "mean": data.mean, "std": data.std, "layout": "NCHW"},
     }
     if target.SOURCE == "torch":  # mobile: litert-torch converts each checkpoint itself
-        from compress import torch_compile
+        from compress.torch_compile import run_torch_target
 
-        sources = {"baseline": baseline_pt, "pruned": pruned_pt, "distilled": student_pt}
-        conversions = torch_compile.plan(student_name, sources,
-                                         recipe.quantize.mode if recipe.quantize.enabled else None)
-        compile_rec = torch_compile.compile_stage(
-            ctx, target, conversions, lambda pt: checkpoints.load_checkpoint(new_model(), pt), calib=data.calib.x,
-            check=data.val.x, metadata=metadata, upstream_key=stage_key(distill_key, train_key, student_name),
-            data_fingerprint=data.fingerprint)
-        return finish_report(ctx, data, torch_compile.variants(conversions, compile_rec, out_dir),
-                             compile_rec.metrics["parity"], torch_compile.quantize_section(conversions, compile_rec),
-                             student_name, student_val, lambda name: torch_compile.ship_stage(ctx, compile_rec, name))
+        return run_torch_target(
+            ctx, target, data, {"baseline": baseline_pt, "pruned": pruned_pt, "distilled": student_pt},
+            lambda pt: checkpoints.load_checkpoint(new_model(), pt), calib=data.calib.x, check=data.val.x,
+            metadata=metadata, upstream_key=stage_key(distill_key, train_key, student_name),
+            student_name=student_name, student_val=student_val)
 
     # -- export -----------------------------------------------------------------------------------
     fp32_models, export_key, onnx_paths = export_plan(recipe, distill_key, baseline_pt,

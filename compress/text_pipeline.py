@@ -282,21 +282,14 @@ def compile_for_torch_target(ctx, target, data: TextData, tokenizer, metadata: d
     at batch 1 and the recipe's sequence length, each checked against torch on the validation texts; benched on
     LiteRT against the baseline's own FP32 .tflite."""
     from bench.text_data import at_length
-    from compress import torch_compile
+    from compress.torch_compile import run_torch_target
     from models.hf import load_encoder
 
-    q = ctx.recipe.quantize  # always dynamic for Transformers (the recipe checks it); the embedding stays float
-    conversions = torch_compile.plan(student_name, checkpoints, q.mode if q.enabled else None)
-    val = at_length(data.val, data.max_length)
-
-    compile_rec = torch_compile.compile_stage(
-        ctx, target, conversions, load_encoder, calib=(val.input_ids, val.attention_mask),
-        check=(val.input_ids, val.attention_mask), metadata=metadata, upstream_key=upstream_key,
-        data_fingerprint=data.fingerprint, write_extra=tokenizer_writer(tokenizer))
-    variants = torch_compile.variants(conversions, compile_rec, ctx.out_dir)
-    return finish_report(ctx, data, variants, compile_rec.metrics["parity"],
-                         torch_compile.quantize_section(conversions, compile_rec), student_name, student_val,
-                         lambda name: torch_compile.ship_stage(ctx, compile_rec, name))
+    val = at_length(data.val, data.max_length)  # quantize.mode is always dynamic here; the embedding stays float
+    rows = (val.input_ids, val.attention_mask)
+    return run_torch_target(ctx, target, data, checkpoints, load_encoder, calib=rows, check=rows, metadata=metadata,
+                            upstream_key=upstream_key, student_name=student_name, student_val=student_val,
+                            write_extra=tokenizer_writer(tokenizer))
 
 
 def tokenizer_writer(tokenizer):

@@ -131,3 +131,19 @@ def ship_stage(ctx, compile_rec: StageRecord, variant: str) -> Path:
 
     return ctx.out_dir / ctx.stage("ship", stage_key("ship", compile_rec.key, variant), body).metrics["artifact"]
 
+
+def run_torch_target(ctx, target, data, checkpoints: dict[str, Path], load_model: Callable[[Path], Any], *, calib,
+                     check, metadata: dict[str, Any], upstream_key: str, student_name: str,
+                     student_val: dict[str, float], write_extra: Callable[[Path], list[Path]] | None = None):
+    """Convert the candidates (`plan`), bench them on the target's runtime, ship the one the budget picks and write
+    the reports: the whole tail of a run for a target that converts from torch."""
+    from compress.shipping import finish_report
+
+    q = ctx.recipe.quantize
+    conversions = plan(student_name, checkpoints, q.mode if q.enabled else None)
+    compile_rec = compile_stage(ctx, target, conversions, load_model, calib=calib, check=check, metadata=metadata,
+                                upstream_key=upstream_key, data_fingerprint=data.fingerprint,
+                                write_extra=write_extra)
+    return finish_report(ctx, data, variants(conversions, compile_rec, ctx.out_dir), compile_rec.metrics["parity"],
+                         quantize_section(conversions, compile_rec), student_name, student_val,
+                         lambda name: ship_stage(ctx, compile_rec, name))
