@@ -112,7 +112,7 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
         click.echo(dump_recipe(recipe), nl=False)
         return
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        if recipe.model.is_text:
+        if recipe.family.kind == "text":
             raise RecipeError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
         return launch_distributed(nproc, recipe, target, out_dir, data_path)
     from compress.pipeline import run as run_pipeline
@@ -133,7 +133,7 @@ def launch_distributed(nproc: int, recipe, target: str | None, out_dir: Path, da
 
     from common.atomic import write_text
     from compress.distributed import launch_command
-    from compress.pipeline import prepare_out_dir
+    from compress.driver import prepare_out_dir
     from compress.recipe import dump_recipe
 
     import os

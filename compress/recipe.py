@@ -33,12 +33,16 @@ def _non_negative(section: str, **values: float) -> None:
             raise RecipeError(f"{section}.{name} must be >= 0, got {value}")
 
 
-TEXT_DATASETS = ("fine-foods", "csv")
+def _registered(where: str, value: str, known: list[str]) -> None:
+    if value not in known:
+        close = difflib.get_close_matches(str(value), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RecipeError(f"{where} = {value!r} is not allowed; expected one of {', '.join(map(repr, known))}{hint}")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Literal["fashion-mnist", "fine-foods", "csv"] = "fashion-mnist"
+    dataset: str = "fashion-mnist"  # a registered data source: compress.data.names()
     path: str | None = None  # fashion-mnist / fine-foods: their folder; csv: the training CSV
     test_path: str | None = None  # csv: the test CSV
     text_column: str = "text"  # csv only
@@ -54,17 +58,22 @@ class DataConfig:
                   limit_train=self.limit_train, limit_test=self.limit_test)
         if self.max_length < 2:
             raise RecipeError(f"data.max_length must be >= 2 (room for [CLS] and [SEP]), got {self.max_length}")
-        if self.dataset == "csv" and not (self.path and self.test_path):
-            raise RecipeError("data.dataset 'csv' needs data.path (training CSV) and data.test_path (test CSV)")
+        from compress import data as data_sources
+
+        _registered("data.dataset", self.dataset, data_sources.names())
+        self.source.check_recipe(self)
 
     @property
-    def is_text(self) -> bool:
-        return self.dataset in TEXT_DATASETS
+    def source(self):
+        """The data source this section names (compress.data)."""
+        from compress import data as data_sources
+
+        return data_sources.get(self.dataset)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal["resnet-cnn", "bert", "custom"] = "resnet-cnn"
+    arch: str = "resnet-cnn"  # a registered model family's: compress.families.archs()
     # resnet-cnn
     width: int = 32
     stages: int = 4
@@ -82,6 +91,9 @@ class ModelConfig:
     factory: str | None = None
 
     def __post_init__(self) -> None:
+        from compress import families
+
+        _registered("model.arch", self.arch, families.archs())
         _positive("model", width=self.width, stages=self.stages, blocks_per_stage=self.blocks_per_stage,
                   hidden=self.hidden, layers=self.layers, heads=self.heads, ffn=self.ffn)
         if self.arch == "custom" and not (self.factory and ":" in self.factory):
@@ -89,8 +101,11 @@ class ModelConfig:
                               "(or pass --model package.module:function)")
 
     @property
-    def is_text(self) -> bool:
-        return self.arch == "bert"
+    def family(self):
+        """The model family this section names (compress.families)."""
+        from compress import families
+
+        return families.for_arch(self.arch)
 
 
 @dataclass(frozen=True)
@@ -180,12 +195,7 @@ class TargetConfig:
     ort_fusion: bool = True
 
     def __post_init__(self) -> None:
-        known = targets.names()
-        if self.name not in known:
-            close = difflib.get_close_matches(str(self.name), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RecipeError(f"target.name = {self.name!r} is not allowed; expected one of "
-                              f"{', '.join(repr(n) for n in known)}{hint}")
+        _registered("target.name", self.name, targets.names())
         _positive("target", parity_atol=self.parity_atol)
 
 
@@ -237,16 +247,18 @@ class Recipe:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self) -> None:
-        if self.data.is_text != self.model.is_text:
-            kind = "text" if self.data.is_text else "image"
-            fix = "model.arch: bert" if self.data.is_text else "a CNN (model.arch: resnet-cnn or custom)"
-            raise RecipeError(f"data.dataset {self.data.dataset!r} is {kind} data; it needs {fix}")
-        if self.model.is_text and self.quantize.enabled and self.quantize.mode != "dynamic":
-            raise RecipeError("Transformer recipes quantize with quantize.mode: dynamic (static QDQ is CNN-only here)")
-        if not self.model.is_text and self.distill.augment:
-            raise RecipeError("distill.augment crops texts; it is for Transformer recipes (set it to 0 for a CNN)")
-        if not self.model.is_text and self.quantize.mode != "static":
-            raise RecipeError("CNN recipes quantize with quantize.mode: static (dynamic INT8 is for Transformers)")
+        from compress import families
+
+        family, source = self.model.family, self.data.source
+        if family.kind != source.kind:
+            fits = ", ".join(a for a in families.archs() if families.for_arch(a).kind == source.kind)
+            raise RecipeError(f"data.dataset {self.data.dataset!r} is {source.kind} data; it needs a model.arch "
+                              f"that takes {source.kind} ({fits or 'none registered'})")
+        family.check_recipe(self)
+
+    @property
+    def family(self):
+        return self.model.family
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

@@ -10,10 +10,6 @@ from typing import Any, Callable
 
 from common.errors import GateFailed
 
-DESCRIBED = {"baseline": "uncompressed FP32 baseline", "pruned": "pruned + fine-tuned, no teacher",
-             "distilled": "pruned + distilled"}
-
-
 class BudgetMissed(GateFailed):
     """No compressed candidate is within the run's accuracy budget; the report is written and carried along so
     that the CLI can still print its table."""
@@ -24,7 +20,7 @@ class BudgetMissed(GateFailed):
 
 
 def onnx_candidates(onnx_paths: dict[str, Path], int8_paths: dict[str, Path], student_name: str,
-                    int8_kind: str, described: dict[str, str] = DESCRIBED) -> list:
+                    int8_kind: str, described: dict[str, str]) -> list:
     """The ONNX files that may ship: the FP32 baseline and students, the baseline's INT8 (`int8`) and the
     student's (`<student>-int8`)."""
     from bench.report import Variant
@@ -39,35 +35,33 @@ def onnx_candidates(onnx_paths: dict[str, Path], int8_paths: dict[str, Path], st
     return variants
 
 
-def compile_stage(ctx, target, source: Path, metadata: dict[str, Any], *, upstream_key: str, data_fingerprint: str,
-                  check=None, write_extra: Callable[[Path], list[Path]] | None = None) -> Path:
+def compile_stage(run, source: Path, metadata: dict[str, Any], *, upstream_key: str, check=None,
+                  write_extra: Callable[[Path], list[Path]] | None = None) -> Path:
     """Compile the chosen ONNX file for the target (cached like every stage); returns the artifact's path.
     `check`: real inputs (an array, or a tuple of arrays, one per model input) every target runs its compiled form
     on and compares with the source; `write_extra(target_dir)` writes what else an app needs (a tokenizer) and
     returns those files."""
     from common.digest import file_digest
-    from compress import __version__
-    from compress.cache import stage_key
     from targets import TargetSpec
 
-    recipe = ctx.recipe
+    recipe = run.recipe
     spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads)
-    key = stage_key("compile", __version__, upstream_key, dataclasses.asdict(spec), source.name, file_digest(source),
-                    data_fingerprint)  # the source's bytes: a re-searched INT8 file of the same name must recompile
-    target_dir = ctx.out_dir / "target" / recipe.target.name
+    # the source's bytes: a re-searched INT8 file of the same name must recompile
+    inputs = (upstream_key, dataclasses.asdict(spec), source.name, file_digest(source), run.data.fingerprint)
+    target_dir = run.out_dir / "target" / recipe.target.name
 
     def body():
         from runtime import sidecar_path
 
         meta = {**metadata, "source": source.name}
-        artifact = target.compile(source, spec, target_dir, meta, check=check)
+        artifact = run.target.compile(source, spec, target_dir, meta, check=check)
         files = list(artifact.files) or [artifact.path, sidecar_path(artifact.path)]
         if write_extra is not None:
             files += write_extra(target_dir)
-        return files, {"artifact": str(artifact.path.relative_to(ctx.out_dir)), "runtime": artifact.runtime,
+        return files, {"artifact": str(artifact.path.relative_to(run.out_dir)), "runtime": artifact.runtime,
                        "source": source.name}
 
-    return ctx.out_dir / ctx.stage("compile", key, body).metrics["artifact"]
+    return run.out_dir / run.cached("compile", inputs, body).metrics["artifact"]
 
 
 def judge_rows(rows: list[dict[str, Any]], max_drop_pt: float) -> dict[str, Any]:
@@ -141,33 +135,34 @@ def withdraw(target_dir: Path, why: str) -> None:
     write_text(target_dir / NOT_SHIPPED, why + "\n")
 
 
-def finish_report(ctx, data, variants: list, parity: dict[str, Any], quantize: dict[str, Any], student_name: str,
-                  student_val: dict[str, float], ship: Callable[[str], Path]) -> dict[str, Any]:
+def finish_report(run, variants: list, parity: dict[str, Any], quantize: dict[str, Any],
+                  ship: Callable[[str], Path]) -> dict[str, Any]:
     """Bench every candidate (never cached), ship the one the budget picks, write report.json / .md / .html.
 
     `parity`: each artifact against its torch model; `quantize`: what the INT8 stage recorded. Raises
     BudgetMissed (exit 1), after writing the reports, when nothing compressed is within the budget."""
     from bench.report import assemble_report, measure_variants, write_reports
 
+    student_name = run.student_name
     start = time.perf_counter()
-    rows = measure_variants(ctx.recipe, data, variants, ctx.out_dir)
+    rows = measure_variants(run.recipe, run.data, variants, run.out_dir)
     bench = {"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2), "metrics": {}}
-    before_ship = len(ctx.records)
-    budget = apply_budget(ctx.recipe, rows, ship, ctx.out_dir)
+    before_ship = len(run.records)
+    budget = apply_budget(run.recipe, rows, ship, run.out_dir)
     shipped = budget["shipped"]
     if shipped in parity:  # the names report.json used before the budget chose among candidates
         parity["compressed"] = parity[shipped]
     if "compressed" in quantize and shipped in (student_name, f"{student_name}-int8"):
         quantize["compressed"]["shipped"] = "int8" if shipped.endswith("-int8") else "fp32"
     stage_info = [{"name": r.name, "cached": cached, "wall_s": round(r.wall_s, 2), "metrics": r.metrics}
-                  for r, cached in ctx.records]
+                  for r, cached in run.records]
     stage_info.insert(before_ship, bench)
-    report = assemble_report(ctx.recipe, data, rows, stage_info,
+    report = assemble_report(run.recipe, run.data, rows, stage_info,
                              {"parity": parity, "quantize": quantize, "budget": budget})
     report["distillation"] = distillation_effect(rows)
-    report["student"] = {"chosen": student_name, "val_accuracy": student_val,
+    report["student"] = {"chosen": student_name, "val_accuracy": run.student_val,
                          "rule": "higher validation accuracy of the pruned students; ties go to the distilled one"}
-    write_reports(report, ctx.out_dir)
+    write_reports(report, run.out_dir)
     if budget["shipped"] is None:
         raise BudgetMissed(budget["why"], report)
     return report

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import compress
-from compress.cache import StageRecord, stage_key
+from compress.cache import StageRecord
+from compress.driver import plain
 from common.errors import CompressError, GateFailed
 
 PRECISION_BY_MODE = {"static": "int8", "dynamic": "dynamic-int8"}
@@ -48,30 +48,25 @@ def plan(student_name: str, checkpoints: dict[str, Path], quantize_mode: str | N
     return rows
 
 
-def compile_stage(ctx, target, conversions: list[Conversion], load_model: Callable[[Path], Any], *, calib, check,
-                  metadata: dict[str, Any], upstream_key: str, data_fingerprint: str,
-                  options: dict[str, Any] | None = None, write_extra: Callable[[Path], list[Path]] | None = None
-                  ) -> StageRecord:
-    """Convert every checkpoint in `conversions`, each checked against its torch model on `check` before it is
-    kept. `calib` / `check`: an array, or a tuple of arrays (one per model input); `write_extra(target_dir)`
-    writes what else an app needs beside the artifacts (a tokenizer) and returns those files."""
-    from compress.pipeline import _section
+def compile_stage(run, conversions: list[Conversion], *, metadata: dict[str, Any]) -> StageRecord:
+    """Convert every checkpoint in `conversions`, each checked against its torch model on the family's check rows
+    before it is kept; the family's extra files (a tokenizer) go beside them."""
     from targets import TargetError, TargetSpec
 
-    recipe = ctx.recipe
-    options = {"calib_samples": len(_first(calib)), **(options or {})}
-    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads, options=options)
-    key = stage_key("compile", compress.__version__, upstream_key, _section(recipe, "target"),
-                    _section(recipe, "quantize"), data_fingerprint, spec.options,
-                    [(c.variant, c.checkpoint.name, c.precision) for c in conversions])
-    target_dir = ctx.out_dir / "target" / recipe.target.name
+    recipe, target, family = run.recipe, run.target, run.family
+    calib, check = family.torch_inputs(run)
+    write_extra = family.extra_files(run)
+    spec = TargetSpec(recipe.target.name, threads=recipe.bench.threads, options={"calib_samples": len(_first(calib))})
+    inputs = (run.keys["distill"], run.keys["train"], run.student_name, recipe.target, recipe.quantize,
+              run.data.fingerprint, spec.options, [(c.variant, c.checkpoint.name, c.precision) for c in conversions])
+    target_dir = run.out_dir / "target" / recipe.target.name
 
     def body():
         from runtime import sidecar_path
 
         files, parity, ops, artifacts = [], {}, {}, {}
         for c in conversions:
-            model = load_model(c.checkpoint).eval()
+            model = family.load(run, c.checkpoint).eval()
             fp32_bar = {"max_abs_diff": recipe.target.parity_atol} if c.precision == "fp32" else {}
             variant_spec = TargetSpec(spec.name, threads=spec.threads,
                                       options={**spec.options, "precision": c.precision, **fp32_bar})
@@ -83,12 +78,12 @@ def compile_stage(ctx, target, conversions: list[Conversion], load_model: Callab
             files += [artifact.path, sidecar_path(artifact.path)]
             parity[c.variant] = artifact.metadata["parity_vs_torch"]
             ops[c.variant] = artifact.metadata["ops"]
-            artifacts[c.variant] = str(artifact.path.relative_to(ctx.out_dir))
+            artifacts[c.variant] = str(artifact.path.relative_to(run.out_dir))
         if write_extra is not None:
             files += write_extra(target_dir)
         return files, {"artifacts": artifacts, "runtime": target.RUNTIME, "parity": parity, "ops": ops}
 
-    return ctx.stage("compile", key, body)
+    return run.cached("compile", tuple(plain(i) for i in inputs), body)
 
 
 def _first(x):
@@ -111,7 +106,7 @@ def quantize_section(conversions: list[Conversion], compile_rec: StageRecord) ->
             for c in conversions if c.precision != "fp32"}
 
 
-def ship_stage(ctx, compile_rec: StageRecord, variant: str) -> Path:
+def ship_stage(run, compile_rec: StageRecord, variant: str) -> Path:
     """The chosen candidate's file, copied with its sidecar to `target/<target>/model.tflite`: where an app finds
     the shipped model whichever candidate it is."""
     import shutil
@@ -119,31 +114,26 @@ def ship_stage(ctx, compile_rec: StageRecord, variant: str) -> Path:
     from common.atomic import atomic_path
     from runtime import sidecar_path
 
-    source = ctx.out_dir / compile_rec.metrics["artifacts"][variant]
+    source = run.out_dir / compile_rec.metrics["artifacts"][variant]
     shipped = source.parent / f"model{source.suffix}"
 
     def body():
         for src, dst in ((source, shipped), (sidecar_path(source), sidecar_path(shipped))):
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
-        return [shipped, sidecar_path(shipped)], {"artifact": str(shipped.relative_to(ctx.out_dir)),
+        return [shipped, sidecar_path(shipped)], {"artifact": str(shipped.relative_to(run.out_dir)),
                                                   "shipped_from": variant}
 
-    return ctx.out_dir / ctx.stage("ship", stage_key("ship", compile_rec.key, variant), body).metrics["artifact"]
+    return run.out_dir / run.cached("ship", (compile_rec.key, variant), body).metrics["artifact"]
 
 
-def run_torch_target(ctx, target, data, checkpoints: dict[str, Path], load_model: Callable[[Path], Any], *, calib,
-                     check, metadata: dict[str, Any], upstream_key: str, student_name: str,
-                     student_val: dict[str, float], write_extra: Callable[[Path], list[Path]] | None = None):
+def run_torch_target(run, metadata: dict[str, Any]):
     """Convert the candidates (`plan`), bench them on the target's runtime, ship the one the budget picks and write
     the reports: the whole tail of a run for a target that converts from torch."""
     from compress.shipping import finish_report
 
-    q = ctx.recipe.quantize
-    conversions = plan(student_name, checkpoints, q.mode if q.enabled else None)
-    compile_rec = compile_stage(ctx, target, conversions, load_model, calib=calib, check=check, metadata=metadata,
-                                upstream_key=upstream_key, data_fingerprint=data.fingerprint,
-                                write_extra=write_extra)
-    return finish_report(ctx, data, variants(conversions, compile_rec, ctx.out_dir), compile_rec.metrics["parity"],
-                         quantize_section(conversions, compile_rec), student_name, student_val,
-                         lambda name: ship_stage(ctx, compile_rec, name))
+    q = run.recipe.quantize
+    conversions = plan(run.student_name, run.fp32_checkpoints, q.mode if q.enabled else None)
+    compile_rec = compile_stage(run, conversions, metadata=metadata)
+    return finish_report(run, variants(conversions, compile_rec, run.out_dir), compile_rec.metrics["parity"],
+                         quantize_section(conversions, compile_rec), lambda name: ship_stage(run, compile_rec, name))

@@ -143,3 +143,24 @@ def test_the_scan_sees_imports_inside_functions_and_type_checking_blocks():
     got = {(i.top, i.line, i.module_level) for i in imports_in_source(source, ROOT / "x.py", "bench")}
     assert got == {("os", 1, True), ("typing", 2, True), ("torch", 4, False), ("onnx", 6, True),
                    ("numpy", 10, True), ("compress", 12, False), ("bench", 14, False)}
+
+
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 400
+
+
+def test_the_pipeline_package_keeps_small_functions_and_modules():
+    """compress/ stays readable: no function over 80 lines, no module over 400 (the house rule of issue 18)."""
+    import ast
+
+    too_long = []
+    for path in sorted((ROOT / "compress").rglob("*.py")):
+        source = path.read_text()
+        if source.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(ROOT)}::{node.name}: {length} lines")
+    assert not too_long, too_long

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.text_data import EncodedSplit, TextSplit
-from compress import transformer_shrink as ts
+from compress import encoder_shrink as es, text_export as tx, text_quantize as tq, text_train as tt
 from common.errors import CompressError, GateFailed
 from models.hf import load_encoder, save_encoder, word_level_tokenizer
 from models.transformer import EncoderConfig, build_encoder, count_parameters
@@ -46,7 +46,7 @@ def data() -> tuple[EncodedSplit, EncodedSplit]:
 def trained(data) -> torch.nn.Module:
     train, _ = data
     model = build_encoder(TINY, seed=0)
-    losses = ts.fit_text(model, train, ts.TextLoopConfig(epochs=10, batch_size=32, lr=3e-3, warmup=0.1), seed=0)
+    losses = tt.fit_text(model, train, tt.TextLoopConfig(epochs=10, batch_size=32, lr=3e-3, warmup=0.1), seed=0)
     assert losses[-1] < 0.5 * losses[0], losses
     return model
 
@@ -63,22 +63,22 @@ def test_tokenizer_pads_masks_and_truncates():
 
 def test_fine_tune_beats_chance_by_far(trained, data):
     _, test = data
-    acc = ts.accuracy_of(ts.predict_text_logits(trained, test), test.y)
+    acc = tt.accuracy_of(tt.predict_text_logits(trained, test), test.y)
     assert acc >= 0.9, acc
 
 
 def test_padding_does_not_change_logits(trained, data):
     _, test = data
-    short = ts.predict_text_logits(trained, test)  # each batch padded to its own longest row
+    short = tt.predict_text_logits(trained, test)  # each batch padded to its own longest row
     with torch.no_grad():
         full = trained(torch.from_numpy(test.input_ids), torch.from_numpy(test.attention_mask)).numpy()
     assert np.abs(short - full).max() <= 1e-5
 
 
 def test_layer_drop_copies_teacher_weights_exactly(trained):
-    keep = ts.evenly_spaced_layers(2, 1)
-    assert keep == (0,) and ts.evenly_spaced_layers(6, 3) == (0, 2, 4) and ts.evenly_spaced_layers(6, 2) == (0, 3)
-    student = ts.drop_layers(trained, (1,))
+    keep = es.evenly_spaced_layers(2, 1)
+    assert keep == (0,) and es.evenly_spaced_layers(6, 3) == (0, 2, 4) and es.evenly_spaced_layers(6, 2) == (0, 3)
+    student = es.drop_layers(trained, (1,))
     assert student.config.layers == 1 and len(student.encoder.layer) == 1
     t, s = trained.state_dict(), student.state_dict()
     for key, value in s.items():
@@ -89,21 +89,21 @@ def test_layer_drop_copies_teacher_weights_exactly(trained):
 
 def test_ffn_and_head_pruning_shrink_and_keep_the_largest(trained, data):
     _, test = data
-    pruned = ts.prune_ffn(trained, 0.5, round_to=8)
+    pruned = es.prune_ffn(trained, 0.5, round_to=8)
     assert pruned.config.layer_ffn == (32, 32)
     assert [l.intermediate.dense.out_features for l in pruned.encoder.layer] == [32, 32]
-    kept_scores = ts.ffn_neuron_scores(pruned)[0]
-    assert torch.allclose(kept_scores.sort().values, ts.ffn_neuron_scores(trained)[0].sort().values[-32:])
-    heads = ts.prune_heads(pruned, [2, 3])
+    kept_scores = es.ffn_neuron_scores(pruned)[0]
+    assert torch.allclose(kept_scores.sort().values, es.ffn_neuron_scores(trained)[0].sort().values[-32:])
+    heads = es.prune_heads(pruned, [2, 3])
     assert heads.config.layer_heads == (2, 3)
     assert heads.encoder.layer[0].attention.self.query.out_features == 2 * TINY.head_dim
     assert count_parameters(heads) < count_parameters(pruned) < count_parameters(trained)
     # keeping everything is the identity
-    same = ts.prune_heads(ts.prune_ffn(trained, 1.0, round_to=8), 4)
-    assert np.abs(ts.predict_text_logits(same, test) - ts.predict_text_logits(trained, test)).max() <= 1e-5
+    same = es.prune_heads(es.prune_ffn(trained, 1.0, round_to=8), 4)
+    assert np.abs(tt.predict_text_logits(same, test) - tt.predict_text_logits(trained, test)).max() <= 1e-5
     # and the pruned model round-trips through a checkpoint with its per-layer widths
     with pytest.raises(CompressError, match="choose 1..4"):
-        ts.prune_heads(trained, 5)
+        es.prune_heads(trained, 5)
 
 
 def _loss_when_scaled(model, row, linear, column_idx, eps: float) -> float:
@@ -125,7 +125,7 @@ def test_taylor_scores_are_the_loss_derivatives_they_claim(trained, data):
     two = train.take(np.array([0, 1]))
     two = EncodedSplit(two.input_ids, two.attention_mask, 1 - two.y)  # wrong labels: a loss far from 0
     rows = [two.take(np.array([i])) for i in (0, 1)]
-    heads, ffn = ts.taylor_scores(model, two)
+    heads, ffn = es.taylor_scores(model, two)
     d, eps = TINY.head_dim, 1e-5
     for layer in range(TINY.layers):
         for h in range(TINY.heads):
@@ -146,7 +146,7 @@ def test_taylor_pruning_drops_what_the_output_cannot_see(trained, data):
     removes it and leaves the logits as they were (max abs difference <= 1e-4), where magnitude pruning keeps it
     for its large input weights and removes a head that mattered."""
     train, test = data
-    model = ts.drop_layers(trained, (0,))  # one layer, so that both prunings touch only the doctored layer
+    model = es.drop_layers(trained, (0,))  # one layer, so that both prunings touch only the doctored layer
     layer = model.encoder.layer[0]
     d = TINY.head_dim
     with torch.no_grad():
@@ -154,35 +154,35 @@ def test_taylor_pruning_drops_what_the_output_cannot_see(trained, data):
         layer.attention.self.value.weight[d:2 * d] *= 50.0    # ... but the largest by weight norm
         layer.output.dense.weight[:, :8] = 0.0                  # FFN neurons 0-7 are invisible ...
         layer.intermediate.dense.weight[:8] *= 50.0             # ... but the largest by weight norm
-    heads, ffn = ts.taylor_scores(model, train, teacher_logits=ts.predict_text_logits(model, train))
+    heads, ffn = es.taylor_scores(model, train, teacher_logits=tt.predict_text_logits(model, train))
     assert float(heads[0][1]) == 0.0 and float(heads[0].max()) > 0
     assert float(ffn[0][:8].abs().max()) == 0.0 and float(ffn[0][8:].min()) > 0
-    full = ts.predict_text_logits(model, test)
-    by_taylor = ts.prune_ffn(ts.prune_heads(model, 3, scores=heads), 0.875, round_to=8, scores=ffn)
+    full = tt.predict_text_logits(model, test)
+    by_taylor = es.prune_ffn(es.prune_heads(model, 3, scores=heads), 0.875, round_to=8, scores=ffn)
     assert by_taylor.config.layer_heads == (3,) and by_taylor.config.layer_ffn == (56,)
-    assert np.abs(ts.predict_text_logits(by_taylor, test) - full).max() <= 1e-4
-    assert 1 in ts.head_scores(model)[0].topk(3).indices.tolist()
-    by_magnitude = ts.prune_ffn(ts.prune_heads(model, 3), 0.875, round_to=8)
-    assert np.abs(ts.predict_text_logits(by_magnitude, test) - full).max() > 1e-2
+    assert np.abs(tt.predict_text_logits(by_taylor, test) - full).max() <= 1e-4
+    assert 1 in es.head_scores(model)[0].topk(3).indices.tolist()
+    by_magnitude = es.prune_ffn(es.prune_heads(model, 3), 0.875, round_to=8)
+    assert np.abs(tt.predict_text_logits(by_magnitude, test) - full).max() > 1e-2
 
 
 def test_checkpoint_round_trip_keeps_pruned_shapes(trained, data, tmp_path):
     _, test = data
-    model = ts.prune_vocab(ts.prune_heads(ts.prune_ffn(trained, 0.5, round_to=8), 2),
+    model = es.prune_vocab(es.prune_heads(es.prune_ffn(trained, 0.5, round_to=8), 2),
                            np.arange(20), unk_id=TOKENIZER.special.unk)
     back = load_encoder(save_encoder(model, tmp_path / "ckpt"))
     assert back.config == model.config
-    assert np.abs(ts.predict_text_logits(back, test) - ts.predict_text_logits(model, test)).max() == 0.0
+    assert np.abs(tt.predict_text_logits(back, test) - tt.predict_text_logits(model, test)).max() == 0.0
 
 
 def test_vocab_pruning_is_exact_on_in_vocab_text(trained, data):
     train, test = data
-    keep = ts.used_token_ids(train.input_ids, train.attention_mask, TOKENIZER.special.all)
+    keep = es.used_token_ids(train.input_ids, train.attention_mask, TOKENIZER.special.all)
     assert len(keep) < TINY.vocab_size  # RARE words dropped
-    pruned = ts.prune_vocab(trained, keep, unk_id=TOKENIZER.special.unk)
+    pruned = es.prune_vocab(trained, keep, unk_id=TOKENIZER.special.unk)
     assert pruned.embeddings.word_embeddings.num_embeddings == len(keep)
     assert pruned.config.input_vocab_size == TINY.vocab_size
-    diff = np.abs(ts.predict_text_logits(pruned, test) - ts.predict_text_logits(trained, test)).max()
+    diff = np.abs(tt.predict_text_logits(pruned, test) - tt.predict_text_logits(trained, test)).max()
     assert diff <= 1e-5, diff
     # a dropped token reads as [UNK], exactly as if the tokenizer had produced [UNK]
     ids, mask = TOKENIZER.encode(["zesty coffee"])
@@ -196,11 +196,11 @@ def test_vocab_pruning_is_exact_on_in_vocab_text(trained, data):
 
 def test_onnx_parity_at_two_batches_and_two_lengths_then_int8(trained, data, tmp_path):
     train, test = data
-    keep = ts.used_token_ids(train.input_ids, train.attention_mask, TOKENIZER.special.all)
-    model = ts.prune_vocab(trained, keep, unk_id=TOKENIZER.special.unk)
+    keep = es.used_token_ids(train.input_ids, train.attention_mask, TOKENIZER.special.all)
+    model = es.prune_vocab(trained, keep, unk_id=TOKENIZER.special.unk)
     fp32 = tmp_path / "fp32.onnx"
-    ts.export_text_onnx(model, fp32)
-    parity = ts.check_text_parity(model, fp32, test, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 64))
+    tx.export_text_onnx(model, fp32)
+    parity = tx.check_text_parity(model, fp32, test, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 64))
     assert parity.max_abs_diff <= 1e-4 and parity.top1_agreement == 1.0
     assert parity.samples == 2 * (8 + 8)
     import onnx
@@ -208,13 +208,13 @@ def test_onnx_parity_at_two_batches_and_two_lengths_then_int8(trained, data, tmp
     graph = onnx.load(str(fp32)).graph
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input]
     assert all(isinstance(d[0], str) and isinstance(d[1], str) for d in dims), dims  # batch and seq symbolic
-    ref = ts.ort_text_logits(ts.ort_session(fp32), test)
-    for scope in ts.INT8_SCOPES:
+    ref = tx.ort_text_logits(tx.ort_session(fp32), test)
+    for scope in tq.INT8_SCOPES:
         q = tmp_path / f"int8-{scope}.onnx"
-        ts.quantize_dynamic_int8(fp32, q, scope=scope)
+        tq.quantize_dynamic_int8(fp32, q, scope=scope)
         ops = {n.op_type for n in onnx.load(str(q)).graph.node}
         assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
-        check = ts.check_int8(ref, ts.ort_text_logits(ts.ort_session(q), test), test.y, max_drop=0.05,
+        check = tq.check_int8(ref, tx.ort_text_logits(tx.ort_session(q), test), test.y, max_drop=0.05,
                               min_agreement=0.95)
         assert check.agreement >= 0.95 and check.majority_share < 0.8
 
@@ -227,23 +227,23 @@ def test_onnxruntime_fusion_fuses_every_attention_and_keeps_parity(trained, data
     from compress import ort_fusion
 
     train, test = data
-    student = ts.prune_heads(trained, [3, 2])
+    student = es.prune_heads(trained, [3, 2])
     assert student.config.layer_heads == (3, 2)
     raw, fused = tmp_path / "raw.onnx", tmp_path / "fused.onnx"
-    ts.export_text_onnx(student, raw)
+    tx.export_text_onnx(student, raw)
     counts = ort_fusion.fuse_encoder(raw, fused)
     assert counts["Attention"] == TINY.layers and counts["SkipLayerNormalization"] == 0, counts
     assert counts["LayerNormalization"] == 2 * TINY.layers + 1, counts  # embeddings + two per layer
     assert "Softmax" not in {n.op_type for n in onnx.load(str(fused)).graph.node}
-    parity = ts.check_text_parity(student, fused, test, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 64))
+    parity = tx.check_text_parity(student, fused, test, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 64))
     assert parity.max_abs_diff <= 1e-4 and parity.top1_agreement == 1.0
-    ref = ts.ort_text_logits(ts.ort_session(fused), test)
-    for scope in ts.INT8_SCOPES:
+    ref = tx.ort_text_logits(tx.ort_session(fused), test)
+    for scope in tq.INT8_SCOPES:
         q = tmp_path / f"fused-int8-{scope}.onnx"
-        ts.quantize_dynamic_int8(fused, q, scope=scope, per_channel=True)
+        tq.quantize_dynamic_int8(fused, q, scope=scope, per_channel=True)
         ops = {n.op_type for n in onnx.load(str(q)).graph.node}
         assert "QAttention" in ops and "Attention" not in ops, ops
-        check = ts.check_int8(ref, ts.ort_text_logits(ts.ort_session(q), test), test.y, max_drop=0.05,
+        check = tq.check_int8(ref, tx.ort_text_logits(tx.ort_session(q), test), test.y, max_drop=0.05,
                               min_agreement=0.95)
         assert check.agreement >= 0.95
 
@@ -258,7 +258,7 @@ def test_cpu_sessions_keep_residual_add_and_layernorm_apart(trained, tmp_path):
     from runtime.onnx_backend import CPU_DISABLED_OPTIMIZERS
 
     raw, fused = tmp_path / "raw.onnx", tmp_path / "fused.onnx"
-    ts.export_text_onnx(trained, raw)
+    tx.export_text_onnx(trained, raw)
     ort_fusion.fuse_encoder(raw, fused)
 
     def optimized_ops(disabled):
@@ -277,8 +277,8 @@ def test_int8_gate_catches_a_collapse():
     fp32 = np.stack([-(y * 2.0 - 1), y * 2.0 - 1], 1).astype(np.float32)  # perfect
     collapsed = np.tile([[0.1, 0.2]], (200, 1)).astype(np.float32)  # always class 1
     with pytest.raises(GateFailed, match="collapsed towards one class"):
-        ts.check_int8(fp32, collapsed, y)
-    assert ts.check_int8(fp32, fp32 * 0.9, y).agreement == 1.0
+        tq.check_int8(fp32, collapsed, y)
+    assert tq.check_int8(fp32, fp32 * 0.9, y).agreement == 1.0
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -293,13 +293,13 @@ def test_bad_encoder_configs_name_the_fix(kwargs, match):
 
 def test_bad_shrink_arguments_name_the_fix(trained):
     with pytest.raises(CompressError, match="cannot keep 7 of 6 layers"):
-        ts.evenly_spaced_layers(6, 7)
+        es.evenly_spaced_layers(6, 7)
     with pytest.raises(CompressError, match="distinct indices in 0..1"):
-        ts.drop_layers(trained, (0, 0))
+        es.drop_layers(trained, (0, 0))
     with pytest.raises(CompressError, match="keep ratio must lie in"):
-        ts.prune_ffn(trained, 0.0)
+        es.prune_ffn(trained, 0.0)
     with pytest.raises(CompressError, match="lower the learning rate|positive"):
-        ts.TextLoopConfig(lr=0)
+        tt.TextLoopConfig(lr=0)
 
 
 def test_the_int8_search_refuses_a_model_whose_outlier_features_collapse_int8(trained, data, tmp_path, capsys):
@@ -311,7 +311,8 @@ def test_the_int8_search_refuses_a_model_whose_outlier_features_collapse_int8(tr
 
     from compress.recipe import QuantConfig
     from compress.search import SearchFailed
-    from compress.text_pipeline import TextData, search_dynamic_int8
+    from compress.families.encoder import TextData
+    from compress.text_quantize import search_dynamic_int8
 
     _, test = data
     model = copy.deepcopy(trained)
@@ -322,9 +323,9 @@ def test_the_int8_search_refuses_a_model_whose_outlier_features_collapse_int8(tr
             value.weight[:d] *= 1000.0
             value.bias[:d] *= 1000.0
             out.weight[:, :d] /= 1000.0
-    assert np.abs(ts.predict_text_logits(model, test) - ts.predict_text_logits(trained, test)).max() <= 1e-4
+    assert np.abs(tt.predict_text_logits(model, test) - tt.predict_text_logits(trained, test)).max() <= 1e-4
     fp32 = tmp_path / "outliers.onnx"
-    ts.export_text_onnx(model, fp32)
+    tx.export_text_onnx(model, fp32)
     texts = TextData("toy", ("bad", "good"), test, test, test, 32, "toy")
     cfg = QuantConfig(mode="dynamic", max_accuracy_drop=1.0)
     with pytest.raises(SearchFailed, match="no dynamic INT8 candidate stayed within") as failed:
@@ -341,13 +342,13 @@ def test_hidden_state_distillation_teaches_the_skipped_layers(trained, data):
     """Student layer i (teacher layer 2i) learns teacher layer 2i+1's output: the cosine loss falls with training
     and the student stays accurate."""
     train, test = data
-    assert ts.skip_layer_targets((0, 2, 4), 6) == (1, 3, 5)
-    assert ts.skip_layer_targets((0, 1), 2) == (0, 1)  # no layer dropped: every layer matches itself
-    student = ts.drop_layers(trained, (0,))
-    targets = ts.skip_layer_targets((0,), TINY.layers)
+    assert tt.skip_layer_targets((0, 2, 4), 6) == (1, 3, 5)
+    assert tt.skip_layer_targets((0, 1), 2) == (0, 1)  # no layer dropped: every layer matches itself
+    student = es.drop_layers(trained, (0,))
+    targets = tt.skip_layer_targets((0,), TINY.layers)
     assert targets == (1,)
-    soft, hidden = ts.teacher_outputs(trained, train, targets)
-    assert np.abs(soft - ts.predict_text_logits(trained, train)).max() <= 1e-5
+    soft, hidden = tt.teacher_outputs(trained, train, targets)
+    assert np.abs(soft - tt.predict_text_logits(trained, train)).max() <= 1e-5
     assert all(len(r) == n for r, n in zip(hidden.rows, train.lengths))
 
     def mean_hidden_loss(model) -> float:
@@ -355,16 +356,16 @@ def test_hidden_state_distillation_teaches_the_skipped_layers(trained, data):
         ids, mask = torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask)
         with torch.no_grad():
             _, h = model.forward_with_hidden(ids, mask)
-            return ts.hidden_loss(h, hidden.batch(np.arange(128), ids.shape[1]), mask).item()
+            return tt.hidden_loss(h, hidden.batch(np.arange(128), ids.shape[1]), mask).item()
 
     identical = trained.forward_with_hidden(torch.from_numpy(test.input_ids), torch.from_numpy(test.attention_mask))
-    assert ts.hidden_loss(identical[1][1:], torch.stack([identical[1][1]], dim=2),
+    assert tt.hidden_loss(identical[1][1:], torch.stack([identical[1][1]], dim=2),
                           torch.from_numpy(test.attention_mask)).item() <= 1e-6
     before = mean_hidden_loss(student)
-    ts.fit_text(student, train, ts.TextLoopConfig(epochs=3, batch_size=32, lr=3e-3, temperature=2.0, alpha=0.5),
+    tt.fit_text(student, train, tt.TextLoopConfig(epochs=3, batch_size=32, lr=3e-3, temperature=2.0, alpha=0.5),
                 seed=1, teacher_logits=soft, teacher_hidden=hidden, hidden_weight=1.0)
     assert mean_hidden_loss(student) < 0.5 * before
-    assert ts.accuracy_of(ts.predict_text_logits(student, test), test.y) >= 0.9
+    assert tt.accuracy_of(tt.predict_text_logits(student, test), test.y) >= 0.9
 
 
 def test_crop_copies_are_contiguous_spans_between_cls_and_sep():
@@ -376,7 +377,7 @@ def test_crop_copies_are_contiguous_spans_between_cls_and_sep():
         ids[i, :n] = np.concatenate([[101], rng.integers(1000, 2000, n - 2), [102]])
         mask[i, :n] = 1
     data = EncodedSplit(ids, mask, np.array([0, 1, 0, 1, 1]))
-    crops = ts.crop_copies(data, 3, seed=1)
+    crops = tt.crop_copies(data, 3, seed=1)
     assert crops.input_ids.shape == (15, 32) and list(crops.y) == [0, 1, 0, 1, 1] * 3
     for row in range(15):
         src, n = row % 5, int(crops.attention_mask[row].sum())

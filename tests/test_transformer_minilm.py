@@ -52,14 +52,14 @@ def test_encoder_matches_transformers_bertmodel(minilm):
 
 def test_minilm_onnx_parity_at_two_batches_and_two_lengths(minilm, tmp_path):
     from bench.text_data import EncodedSplit
-    from compress import transformer_shrink as ts
+    from compress import text_export as tx
 
     _, model, tok = minilm
     ids, mask = tok.encode(TEXTS * 2, pad_to="max_length")
     data = EncodedSplit(ids, mask, np.zeros(len(ids), np.int64))
     path = tmp_path / "minilm.onnx"
-    ts.export_text_onnx(model, path)
-    parity = ts.check_text_parity(model, path, data, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 128))
+    tx.export_text_onnx(model, path)
+    parity = tx.check_text_parity(model, path, data, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 128))
     assert parity.max_abs_diff <= 1e-4 and parity.top1_agreement == 1.0
     assert parity.samples == 2 * (8 + 8)  # 8 rows, in batches of 1 and of 4, at both lengths
     assert path.stat().st_size > 80e6  # the full FP32 model (30,522 x 384 table included)

@@ -1,0 +1,218 @@
+"""The image classifier family: the ResNet-style CNN (models/cnn.py) or a user's own module (`model.arch: custom`)
+on arrays of images. It trains with cross-entropy (SGD or AdamW, one-cycle), shrinks by structured channel pruning
+(torch-pruning), distills on the teacher's logits, and quantizes to static INT8 (QDQ, calibrated)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from common.errors import CompressError
+
+
+class ImageClassifier:
+    name = "image"
+    kind = "image"
+    archs: tuple[str, ...] = ("resnet-cnn", "custom")
+    suffix = ".pt"
+    quantize_modes = ("static",)
+    int8_kind = "static INT8"
+    described = {"baseline": "uncompressed FP32 baseline", "pruned": "pruned + fine-tuned, no teacher",
+                 "distilled": "pruned + distilled"}
+
+    def check_recipe(self, recipe) -> None:
+        from compress.recipe import RecipeError
+
+        if recipe.distill.augment:
+            raise RecipeError("distill.augment crops texts; it is for Transformer recipes (set it to 0 for a CNN)")
+        if recipe.quantize.mode not in self.quantize_modes:
+            raise RecipeError("CNN recipes quantize with quantize.mode: static (dynamic INT8 is for Transformers)")
+
+    # -- model and data ---------------------------------------------------------------------------
+    def prepare(self, recipe, raw):
+        return raw
+
+    def describe_data(self, data) -> str:
+        return (f"data: {data.name} train {len(data.train)} / val {len(data.val)} / test {len(data.test)}, "
+                f"input {data.input_shape}, {data.num_classes} classes")
+
+    def new_model(self, run):
+        """A freshly initialised model for the run's data (input shape and classes from the data)."""
+        from models import build_model
+
+        m = run.recipe.model
+        options = ({"factory": m.factory} if m.arch == "custom" else
+                   {"width": m.width, "stages": m.stages, "blocks_per_stage": m.blocks_per_stage})
+        try:
+            return build_model(m.arch, run.data.input_shape, run.data.num_classes, **options)
+        except ValueError as e:
+            raise CompressError(str(e)) from None
+
+    def load(self, run, path: Path):
+        from compress.checkpoints import load_checkpoint
+
+        return load_checkpoint(self.new_model(run), path)
+
+    def save(self, model, path: Path) -> None:
+        from compress.checkpoints import save_checkpoint
+
+        save_checkpoint(model, path)
+
+    def fit(self, run, model, epochs: float, lr: float, *, seed: int, label: str, **teaching) -> list[float]:
+        from compress import train
+
+        t = run.recipe.train
+        loop = train.LoopConfig(epochs, t.batch_size, lr, t.weight_decay, t.optimizer, t.label_smoothing)
+        return train.fit(model, run.data.train, loop, seed=seed, label=label, **teaching)
+
+    def accuracy(self, run, model) -> float:
+        from compress.train import accuracy
+
+        return accuracy(model, run.data.val)
+
+    def chance(self, data) -> float:
+        return 1.5 / data.num_classes
+
+    # -- train, shrink, distill -------------------------------------------------------------------
+    def train(self, run, out: Path) -> dict[str, Any]:
+        from compress import prune, train
+
+        r = run.recipe
+        train.seed_everything(r.seed)
+        model = self.new_model(run)
+        curve = self.fit(run, model, r.train.epochs, r.train.lr, seed=r.seed, label="train")
+        self.save(model, out)
+        return {"val_accuracy": self.accuracy(run, model), "loss_curve": curve, "params": prune.count_params(model)}
+
+    def shrinks(self, recipe) -> bool:
+        return recipe.prune.enabled and recipe.prune.ratio > 0
+
+    def prune(self, run, raw_out: Path, pruned_out: Path) -> dict[str, Any]:
+        """Channel pruning (iterative steps fine-tuned in between), then fine-tuning without a teacher: the
+        ablation's "pruned" row. `raw_out` keeps the weights before that fine-tuning, where distillation starts."""
+        import torch
+
+        from compress import prune, train
+
+        r, data, p = run.recipe, run.data, run.recipe.prune
+        train.seed_everything(r.seed)
+        example = torch.from_numpy(data.train.x[:2])
+        batch = (torch.from_numpy(data.train.x[:256]), torch.from_numpy(data.train.y[:256]))
+        step_epochs = p.finetune_epochs / p.iterative_steps
+
+        def between_steps(model, step):
+            self.fit(run, model, step_epochs, p.lr, seed=r.seed + 10 + step, label=f"prune step {step + 1}")
+
+        result = prune.prune(run.teacher, p, example, data.num_classes, taylor_batch=batch,
+                             between_steps=between_steps if step_epochs > 0 else None)
+        acc_pruned = self.accuracy(run, result.model)
+        raw = copy.deepcopy(result.model)
+        prune.make_sparsity_permanent(raw)
+        self.save(raw, raw_out)
+        curve = []
+        if p.finetune_epochs > 0:
+            curve = self.fit(run, result.model, step_epochs, p.lr, seed=r.seed + 1, label="fine-tune")
+        prune.make_sparsity_permanent(result.model)
+        self.save(result.model, pruned_out)
+        metrics = {
+            "method": p.method, "params_before": result.params_before, "params_after": result.params_after,
+            "channels_before": result.channels_before, "channels_after": result.channels_after,
+            "weight_sparsity": prune.weight_sparsity(result.model),
+            "val_accuracy_pruned": acc_pruned, "val_accuracy": self.accuracy(run, result.model), "loss_curve": curve,
+        }
+        if p.method != "channels":
+            metrics["note"] = prune.SPARSITY_NOTE
+        return metrics
+
+    def distill(self, run, source: Path, out: Path) -> dict[str, Any]:
+        """The pruned weights, taught by the full model on its logits (and its last feature map when
+        `distill.feature_weight` > 0)."""
+        import torch
+
+        from compress import prune, train
+        from compress.distill import FeatureDistiller, make_kd_loss
+
+        r, d = run.recipe, run.recipe.distill
+        train.seed_everything(r.seed)
+        student = self.load(run, source)
+        if r.prune.method != "channels" and "prune" in run.done:
+            prune.keep_zeros(student)
+        before = self.accuracy(run, student)
+        distiller, soft, trainee = None, None, student
+        if d.feature_weight > 0:  # needs the teacher's feature map of every batch
+            distiller = FeatureDistiller(student, run.teacher, torch.from_numpy(run.data.train.x[:2]))
+            trainee = distiller
+        else:  # one teacher pass instead of one per epoch: distillation then costs what fine-tuning does
+            soft = train.predict_logits(run.teacher, run.data.train.x)
+        curve = self.fit(run, trainee, d.epochs, d.lr, seed=r.seed + 2, label="distill", teacher=run.teacher,
+                         teacher_logits=soft, loss_fn=make_kd_loss(d, distiller))
+        if distiller is not None:
+            distiller.detach_hooks()
+        prune.make_sparsity_permanent(student)
+        self.save(student, out)
+        return {"val_accuracy_before": before, "val_accuracy": self.accuracy(run, student), "loss_curve": curve}
+
+    # -- export and INT8 --------------------------------------------------------------------------
+    def export(self, run, model, path: Path) -> dict[str, Any]:
+        from compress import export
+
+        export.export_onnx(model, run.data.calib.x, path)
+        return export.check_parity(model, path, run.data.val.x[:512], atol=run.recipe.target.parity_atol).to_dict()
+
+    def quantize(self, run, source: str, fp32: Path, out: Path, *, tuned: bool) -> dict[str, Any]:
+        """Static INT8 (QDQ). `tuned`: the searched one (calibration methods, float fallback, QAT as a last
+        resort) that may ship; otherwise ONNX Runtime's plain PTQ with the recipe's settings, for comparison."""
+        import tempfile
+
+        from bench.accuracy import predict
+        from common.compare import top1_agreement
+        from compress import quantize
+        from compress.driver import WORKDIR_PREFIX
+        from compress.search import search_int8
+        from runtime import load
+
+        data, q = run.data, run.recipe.quantize
+        extra = {}
+        if tuned:
+            with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX, dir=run.out_dir) as work:
+                result = search_int8(fp32, out, data.calib.x, data.val.x, data.val.y, q, Path(work),
+                                     threads=run.recipe.bench.threads,
+                                     qat=lambda workdir: self.qat(run, run.fp32_checkpoints[source], workdir))
+            extra = {"search": result.to_dict()}
+        else:
+            quantize.quantize_static_qdq(fp32, out, data.calib.x, q)
+        with load(fp32) as a, load(out) as b:
+            agreement = top1_agreement(predict(a, data.val.x), predict(b, data.val.x))
+        return {"source": source, "val_top1_agreement_vs_fp32": agreement, "ops": quantize.op_precision(out), **extra}
+
+    def qat(self, run, checkpoint: Path, workdir: Path) -> Path:
+        from compress import export, qat, train
+        from compress.distill import make_kd_loss
+        from compress.driver import log
+
+        r = run.recipe
+        log("[quantize] PTQ missed the bar: quantization-aware fine-tuning")
+        train.seed_everything(r.seed)
+        model = qat.prepare(self.load(run, checkpoint), run.data.calib.x)
+        self.fit(run, model, r.quantize.qat_epochs, r.quantize.qat_lr, seed=r.seed + 3, label="qat",
+                 teacher=run.teacher, loss_fn=make_kd_loss(r.distill))
+        qat.calibrate(model, run.data.calib.x)
+        path = workdir / "qat.fp32.onnx"
+        export.export_onnx(qat.strip(model), run.data.calib.x, path)
+        return path
+
+    # -- what the targets and the app need --------------------------------------------------------
+    def preprocess(self, run) -> dict[str, Any]:
+        return run.source.preprocess(run.data)
+
+    def check_inputs(self, run):
+        return run.data.val.x[:256]
+
+    def torch_inputs(self, run):
+        return run.data.calib.x, run.data.val.x
+
+    def extra_files(self, run):
+        return None
+
+
+IMAGE = ImageClassifier()

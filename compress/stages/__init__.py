@@ -1,0 +1,7 @@
+"""The pipeline's stages, one module each, in the order the driver runs them; `ship.finish` benches the candidates,
+compiles the one the budget picks and writes the reports."""
+from __future__ import annotations
+
+from compress.stages import distill, export, prune, quantize, train
+
+PIPELINE = (train.STAGE, prune.STAGE, distill.STAGE, export.STAGE, quantize.STAGE)

@@ -1,0 +1,40 @@
+"""The tail of every run: bench the candidates, compile the fastest one within the run's accuracy budget for the
+target, write the reports. Targets that compile from an ONNX graph take the exported and INT8 files; those that
+convert the torch module themselves (mobile) convert each candidate first (compress.torch_compile)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common.version import __version__
+
+
+def sidecar(run) -> dict[str, Any]:
+    """What the artifact's sidecar tells an app: where it came from, its labels and how to feed it."""
+    return {"producer": f"edge-compress {__version__}", "recipe": run.recipe.name, "dataset": run.data.name,
+            "labels": list(run.data.labels), "preprocess": run.family.preprocess(run)}
+
+
+def finish(run) -> dict[str, Any]:
+    from compress.shipping import compile_stage, finish_report, onnx_candidates
+
+    if run.target.SOURCE == "torch":
+        from compress.torch_compile import run_torch_target
+
+        return run_torch_target(run, sidecar(run))
+    family = run.family
+    onnx = {name: run.artifacts[f"onnx:{name}"] for name in run.fp32_checkpoints}
+    quantized = "quantize" in run.done
+    int8 = {name: run.artifacts[f"int8:{name}"] for name in ("int8", "compressed")
+            if quantized and f"int8:{name}" in run.artifacts}
+    variants = onnx_candidates(onnx, int8, run.student_name, family.int8_kind, family.described)
+    sources = {v.name: v.path for v in variants}
+    upstream = run.keys["quantize" if quantized else "export"]
+
+    def ship(name: str) -> Path:
+        path = compile_stage(run, sources[name], sidecar(run), upstream_key=upstream, check=family.check_inputs(run),
+                             write_extra=family.extra_files(run))
+        return path / "model.onnx" if path.is_dir() else path  # a jetson bundle: the graph it builds from
+
+    return finish_report(run, variants, run.done["export"].metrics["parity"],
+                         run.done["quantize"].metrics if quantized else {}, ship)
