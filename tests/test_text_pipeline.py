@@ -126,7 +126,7 @@ def test_rerun_reuses_every_stage(text_run, tmp_path):
 def test_text_recipes_are_validated(tmp_path):
     from compress.recipe import RecipeError, recipe_from_dict
 
-    with pytest.raises(RecipeError, match="needs model.arch: bert"):
+    with pytest.raises(RecipeError, match=r"is text data; it needs a model.arch that takes text \(bert\)"):
         recipe_from_dict({"data": {"dataset": "fine-foods"}})
     with pytest.raises(RecipeError, match="needs data.path .* and data.test_path"):
         recipe_from_dict({"data": {"dataset": "csv"}, "model": {"arch": "bert"}, "quantize": {"mode": "dynamic"}})
