@@ -137,10 +137,18 @@ def declared_key(name: str, inputs: tuple) -> str:
     return stage_key(name, __version__, *inputs)
 
 
+OMIT_DEFAULT = "key_omits_default"  # field metadata: a setting added later leaves the keys of earlier runs valid
+
+
 def plain(value: Any) -> Any:
-    """A declared input as it enters the key: sections as dicts, files by name."""
+    """A declared input as it enters the key: sections as dicts (without settings added later while they keep their
+    default, so that an upgrade does not invalidate finished stages), files by name."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        out = dataclasses.asdict(value)
+        for f in dataclasses.fields(value):
+            if f.metadata.get(OMIT_DEFAULT) and out[f.name] == f.default:
+                del out[f.name]
+        return out
     if isinstance(value, Path):
         return value.name
     if isinstance(value, dict):

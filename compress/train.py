@@ -1,9 +1,10 @@
 """The training loop; fine-tuning and distillation reuse it."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ class LoopConfig:
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
     label_smoothing: float = 0.0
+    # "bf16": convolutions and matmuls in bfloat16 (autocast) on CPUs with native bf16 (AVX512-BF16 or AMX), about
+    # 1.7x faster for the width-32 CNN; changes numerics. Elsewhere (AVX2 ...) it trains in float32, as "fp32" does.
+    precision: str = "fp32"
 
 
 def seed_everything(seed: int) -> None:
@@ -37,6 +41,74 @@ def _optimizer(model: nn.Module, cfg: LoopConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (emulated bf16 is slower than float32)."""
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in
+               ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def _autocast(cfg: LoopConfig) -> contextlib.AbstractContextManager:
+    if cfg.precision not in ("fp32", "bf16"):
+        raise CompressError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+    if cfg.precision == "bf16" and native_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _batches(n: int, batch_size: int, steps: int, seed: int, rank: int, world: int) -> Iterator[torch.Tensor]:
+    """Row indices of each step: a fresh permutation per epoch, no partial batch; every rank draws the same global
+    batch and takes its own share (as DistributedSampler does)."""
+    rng = np.random.default_rng(seed)
+    order, cursor = rng.permutation(n), 0
+    for _ in range(steps):
+        if cursor + batch_size > n:
+            order, cursor = rng.permutation(n), 0
+        yield torch.from_numpy(order[cursor : cursor + batch_size][rank::world])
+        cursor += batch_size
+
+
+def _channels_last(modules: list[nn.Module], sample: torch.Tensor) -> bool:
+    """Switch `modules` to channels-last (convolutions train 20-30 % faster on CPU) unless the first one cannot run
+    on such input (e.g. a forward that calls `.view` on a feature map); probed in eval mode, so no statistic moves."""
+    if sample.ndim != 4:
+        return False
+    for m in modules:
+        m.to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            for m in modules:
+                m.eval()(sample.contiguous(memory_format=torch.channels_last))
+        return True
+    except RuntimeError:
+        for m in modules:
+            m.to(memory_format=torch.contiguous_format)
+        return False
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, cfg: LoopConfig, loss_fn: LossFn | None,
+          soft: torch.Tensor | None, teacher: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()  # a no-op in float32; under bf16 autocast the losses are computed in float32
+    if loss_fn is None:
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    if soft is None:
+        with torch.no_grad():
+            soft = teacher(x).float() if teacher is not None else logits.detach()
+    return loss_fn(logits, y, soft)
+
+
+def _mean_across_ranks(losses: list[float]) -> list[float]:
+    from compress import distributed
+
+    if not distributed.enabled() or not losses:
+        return losses
+    import torch.distributed as dist
+
+    t = torch.tensor(losses, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [v / distributed.world_size() for v in t.tolist()]
 
 
 def fit(
@@ -58,8 +130,7 @@ def fit(
     every batch. Returns the mean loss of each tenth of training, so callers can check that it decreased.
     """
     n = len(data)
-    steps_per_epoch = max(1, n // cfg.batch_size)
-    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total_steps = max(1, math.ceil(cfg.epochs * max(1, n // cfg.batch_size)))
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
@@ -71,16 +142,10 @@ def fit(
         raise CompressError(f"batch_size {cfg.batch_size} does not split evenly over {world} processes; "
                             f"use a multiple of {world}")
     soft_all = None if teacher_logits is None else teacher_logits_tensor(teacher_logits, n)
-    rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    x_all = torch.from_numpy(data.x)
-    y_all = torch.from_numpy(data.y)
-    # channels-last convolutions train ~20 % faster on CPU; layouts are restored afterwards
-    channels_last = data.x.ndim == 4
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        if teacher is not None:
-            teacher.to(memory_format=torch.channels_last)
+    x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    modules = [model] if teacher is None else [model, teacher]
+    channels_last = _channels_last(modules, x_all[:2])  # layouts are restored afterwards
     model.train()
     if teacher is not None:
         teacher.eval()
@@ -89,47 +154,35 @@ def fit(
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model)  # averages gradients across ranks
-    losses: list[float] = []
-    order = rng.permutation(n)
-    cursor = 0
+    losses: list[float] = []  # this rank's; averaged over ranks once at the end instead of a collective per step
     with progress_bar(label, total_steps) as advance:
-        for step in range(total_steps):
-            if cursor + cfg.batch_size > n:
-                order, cursor = rng.permutation(n), 0
-            # every rank draws the same global batch and takes its own share (as DistributedSampler does)
-            idx = torch.from_numpy(order[cursor : cursor + cfg.batch_size][rank::world])
-            cursor += cfg.batch_size
+        for step, idx in enumerate(_batches(n, cfg.batch_size, total_steps, seed, rank, world)):
             x, y = x_all[idx], y_all[idx]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = forward(x)
-            if loss_fn is None:
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            elif soft_all is not None:
-                loss = loss_fn(logits, y, soft_all[idx])
-            else:
-                with torch.no_grad():
-                    soft = teacher(x) if teacher is not None else logits.detach()
-                loss = loss_fn(logits, y, soft)
-            if not torch.isfinite(loss):
-                raise CompressError(f"{label}: loss became {loss.item()} at step {step}; lower the learning rate")
+            with _autocast(cfg):
+                loss = _loss(forward(x), y, cfg, loss_fn, None if soft_all is None else soft_all[idx], teacher, x)
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise CompressError(f"{label}: loss became {losses[-1]} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(distributed.mean_across_ranks(loss.item()))
             advance(loss=losses[-1])
     model.eval()
     if channels_last:
-        model.to(memory_format=torch.contiguous_format)
-        if teacher is not None:
-            teacher.to(memory_format=torch.contiguous_format)
+        for m in modules:
+            m.to(memory_format=torch.contiguous_format)
+    losses = _mean_across_ranks(losses)
     chunk = max(1, len(losses) // 10)
     return [float(np.mean(losses[i : i + chunk])) for i in range(0, len(losses), chunk)]
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Logits in float32, `batch_size` rows at a time (128 keeps a CNN's activations in cache: 1.5-1.7x faster per
+    row than 512 on CPU, same numbers)."""
     model.eval()
     outs = [model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)

@@ -76,6 +76,8 @@ class TextEncoder:
 
         if recipe.quantize.enabled and recipe.quantize.mode not in self.quantize_modes:
             raise RecipeError("Transformer recipes quantize with quantize.mode: dynamic (static QDQ is CNN-only here)")
+        if recipe.train.precision != "fp32":
+            raise RecipeError("train.precision bf16 is for CNN recipes in this version; Transformers train in fp32")
 
     # -- model and data ---------------------------------------------------------------------------
     def prepare(self, recipe, raw) -> TextData:

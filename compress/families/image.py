@@ -58,11 +58,12 @@ class ImageClassifier:
 
         save_checkpoint(model, path)
 
-    def fit(self, run, model, epochs: float, lr: float, *, seed: int, label: str, **teaching) -> list[float]:
+    def fit(self, run, model, epochs: float, lr: float, *, seed: int, label: str, precision: str = "fp32",
+            **teaching) -> list[float]:
         from compress import train
 
         t = run.recipe.train
-        loop = train.LoopConfig(epochs, t.batch_size, lr, t.weight_decay, t.optimizer, t.label_smoothing)
+        loop = train.LoopConfig(epochs, t.batch_size, lr, t.weight_decay, t.optimizer, t.label_smoothing, precision)
         return train.fit(model, run.data.train, loop, seed=seed, label=label, **teaching)
 
     def accuracy(self, run, model) -> float:
@@ -80,7 +81,8 @@ class ImageClassifier:
         r = run.recipe
         train.seed_everything(r.seed)
         model = self.new_model(run)
-        curve = self.fit(run, model, r.train.epochs, r.train.lr, seed=r.seed, label="train")
+        curve = self.fit(run, model, r.train.epochs, r.train.lr, seed=r.seed, label="train",
+                         precision=r.train.precision)
         self.save(model, out)
         return {"val_accuracy": self.accuracy(run, model), "loss_curve": curve, "params": prune.count_params(model)}
 
