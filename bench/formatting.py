@@ -43,8 +43,9 @@ def budget_line(report: dict) -> str:
         return ""
     head = (f"budget: at most {b['max_accuracy_drop_pt']:g} pt below the baseline on {b['judged_on']['rows']} "
             f"held-out rows ({'+'.join(b['judged_on']['splits'])})")
+    hint = f". {b['other_runtime']['hint']}" if b.get("other_runtime") else ""
     if b["shipped"] is None:
-        return f"{head}; {b['why']}"
+        return f"{head}; {b['why']}{hint}"
     row = next((v for v in report.get("variants", []) if v["name"] == b["shipped"]), None)
     drop = ""
     if row and row.get("budget"):
@@ -52,4 +53,4 @@ def budget_line(report: dict) -> str:
         lo, hi = v["drop_ci95_pt"]
         drop = (f", {v['drop_pt']:+.2f} pt held-out (95 % CI {lo:.2f} to {hi:.2f}"
                 + ("; these rows cannot settle the verdict" if v["uncertain"] else "") + ")")
-    return f"{head}; shipped {b['shipped']} (fastest within the budget at batch {b['latency_batch']}{drop})"
+    return f"{head}; shipped {b['shipped']} (fastest within the budget at batch {b['latency_batch']}{drop}){hint}"

@@ -21,12 +21,26 @@ BASELINE = "baseline"
 CANDIDATE = "compressed"
 
 
+RUNTIME_NAMES = {"tflite": "litert"}  # a runner's backend -> the runtime the report names
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     path: Path
     precision: str
     description: str = ""
+    # files fixed to one batch size each (a .tflite converted per bench batch): batch -> file; `path` is one of them
+    per_batch: dict[int, Path] | None = None
+
+    def path_at(self, batch: int) -> Path:
+        return self.per_batch[batch] if self.per_batch else self.path
+
+    def runs_at(self, batch: int, fixed: int | None) -> bool:
+        """Whether this variant can be timed at `batch` (`fixed`: the batch its `path` is fixed to, or None)."""
+        if self.per_batch:
+            return batch in self.per_batch
+        return fixed is None or fixed == batch
 
 
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
@@ -44,17 +58,18 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     rows: dict[str, dict[str, Any]] = {}
     logits, extra_logits = {}, {}
     input_specs = {}
-    fixed = set()
+    fixed: dict[str, int | None] = {}
     for v in variants:
         with load(v.path, threads=threads) as runner:
             acc, logits[v.name] = accuracy(runner, split)
             if heldout_extra is not None:
                 extra_logits[v.name] = predict_split(runner, heldout_extra)
             input_specs[v.name] = runner.inputs
-            fixed.add(fixed_batch(runner))
+            fixed[v.name] = fixed_batch(runner)
+            backend = runner.backend
         rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
-                        "precision": v.precision, "accuracy": acc, "size_bytes": v.path.stat().st_size,
-                        "latency_ms": {}}
+                        "runtime": RUNTIME_NAMES.get(backend, backend), "precision": v.precision, "accuracy": acc,
+                        "size_bytes": v.path.stat().st_size, "latency_ms": {}}
     reference = logits.get(BASELINE, next(iter(logits.values())))
     for v in variants:
         rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
@@ -62,10 +77,14 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     if heldout_extra is not None:
         add_heldout(rows, split.y, heldout_extra.y, logits, extra_logits)
 
-    batch_sizes = timed_batches(batch_sizes, fixed)
+    if not any(v.per_batch for v in variants):
+        batch_sizes = timed_batches(batch_sizes, set(fixed.values()))
 
     def feeds_of(v: Variant, batch: int) -> dict:
-        specs = input_specs[v.name]  # feeds by position: a .tflite names its inputs args_0, args_1, ...
+        if v.path_at(batch) != v.path:  # another file of this variant: its own input specs (and quantization)
+            with load(v.path_at(batch), threads=threads) as runner:
+                input_specs[(v.name, batch)] = runner.inputs
+        specs = input_specs.get((v.name, batch), input_specs[v.name])  # by position: a .tflite names them args_0..
         arrays = latency_feeds(split, batch, specs[0].name, seq_length).values()
         return {spec.name: as_model_input(spec, a) for spec, a in zip(specs, arrays)}
 
@@ -74,23 +93,23 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
 
         @contextlib.contextmanager
         def open_run():
-            with load(v.path, threads=threads) as runner:
+            with load(v.path_at(batch), threads=threads) as runner:
                 yield lambda: runner.run_raw(feeds)
 
         return open_run
 
     from common.progress import progress_bar
 
-    with progress_bar("latency", len(batch_sizes) * rounds * len(variants)) as advance:
-        for b in batch_sizes:
-            stats = measure_interleaved({v.name: opener(v, b) for v in variants}, b, warmup=warmup, runs=runs,
-                                        rounds=rounds, on_block=advance,
-                                        run_noise=run_noise_pct / 100.0)
+    timed = {b: [v for v in variants if v.runs_at(b, fixed[v.name])] for b in batch_sizes}
+    with progress_bar("latency", sum(len(vs) for vs in timed.values()) * rounds) as advance:
+        for b, at_b in timed.items():  # one interleaved bench per batch size, of every variant that runs it
+            stats = measure_interleaved({v.name: opener(v, b) for v in at_b}, b, warmup=warmup, runs=runs,
+                                        rounds=rounds, on_block=advance, run_noise=run_noise_pct / 100.0)
             for name, s in stats.items():
                 rows[name]["latency_ms"][str(b)] = s.to_dict()
     top = max(batch_sizes)  # the largest batch holds the most activations; the tables show it
     for v in variants:  # after timing, so the child processes never share the cores with a timed block
-        peak = measure_peak_rss(v.path, feeds_of(v, top), threads=threads)
+        peak = measure_peak_rss(v.path_at(top), feeds_of(v, top), threads=threads) if v in timed[top] else None
         rows[v.name]["memory_mib"] = {str(top): peak} if peak else {}
     return [rows[v.name] for v in variants]
 
@@ -175,7 +194,7 @@ def assemble_report(recipe, data, rows: list[dict[str, Any]], stages: list[dict]
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     batches = list(report["variants"][0]["latency_ms"]) if report["variants"] else []
     base = next((r for r in report["variants"] if r["name"] == BASELINE), None)
-    header = ["variant", "precision", "accuracy", "size"] + [f"p50 b{b} (ms)" for b in batches] + \
+    header = ["variant", "runtime", "precision", "accuracy", "size"] + [f"p50 b{b} (ms)" for b in batches] + \
              [f"speed-up b{b}" for b in batches]
     top = memory_batch(report["variants"])
     if top:
@@ -185,9 +204,12 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         header.append("budget (drop pt)")
     rows = []
     for r in report["variants"]:
-        lat = [f"{r['latency_ms'][b]['p50']:.3f}" for b in batches]
-        speed = [f"{base['latency_ms'][b]['p50'] / r['latency_ms'][b]['p50']:.2f}x" if base else "-" for b in batches]
-        rows.append([r["name"], r["precision"], f"{r['accuracy']:.4f}", fmt_bytes(r["size_bytes"])] + lat + speed +
+        timed = [b for b in batches if b in r["latency_ms"]]
+        lat = [f"{r['latency_ms'][b]['p50']:.3f}" if b in timed else "-" for b in batches]
+        speed = [f"{base['latency_ms'][b]['p50'] / r['latency_ms'][b]['p50']:.2f}x" if base and b in timed else "-"
+                 for b in batches]
+        rows.append([r["name"], r.get("runtime", "-"), r["precision"], f"{r['accuracy']:.4f}",
+                     fmt_bytes(r["size_bytes"])] + lat + speed +
                     ([peak_rss(r, top)] if top else []) + ([budget_cell(r)] if judged else []))
     return header, rows
 

@@ -80,12 +80,16 @@ def main(debug: bool) -> None:
 @click.option("--max-accuracy-drop", "max_drop", type=float, default=None, metavar="PT",
               help="The run's accuracy budget: points below the baseline on held-out rows (overrides "
                    "budget.max_accuracy_drop, default 1.0). Nothing outside it ships with exit 0.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "litert", "auto"]), default=None,
+              help="cpu target: the runtime that may ship (overrides target.runtime, default onnxruntime); "
+                   "auto ships the fastest within the budget on either.")
 @click.option("--dump-config", is_flag=True, help="Print the effective recipe as YAML and exit.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with this many processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on CUDA).")
 @friendly_errors
 def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None,
-        model_factory: str | None, max_drop: float | None, dump_config: bool, nproc: int) -> None:
+        model_factory: str | None, max_drop: float | None, runtime: str | None, dump_config: bool,
+        nproc: int) -> None:
     """Run the whole pipeline and write report.json / report.md to --out."""
     import dataclasses
     import os
@@ -100,6 +104,8 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
     try:
         if target is not None:
             recipe = recipe.replace(target=dataclasses.replace(recipe.target, name=target))
+        if runtime is not None:
+            recipe = recipe.replace(target=dataclasses.replace(recipe.target, runtime=runtime))
         if data_path is not None:
             recipe = recipe.replace(data=dataclasses.replace(recipe.data, path=data_path))
         if model_factory is not None:
@@ -178,7 +184,15 @@ def print_summary(report: dict, out_dir: Path) -> None:
                       f"{c['size_ratio']:.1f}x smaller", highlight=False)
     if report.get("budget"):
         console.print(budget_line(report), highlight=False, soft_wrap=True)
+    console.print(stage_times(report), highlight=False, soft_wrap=True)
     console.print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
+
+
+def stage_times(report: dict) -> str:
+    """One line: each stage's wall time in this run (cached stages show the time they once took)."""
+    parts = [f"{s['name']} {s['wall_s']:.0f} s" + (" (cached)" if s["cached"] else "") for s in report["stages"]]
+    ran = sum(s["wall_s"] for s in report["stages"] if not s["cached"])
+    return f"stages: {', '.join(parts)}; {ran / 60:.1f} min run now"
 
 
 @main.command()

@@ -28,6 +28,21 @@ def usable_target(name: str, kind: str = "image"):
     return target
 
 
+def require_runtime(recipe: Recipe, target, family) -> None:
+    """`target.runtime: litert` on a target that times LiteRT beside its own: a one-line error before any training
+    when LiteRT cannot be built here (auto and onnxruntime go on without it and say so)."""
+    if recipe.target.runtime != "litert" or getattr(target, "SIBLING", None) is None:
+        return
+    from targets import get_target
+
+    other = get_target(target.SIBLING)
+    if family.kind not in other.MODEL_KINDS:
+        raise CompressError(f"target.runtime litert: {other.RUNTIME} does not take {family.kind} models here")
+    ok, why = other.available()
+    if not ok:
+        raise CompressError(f"target.runtime litert cannot be built here: {why}")
+
+
 def run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     """The whole train-then-shrink pipeline; returns the report (also written to out_dir).
 
@@ -47,6 +62,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     family = families.for_arch(recipe.model.arch)
     source = data_sources.get(recipe.data.dataset)
     target = usable_target(recipe.target.name, family.kind)
+    require_runtime(recipe, target, family)
     out_dir = prepare_out_dir(out_dir)
     data = family.prepare(recipe, source.load(recipe))
     log(family.describe_data(data))

@@ -82,15 +82,49 @@ NOT_SHIPPED = "NOT_SHIPPED.txt"
 
 def eligible_rows(recipe, rows: list[dict[str, Any]]) -> set[str]:
     """The candidates that may ship: all of them, except the FP32 students when quantization is on and
-    `quantize.fp32_if_faster` is false."""
+    `quantize.fp32_if_faster` is false, and, when the bench timed two runtimes, those not on `target.runtime`
+    (unless it is auto)."""
     names = {r["name"] for r in rows}
+    runtime = recipe.target.runtime
+    if len({r.get("runtime") for r in rows}) > 1 and runtime != "auto":
+        names = {r["name"] for r in rows if r.get("runtime") == runtime}
     if recipe.quantize.enabled and not recipe.quantize.fp32_if_faster:
-        return names - {"pruned", "distilled"}
+        names -= {r["name"] for r in rows if r["precision"] == "fp32" and _student(r["name"])}
     return names
 
 
-def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str], Path], out_dir: Path) -> dict[str, Any]:
-    """Judge every row, ship the fastest eligible one within the budget through `ship(name) -> artifact path` and
+def _student(name: str) -> bool:
+    from compress.stages.litert import PREFIX
+
+    return name.removeprefix(PREFIX) in ("pruned", "distilled")
+
+
+def other_runtime(recipe, rows: list[dict[str, Any]], batch: str, shipped: str | None) -> dict[str, Any] | None:
+    """When the bench timed two runtimes and `target.runtime` kept one of them from shipping: the fastest row of the
+    other within the budget, when it beats what shipped (or when nothing did), and how to ship it."""
+    runtime = recipe.target.runtime
+    if runtime == "auto" or len({r.get("runtime") for r in rows}) < 2:
+        return None
+    others = [r for r in rows if r.get("runtime") != runtime and r["budget"]["meets"] and batch in r["latency_ms"]]
+    if not others:
+        return None
+    best = min(others, key=lambda r: r["latency_ms"][batch]["p50"])
+    p50 = best["latency_ms"][batch]["p50"]
+    mine = next((r["latency_ms"][batch]["p50"] for r in rows if r["name"] == shipped), None)
+    if mine is not None and mine <= p50:
+        return None
+    how = f"ship it with --runtime {best['runtime']} (or target.runtime: auto)"
+    if mine is None:
+        return {"runtime": best["runtime"], "variant": best["name"], "p50_ms": p50,
+                "hint": f"{best['runtime']} has {best['name']} within the budget at {p50:.3f} ms (batch {batch}): {how}"}
+    return {"runtime": best["runtime"], "variant": best["name"], "p50_ms": p50, "speedup_vs_shipped": round(mine / p50, 4),
+            "hint": f"{best['runtime']} would run {mine / p50:.2f}x faster at batch {batch} ({best['name']}, within the "
+                    f"budget): {how}"}
+
+
+def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str, str], Path], out_dir: Path) -> dict[str, Any]:
+    """Judge every row, ship the fastest eligible one within the budget through `ship(name, batch) -> artifact
+    path` (`batch`: the latency batch it was chosen at) and
     add the shipped row as `compressed`; returns report.json's `budget`."""
     from bench import budget as rule
 
@@ -110,13 +144,19 @@ def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str], Path]
             "baseline_heldout_accuracy": base["heldout"]["accuracy"], "latency_batch": int(batch), "rule": rule.RULE,
             "meets": [r["name"] for r in rows if r["budget"]["meets"]], "chosen": chosen,
             "shipped": chosen if ships else None}
+    hint = other_runtime(recipe, rows, batch, info["shipped"])
+    if hint is not None:
+        info["other_runtime"] = hint
     target_dir = out_dir / "target" / recipe.target.name
     if not ships:
         info["why"] = rule.failure_message(cfg.max_accuracy_drop, pool, chosen)
         withdraw(target_dir, info["why"])
         return info
     row = next(r for r in rows if r["name"] == chosen)
-    artifact = ship(chosen)
+    artifact = ship(chosen, batch)
+    for stale in target_dir.glob("model.*"):  # another runtime's model from an earlier run of this directory
+        if stale.is_file() and not stale.name.startswith(artifact.name):
+            stale.unlink()
     (target_dir / NOT_SHIPPED).unlink(missing_ok=True)
     rows.append({**copy.deepcopy(row), "name": "compressed", "artifact": str(artifact.relative_to(out_dir)),
                  "description": f"shipped: {row['description']}", "shipped_from": chosen})
@@ -136,7 +176,7 @@ def withdraw(target_dir: Path, why: str) -> None:
 
 
 def finish_report(run, variants: list, parity: dict[str, Any], quantize: dict[str, Any],
-                  ship: Callable[[str], Path]) -> dict[str, Any]:
+                  ship: Callable[[str, str], Path], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Bench every candidate (never cached), ship the one the budget picks, write report.json / .md / .html.
 
     `parity`: each artifact against its torch model; `quantize`: what the INT8 stage recorded. Raises
@@ -159,6 +199,7 @@ def finish_report(run, variants: list, parity: dict[str, Any], quantize: dict[st
     stage_info.insert(before_ship, bench)
     report = assemble_report(run.recipe, run.data, rows, stage_info,
                              {"parity": parity, "quantize": quantize, "budget": budget})
+    report.update(extra or {})
     report["distillation"] = distillation_effect(rows)
     report["student"] = {"chosen": student_name, "val_accuracy": run.student_val,
                          "rule": "higher validation accuracy of the pruned students; ties go to the distilled one"}

@@ -14,6 +14,10 @@ and nothing ships):
     SOURCE "onnx":  compile(onnx_path, spec, out_dir, metadata, *, check) -> Artifact
     SOURCE "torch": compile_module(model, spec, out_dir, metadata, *, calib, check, name="model") -> Artifact
 
+Optional: SIBLING, the name of a torch-source target whose artifacts run on the same machine (cpu: "mobile",
+LiteRT on the CPU); the pipeline builds and times its candidates beside this target's own (recipe
+`target.runtime` says which may ship).
+
 `check` is real input samples: a numpy array, or a tuple of arrays, one per model input in the graph's order
 (may be None). Every target gets it and runs its artifact on it before calling it done.
 

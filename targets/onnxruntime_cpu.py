@@ -15,6 +15,7 @@ NAME = "cpu"
 RUNTIME = "onnxruntime"
 SOURCE = "onnx"
 MODEL_KINDS = frozenset({"image", "text"})
+SIBLING = "mobile"  # LiteRT's files run on the same CPU: built and timed beside ours (compress.stages.litert)
 CHECK_SAMPLES = 32  # rows of `check` run through both graphs: cheap, and enough to catch a wrong graph
 CHECK_ATOL = 1e-5  # the same bytes on the same runtime: only thread scheduling may move the last bits
 

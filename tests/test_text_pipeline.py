@@ -56,7 +56,7 @@ def text_run(tmp_path_factory):
 
 def test_the_whole_transformer_pipeline_learns_shrinks_and_keeps_accuracy(text_run):
     report, out, _ = text_run
-    acc = {v["name"]: v["accuracy"] for v in report["variants"]}
+    acc = {v["name"]: v["accuracy"] for v in report["variants"] if not v["name"].startswith("litert-")}
     student = report["student"]["chosen"]
     assert set(acc) == {"baseline", "pruned", "distilled", "int8", f"{student}-int8", "compressed"}
     # 200 test rows of a separable set: chance is ~0.5; the fine-tuned baseline must be far above it

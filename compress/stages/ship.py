@@ -17,6 +17,8 @@ def sidecar(run) -> dict[str, Any]:
 
 def finish(run) -> dict[str, Any]:
     from compress.shipping import compile_stage, finish_report, onnx_candidates
+    from compress.stages import litert
+    from compress.torch_compile import ship_stage
 
     if run.target.SOURCE == "torch":
         from compress.torch_compile import run_torch_target
@@ -31,10 +33,19 @@ def finish(run) -> dict[str, Any]:
     sources = {v.name: v.path for v in variants}
     upstream = run.keys["quantize" if quantized else "export"]
 
-    def ship(name: str) -> Path:
+    litert_rec = litert.execute(run)
+    extra = {}
+    if litert_rec is not None:
+        variants += litert.variants(run, litert_rec)
+        extra["litert"] = {k: litert_rec.metrics[k] for k in ("parity", "ops", "per_batch", "skipped")
+                           if k in litert_rec.metrics}
+
+    def ship(name: str, batch: str) -> Path:
+        if name.startswith(litert.PREFIX):
+            return ship_stage(run, litert_rec, name[len(litert.PREFIX):], batch)
         path = compile_stage(run, sources[name], sidecar(run), upstream_key=upstream, check=family.check_inputs(run),
                              write_extra=family.extra_files(run))
         return path / "model.onnx" if path.is_dir() else path  # a jetson bundle: the graph it builds from
 
     return finish_report(run, variants, run.done["export"].metrics["parity"],
-                         run.done["quantize"].metrics if quantized else {}, ship)
+                         run.done["quantize"].metrics if quantized else {}, ship, extra)
