@@ -170,11 +170,14 @@ def print_summary(report: dict, out_dir: Path) -> None:
     env = report["environment"]
     where = f"{env['cpu']}, {env.get('int8_class', '?')}"
     table = Table(title=f"{report['recipe']['name']} -> {report['target']} ({where})")
-    for h in header:
-        table.add_column(h, justify="left" if h in ("variant", "precision") else "right")
+    for i, h in enumerate(header):
+        left = h in ("variant", "runtime", "precision")
+        table.add_column(h, justify="left" if left else "right",
+                         min_width=max((len(r[i]) for r in rows), default=0) if left else None)
     for r in rows:
         table.add_row(*r)
-    console = Console(width=max(120, Console().width))
+    terminal = Console()
+    console = terminal if terminal.is_terminal else Console(width=200)  # a log keeps every column of the table
     console.print(table)
     c = report.get("comparison")
     if c:
