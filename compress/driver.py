@@ -42,14 +42,14 @@ class Stage:
     """One step of the pipeline.
 
     `inputs` name what the result depends on, each as "kind:name": `recipe:<section or field>`, `data:fingerprint`,
-    `key:<earlier stage>` (that stage's key), `run:<attribute of Run>`. `outputs(run)` names the artifacts the
+    `key:<earlier stage>` (that stage's key), `run:<attribute of Run>`, or a function of the run. `outputs(run)` names the artifacts the
     stage writes (the driver registers them in `run.artifacts` whether the stage ran or was cached);
     `body(run, outputs)` writes them and returns the record's metrics; `after(run, record)` runs either way (a gate,
     loading what later stages use). `all_ranks`: under torchrun every rank runs it (data-parallel training);
     the first stage without it ends the other ranks."""
 
     name: str
-    inputs: tuple[str, ...]
+    inputs: tuple[str | Callable[["Run"], Any], ...]
     outputs: Callable[["Run"], Outputs]
     body: Callable[["Run", Outputs], dict[str, Any]]
     enabled: Callable[["Run"], bool] = _always
@@ -156,7 +156,9 @@ def plain(value: Any) -> Any:
     return value
 
 
-def resolve(run: Run, ref: str) -> Any:
+def resolve(run: Run, ref: str | Callable[[Run], Any]) -> Any:
+    if callable(ref):  # a stage's own reading of the recipe, e.g. the settings of a section it depends on
+        return plain(ref(run))
     kind, _, name = ref.partition(":")
     if kind == "recipe":
         return plain(getattr(run.recipe, name))

@@ -2,6 +2,8 @@
 from an ONNX graph)."""
 from __future__ import annotations
 
+import dataclasses
+
 from compress.driver import Stage
 
 
@@ -16,5 +18,10 @@ def body(run, out) -> dict:
     return {"parity": parity}
 
 
-STAGE = Stage("export", ("key:distill", "recipe:target", "run:fp32_checkpoints"), outputs, body,
+def target_settings(run) -> dict:
+    """The target section without `runtime`: which runtime may ship does not change an export."""
+    return {k: v for k, v in dataclasses.asdict(run.recipe.target).items() if k != "runtime"}
+
+
+STAGE = Stage("export", ("key:distill", target_settings, "run:fp32_checkpoints"), outputs, body,
               enabled=lambda run: run.target.SOURCE == "onnx")
