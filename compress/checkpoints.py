@@ -36,3 +36,29 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise CompressError(f"checkpoint {path} does not fit the model: {first}") from None
     return model.eval()
+
+
+def load_pretrained(model: nn.Module, path: Path) -> nn.Module:
+    """A user's pretrained weights into their module: a safetensors file, or a torch file holding a state dict (or
+    {"state_dict": ...} / {"model": ...}) read with weights_only=True; every key must fit (one-line error)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing file, not a tensor file, unpickling refused
+        raise CompressError(f"--weights {path} cannot be read ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    if isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), dict)), state)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CompressError(f"--weights {path} does not hold a state dict of tensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise CompressError(f"--weights {path} does not fit the model: {lines[1] if len(lines) > 1 else lines[0]}") from None
+    return model

@@ -77,6 +77,9 @@ def main(debug: bool) -> None:
 @click.option("--data", "data_path", default=None, help="Directory with the data set's files (overrides data.path).")
 @click.option("--model", "model_factory", default=None, metavar="MODULE:FACTORY",
               help="Your own CNN: FACTORY(input_shape, num_classes) -> torch.nn.Module (sets model.arch custom).")
+@click.option("--weights", "weights", default=None, metavar="FILE",
+              help="Pretrained weights for --model (safetensors, or a state_dict); with train.epochs 0 the baseline "
+                   "is the model as given.")
 @click.option("--max-accuracy-drop", "max_drop", type=float, default=None, metavar="PT",
               help="The run's accuracy budget: points below the baseline on held-out rows (overrides "
                    "budget.max_accuracy_drop, default 1.0). Nothing outside it ships with exit 0.")
@@ -88,8 +91,8 @@ def main(debug: bool) -> None:
               help="Train with this many processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on CUDA).")
 @friendly_errors
 def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None,
-        model_factory: str | None, max_drop: float | None, runtime: str | None, dump_config: bool,
-        nproc: int) -> None:
+        model_factory: str | None, weights: str | None, max_drop: float | None, runtime: str | None,
+        dump_config: bool, nproc: int) -> None:
     """Run the whole pipeline and write report.json / report.md to --out."""
     import dataclasses
     import os
@@ -110,6 +113,8 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
             recipe = recipe.replace(data=dataclasses.replace(recipe.data, path=data_path))
         if model_factory is not None:
             recipe = recipe.replace(model=dataclasses.replace(recipe.model, arch="custom", factory=model_factory))
+        if weights is not None:
+            recipe = recipe.replace(model=dataclasses.replace(recipe.model, weights=weights))
         if max_drop is not None:
             recipe = recipe.replace(budget=dataclasses.replace(recipe.budget, max_accuracy_drop=max_drop))
     except (ValueError, TypeError) as e:

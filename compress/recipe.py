@@ -85,6 +85,9 @@ class ModelConfig:
     pooling: Literal["mean", "cls"] = "mean"
     # custom: "package.module:factory", called as factory(input_shape, num_classes) -> torch.nn.Module
     factory: str | None = None
+    # custom: pretrained weights for the factory's module (safetensors, or a state_dict read with weights_only=True);
+    # with train.epochs: 0 the baseline is the model as given
+    weights: str | None = field(default=None, metadata={"key_omits_default": True})
 
     def __post_init__(self) -> None:
         from compress import families
@@ -92,6 +95,8 @@ class ModelConfig:
         _registered("model.arch", self.arch, families.archs())
         _positive("model", width=self.width, stages=self.stages, blocks_per_stage=self.blocks_per_stage,
                   hidden=self.hidden, layers=self.layers, heads=self.heads, ffn=self.ffn)
+        if self.weights is not None and self.arch != "custom":
+            raise RecipeError("model.weights is for a user's module (model.arch: custom, --model module:factory)")
         if self.arch == "custom" and not (self.factory and ":" in self.factory):
             raise RecipeError("model.arch 'custom' needs model.factory as 'package.module:function' "
                               "(or pass --model package.module:function)")
@@ -117,8 +122,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"key_omits_default": True})
 
     def __post_init__(self) -> None:
-        _positive("train", epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
-        _non_negative("train", weight_decay=self.weight_decay, label_smoothing=self.label_smoothing)
+        _positive("train", batch_size=self.batch_size, lr=self.lr)  # epochs 0: the (pretrained) model as given
+        _non_negative("train", epochs=self.epochs, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,14 @@ def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, **opt
 def from_factory(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A user's own model: "package.module:function", called as function(input_shape, num_classes).
 
-    The module is imported like any other (it must be on sys.path: installed, or under the working directory).
+    The module is imported like any other: installed, or under the working directory (which is put on sys.path).
     """
     import importlib
+    import os
+    import sys
 
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` does: the user's own package beside them
+        sys.path.insert(0, os.getcwd())
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"model factory {spec!r} must look like 'package.module:function'")

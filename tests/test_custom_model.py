@@ -59,3 +59,99 @@ def test_a_custom_cnn_is_trained_pruned_and_quantized(tmp_path):
     assert next(c for c in search["candidates"] if c["name"] == search["chosen"])["meets_bar"], search
     student_int8 = acc[f"{report['student']['chosen']}-int8"]
     assert student_int8 >= 0.5, acc  # half a minute of fine-tuning after pruning: well above chance, not more
+
+
+def _pretrained_convnet(tmp_path, suffix: str):
+    """A small_convnet trained for three epochs on 3,000 training images, saved as a user would ship it."""
+    import torch
+
+    from bench.datasets import load_fashion_mnist
+    from compress.train import LoopConfig, fit, seed_everything
+    from tests.toy_models import small_convnet
+
+    data = load_fashion_mnist(limit_train=3000, val_size=500, limit_test=1000)
+    seed_everything(1)
+    model = small_convnet((1, 28, 28), 10)
+    fit(model, data.train, LoopConfig(3.0, 64, 0.05), seed=1)
+    path = tmp_path / f"convnet{suffix}"
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    return model, path
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_pretrained_weights_are_the_baseline_as_given(tmp_path, suffix):
+    """--weights with train.epochs 0: no training; the baseline's validation accuracy is the given model's."""
+    import dataclasses
+
+    from compress.pipeline import run
+    from compress.recipe import ModelConfig, TrainConfig
+    from compress.train import accuracy
+    from tests.conftest import small_recipe
+
+    model, weights = _pretrained_convnet(tmp_path, suffix)
+    recipe = small_recipe(model=ModelConfig(arch="custom", factory="tests.toy_models:small_convnet",
+                                            weights=str(weights)),
+                          train=TrainConfig(epochs=0, batch_size=64))
+    recipe = recipe.replace(prune=dataclasses.replace(recipe.prune, finetune_epochs=0.2),
+                            distill=dataclasses.replace(recipe.distill, epochs=0.2),
+                            budget=dataclasses.replace(recipe.budget, allow_baseline=True, max_accuracy_drop=50.0))
+    report = run(recipe, tmp_path / "out")
+    from bench.datasets import load_fashion_mnist
+
+    val = load_fashion_mnist(limit_train=3000, val_size=500, limit_test=1000).val
+    train_stage = next(s for s in report["stages"] if s["name"] == "train")["metrics"]
+    assert train_stage["loss_curve"] == []  # nothing trained
+    assert train_stage["val_accuracy"] == accuracy(model.eval(), val) > 0.3  # 10 classes: chance is 0.1
+
+
+def test_weights_that_do_not_fit_or_are_not_tensors_are_one_line_errors(tmp_path):
+    import pickle
+
+    import torch
+
+    from common.errors import CompressError
+    from compress.checkpoints import load_pretrained
+    from tests.toy_models import small_convnet
+
+    model = small_convnet((1, 28, 28), 10)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(small_convnet((3, 28, 28), 10).state_dict(), wrong)
+    with pytest.raises(CompressError, match=r"^--weights .*wrong.pt does not fit the model: size mismatch"):
+        load_pretrained(model, wrong)
+    code = tmp_path / "code.pt"
+    code.write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(CompressError, match=r"^--weights .*code.pt cannot be read \(UnpicklingError"):
+        load_pretrained(model, code)
+    with pytest.raises(CompressError, match=r"cannot be read"):
+        load_pretrained(model, tmp_path / "missing.safetensors")
+
+
+class _Payload:
+    """Anything but tensors: weights_only=True must refuse to build it."""
+
+
+def test_a_factory_beside_the_user_is_importable(tmp_path, monkeypatch):
+    import sys
+
+    from models import from_factory
+
+    (tmp_path / "my_nets.py").write_text("from torch import nn\n\ndef mlp(shape, classes):\n"
+                                         "    return nn.Sequential(nn.Flatten(), nn.Linear(784, classes))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert from_factory("my_nets:mlp", (1, 28, 28), 10)[1].out_features == 10
+
+
+def test_weights_need_a_custom_model():
+    from compress.recipe import RecipeError, recipe_from_dict
+
+    with pytest.raises(RecipeError, match="model.weights is for a user's module"):
+        recipe_from_dict({"model": {"weights": "x.safetensors"}})
+    assert recipe_from_dict({"train": {"epochs": 0}}).train.epochs == 0

@@ -136,7 +136,8 @@ class TextEncoder:
 
         r = run.recipe
         model = self.new_model(run)
-        curve = self.fit(run, model, run.data.train, r.train.epochs, r.train.lr, seed=r.seed, label="fine-tune")
+        curve = [] if r.train.epochs == 0 else self.fit(run, model, run.data.train, r.train.epochs, r.train.lr,
+                                                           seed=r.seed, label="fine-tune")
         self.save(model, out)
         return {"val_accuracy": self.accuracy(run, model), "loss_curve": curve, "params": count_parameters(model)}
 

@@ -81,8 +81,12 @@ class ImageClassifier:
         r = run.recipe
         train.seed_everything(r.seed)
         model = self.new_model(run)
-        curve = self.fit(run, model, r.train.epochs, r.train.lr, seed=r.seed, label="train",
-                         precision=r.train.precision)
+        if r.model.weights:
+            from compress.checkpoints import load_pretrained
+
+            load_pretrained(model, Path(r.model.weights))
+        curve = [] if r.train.epochs == 0 else self.fit(run, model, r.train.epochs, r.train.lr, seed=r.seed,
+                                                           label="train", precision=r.train.precision)
         self.save(model, out)
         return {"val_accuracy": self.accuracy(run, model), "loss_curve": curve, "params": prune.count_params(model)}
 

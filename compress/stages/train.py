@@ -1,6 +1,8 @@
 """Train (or fine-tune) the full model: the baseline every candidate is judged against, and the teacher."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from common.errors import GateFailed
 from compress.driver import Stage
 
@@ -21,5 +23,15 @@ def after(run, record) -> None:
                          "raise train.epochs or check the data")
 
 
-STAGE = Stage("train", ("recipe:seed", "data:fingerprint", "recipe:data", "recipe:model", "recipe:train"),
+def model_settings(run) -> dict:
+    """The model section, with the bytes of pretrained weights (a new file at the same path retrains)."""
+    from common.digest import file_digest
+    from compress.driver import plain
+
+    settings = plain(run.recipe.model)
+    weights = run.recipe.model.weights
+    return {**settings, "weights_sha256": file_digest(Path(weights))} if weights else settings
+
+
+STAGE = Stage("train", ("recipe:seed", "data:fingerprint", "recipe:data", model_settings, "recipe:train"),
               outputs, body, after=after, all_ranks=True)
