@@ -60,5 +60,6 @@ def load_pretrained(model: nn.Module, path: Path) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise CompressError(f"--weights {path} does not fit the model: {lines[1] if len(lines) > 1 else lines[0]}") from None
+        first = lines[1] if len(lines) > 1 else lines[0]
+        raise CompressError(f"--weights {path} does not fit the model: {first}") from None
     return model

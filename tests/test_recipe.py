@@ -34,7 +34,7 @@ def test_every_builtin_recipe_loads_and_round_trips():
         ({"trian": {}}, r"unknown recipe key 'trian'; did you mean 'train'\?"),
         ({"train": {"epoch": 3}}, r"unknown recipe key 'train.epoch'; did you mean 'epochs'\?"),
         ({"train": {"epochs": "three"}}, r"train.epochs = 'three' has the wrong type; expected a number"),
-        ({"train": {"epochs": -1}}, r"train.epochs must be > 0"),
+        ({"train": {"epochs": -1}}, r"train.epochs must be >= 0"),
         ({"train": {"batch_size": 12.5}}, r"train.batch_size = 12.5 has the wrong type; expected an integer"),
         ({"prune": {"ratio": 1.5}}, r"prune.ratio must be in \[0, 1\)"),
         ({"prune": {"importance": "magnitud"}}, r"did you mean 'magnitude'\?"),
