@@ -202,6 +202,7 @@ class TargetConfig:
     # may ship), auto (the fastest within the budget, whichever runtime); ignored by the other targets
     runtime: Literal["onnxruntime", "litert", "auto"] = field(default="onnxruntime",
                                                              metadata={"key_omits_default": True})
+    litert_candidates: bool = field(default=True, metadata={"key_omits_default": True})  # cpu: false skips them
 
     def __post_init__(self) -> None:
         _registered("target.name", self.name, targets.names())

@@ -16,7 +16,7 @@ needs_fashion_mnist = pytest.mark.skipif(
 def small_recipe(**sections):
     """The default recipe shrunk to seconds: a 3k-image subset, narrow model, short schedules."""
     from compress.recipe import (BenchConfig, BudgetConfig, DataConfig, DistillConfig, ModelConfig, PruneConfig,
-                                 QuantConfig, Recipe, TrainConfig)
+                                 QuantConfig, Recipe, TargetConfig, TrainConfig)
 
     base = Recipe(
         name="small-test",
@@ -32,6 +32,8 @@ def small_recipe(**sections):
         # a 16-wide student after one epoch sits 2-4 pt under its baseline on 1,500 held-out rows: wide enough that
         # the structure tests see a run that ships; the budget itself is tested in test_budget
         budget=BudgetConfig(max_accuracy_drop=5.0, latency_batch=8),  # at batch 1 this tiny net is launch-bound
+        # LiteRT's candidates cost ~50 s of conversions per run: tests/test_runtime_choice.py turns them on
+        target=TargetConfig(litert_candidates=False),
     )
     return dataclasses.replace(base, **sections)
 

@@ -95,6 +95,15 @@ def test_without_litert_the_cpu_target_says_so_in_one_line(monkeypatch, capsys):
         require_runtime(_fake_run("litert").recipe, run.target, run.family)
 
 
+def test_litert_candidates_can_be_turned_off(capsys):
+    from compress.stages import litert
+
+    run = _fake_run("onnxruntime")
+    run.recipe = run.recipe.replace(target=dataclasses.replace(run.recipe.target, litert_candidates=False))
+    assert litert.enabled(run) is False
+    assert "target.litert_candidates is false" in capsys.readouterr().err
+
+
 def test_the_other_targets_time_no_second_runtime():
     from compress.stages import litert
     from targets import get_target
@@ -105,7 +114,7 @@ def test_the_other_targets_time_no_second_runtime():
 
 
 def test_a_cpu_run_times_litert_beside_onnxruntime_and_auto_ships_the_faster(small_run, tmp_path):
-    """The shared small run's directory, rerun with target.runtime auto: training and INT8 come from the cache;
+    """The shared small run's directory, rerun with target.runtime auto: training, export and INT8 come from the cache;
     LiteRT's files are converted at both bench batch sizes and benched in the same run."""
     from targets import get_target
 
@@ -119,7 +128,7 @@ def test_a_cpu_run_times_litert_beside_onnxruntime_and_auto_ships_the_faster(sma
     _, out = small_run
     shutil.copytree(out, tmp_path / "out")
     recipe = small_recipe()
-    recipe = recipe.replace(target=dataclasses.replace(recipe.target, runtime="auto"))
+    recipe = recipe.replace(target=dataclasses.replace(recipe.target, runtime="auto", litert_candidates=True))
     report = run(recipe, tmp_path / "out")
     rows = {r["name"]: r for r in report["variants"]}
     litert_rows = [r for r in rows.values() if r["name"].startswith("litert-")]

@@ -38,6 +38,7 @@ def _recipe(tmp_path, **overrides):
         "distill": {"epochs": 4, "lr": 0.003, "temperature": 2.0, "alpha": 0.5},
         "quantize": {"mode": "dynamic", "max_accuracy_drop": 3.0},
         "bench": {"batch_sizes": [1, 4], "runs": 10, "rounds": 1, "warmup": 2},
+        "target": {"litert_candidates": False},  # LiteRT beside ONNX Runtime: tests/test_runtime_choice.py
         "budget": {"max_accuracy_drop": 5.0, "latency_batch": 4},  # 300 held-out rows: one row is 0.33 pt
     }
     for section, values in overrides.items():

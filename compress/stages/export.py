@@ -19,8 +19,9 @@ def body(run, out) -> dict:
 
 
 def target_settings(run) -> dict:
-    """The target section without `runtime`: which runtime may ship does not change an export."""
-    return {k: v for k, v in dataclasses.asdict(run.recipe.target).items() if k != "runtime"}
+    """The target section without `runtime` / `litert_candidates`: what is timed and may ship does not change an
+    export."""
+    return {k: v for k, v in dataclasses.asdict(run.recipe.target).items() if k not in ("runtime", "litert_candidates")}
 
 
 STAGE = Stage("export", ("key:distill", target_settings, "run:fp32_checkpoints"), outputs, body,

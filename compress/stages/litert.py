@@ -16,6 +16,8 @@ def sibling(run):
     name = getattr(run.target, "SIBLING", None)
     if name is None:
         return None, f"target {run.recipe.target.name!r} times no other runtime"
+    if not run.recipe.target.litert_candidates and run.recipe.target.runtime == "onnxruntime":
+        return None, "target.litert_candidates is false"
     other = get_target(name)
     if run.family.kind not in other.MODEL_KINDS:
         return None, f"{other.RUNTIME} does not take {run.family.kind} models"
