@@ -39,7 +39,7 @@ def test_dump_config_prints_effective_recipe():
         (["--recipe", "RECIPE"], {"RECIPE": "train: {epohcs: 2}\n"}, r"unknown recipe key 'train.epohcs'; did you mean 'epochs'"),
         (["--recipe", "RECIPE"], {"RECIPE": "train: {epochs: lots}\n"}, r"train.epochs = 'lots' has the wrong type"),
         (["--recipe", "RECIPE"], {"RECIPE": "prune: {ratio: 1.5}\n"}, r"prune.ratio must be in \[0, 1\)"),
-        (["--recipe", "RECIPE"], {"RECIPE": "train: {epochs: -2}\n"}, r"train.epochs must be > 0"),
+        (["--recipe", "RECIPE"], {"RECIPE": "train: {epochs: -2}\n"}, r"train.epochs must be >= 0"),
         (["--recipe", "nosuch-recipe"], {}, r"recipe 'nosuch-recipe' unknown"),
         (["--recipe", "RECIPE"], {"RECIPE": "- a\n- b\n"}, r"must be a YAML mapping"),
         (["--data", "DATADIR"], {"DATADIR/readme.txt": "empty"}, r"Fashion-MNIST file train-images-idx3-ubyte\[.gz\] not found"),
