@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +80,7 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
         batch_sizes = timed_batches(batch_sizes, set(fixed.values()))
 
     def feeds_of(v: Variant, batch: int) -> dict:
-        if v.path_at(batch) != v.path:  # another file of this variant: its own input specs (and quantization)
+        if v.path_at(batch) != v.path and (v.name, batch) not in input_specs:  # its own specs (and quantization)
             with load(v.path_at(batch), threads=threads) as runner:
                 input_specs[(v.name, batch)] = runner.inputs
         specs = input_specs.get((v.name, batch), input_specs[v.name])  # by position: a .tflite names them args_0..

@@ -51,15 +51,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def mean_across_ranks(value: float) -> float:
-    if not enabled():
-        return value
+def mean_across_ranks(values: list[float]) -> list[float]:
+    """Each value averaged over the ranks, in one all-reduce (the values themselves when not distributed)."""
+    if not enabled() or not values:
+        return values
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item()) / world_size()
+    return [v / world_size() for v in t.tolist()]
 
 
 def shutdown() -> None:

@@ -33,13 +33,10 @@ def require_runtime(recipe: Recipe, target, family) -> None:
     when LiteRT cannot be built here (auto and onnxruntime go on without it and say so)."""
     if recipe.target.runtime != "litert" or getattr(target, "SIBLING", None) is None:
         return
-    from targets import get_target
+    from compress.stages.litert import sibling_of
 
-    other = get_target(target.SIBLING)
-    if family.kind not in other.MODEL_KINDS:
-        raise CompressError(f"target.runtime litert: {other.RUNTIME} does not take {family.kind} models here")
-    ok, why = other.available()
-    if not ok:
+    other, why = sibling_of(recipe, target, family)
+    if other is None:
         raise CompressError(f"target.runtime litert cannot be built here: {why}")
 
 

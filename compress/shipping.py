@@ -154,9 +154,7 @@ def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str, str], 
         return info
     row = next(r for r in rows if r["name"] == chosen)
     artifact = ship(chosen, batch)
-    for stale in target_dir.glob("model.*"):  # another runtime's model from an earlier run of this directory
-        if stale.is_file() and not stale.name.startswith(artifact.name):
-            stale.unlink()
+    remove_models(target_dir, keep=artifact.name)  # another runtime's model from an earlier run of this directory
     (target_dir / NOT_SHIPPED).unlink(missing_ok=True)
     rows.append({**copy.deepcopy(row), "name": "compressed", "artifact": str(artifact.relative_to(out_dir)),
                  "description": f"shipped: {row['description']}", "shipped_from": chosen})
@@ -169,10 +167,15 @@ def withdraw(target_dir: Path, why: str) -> None:
     from common.atomic import write_text
 
     target_dir.mkdir(parents=True, exist_ok=True)
-    for path in target_dir.glob("model.*"):
-        if path.is_file():
-            path.unlink()
+    remove_models(target_dir)
     write_text(target_dir / NOT_SHIPPED, why + "\n")
+
+
+def remove_models(target_dir: Path, keep: str | None = None) -> None:
+    """The `model.*` files in target/<target>/, except `keep` and its sidecar."""
+    for path in target_dir.glob("model.*"):
+        if path.is_file() and not (keep and path.name.startswith(keep)):
+            path.unlink()
 
 
 def finish_report(run, variants: list, parity: dict[str, Any], quantize: dict[str, Any],

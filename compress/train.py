@@ -99,18 +99,6 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, cfg: LoopConfig, loss_fn: LossF
     return loss_fn(logits, y, soft)
 
 
-def _mean_across_ranks(losses: list[float]) -> list[float]:
-    from compress import distributed
-
-    if not distributed.enabled() or not losses:
-        return losses
-    import torch.distributed as dist
-
-    t = torch.tensor(losses, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return [v / distributed.world_size() for v in t.tolist()]
-
-
 def fit(
     model: nn.Module,
     data: Split,
@@ -174,7 +162,7 @@ def fit(
     if channels_last:
         for m in modules:
             m.to(memory_format=torch.contiguous_format)
-    losses = _mean_across_ranks(losses)
+    losses = distributed.mean_across_ranks(losses)
     chunk = max(1, len(losses) // 10)
     return [float(np.mean(losses[i : i + chunk])) for i in range(0, len(losses), chunk)]
 

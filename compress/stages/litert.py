@@ -9,20 +9,30 @@ from compress.driver import log
 PREFIX = "litert-"
 
 
-def sibling(run):
-    """(the sibling target module, "") or (None, why it is not used)."""
+def sibling_of(recipe, target, family):
+    """(the sibling target module, "") or (None, why it is not used), for `target` and a `family` model."""
     from targets import get_target
 
-    name = getattr(run.target, "SIBLING", None)
+    name = getattr(target, "SIBLING", None)
     if name is None:
-        return None, f"target {run.recipe.target.name!r} times no other runtime"
-    if not run.recipe.target.litert_candidates and run.recipe.target.runtime == "onnxruntime":
+        return None, f"target {recipe.target.name!r} times no other runtime"
+    if not recipe.target.litert_candidates and recipe.target.runtime == "onnxruntime":
         return None, "target.litert_candidates is false"
     other = get_target(name)
-    if run.family.kind not in other.MODEL_KINDS:
-        return None, f"{other.RUNTIME} does not take {run.family.kind} models"
+    if family.kind not in other.MODEL_KINDS:
+        return None, f"{other.RUNTIME} does not take {family.kind} models"
     ok, why = other.available()
     return (other, "") if ok else (None, why)
+
+
+def sibling(run):
+    """The sibling target module this run times beside its own, or None (said in one line when it has one)."""
+    if getattr(run.target, "SIBLING", None) is None:
+        return None
+    other, why = sibling_of(run.recipe, run.target, run.family)
+    if other is None:
+        log(f"[litert] LiteRT candidates skipped: {why}")
+    return other
 
 
 def conversions(run) -> list:
@@ -40,12 +50,7 @@ def conversions(run) -> list:
 
 
 def enabled(run) -> bool:
-    if getattr(run.target, "SIBLING", None) is None:
-        return False
-    other, why = sibling(run)
-    if other is None:
-        log(f"[litert] LiteRT candidates skipped: {why}")
-    return other is not None
+    return sibling(run) is not None
 
 
 def execute(run):
@@ -53,9 +58,9 @@ def execute(run):
     from compress.stages.ship import sidecar
     from compress.torch_compile import compile_stage
 
-    if not enabled(run):
+    other = sibling(run)
+    if other is None:
         return None
-    other, _ = sibling(run)
     record = compile_stage(run, conversions(run), metadata=sidecar(run), target=other, stage="litert",
                            batches=tuple(run.recipe.bench.batch_sizes), folder="litert", optional=True)
     run.done["litert"] = record
@@ -63,9 +68,9 @@ def execute(run):
 
 
 def variants(run, record) -> list:
-    from compress.torch_compile import variants as rows_of
-
     import dataclasses
+
+    from compress.torch_compile import variants as rows_of
 
     return [dataclasses.replace(v, description=f"{v.description}, on LiteRT")
             for v in rows_of(conversions(run), record, run.out_dir, prefix=PREFIX)]
