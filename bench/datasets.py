@@ -6,6 +6,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,10 +27,10 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class Split:
     x: np.ndarray  # float32, N x C x H x W, normalised
-    y: np.ndarray  # int64, N
+    y: np.ndarray | None  # int64, N; None for unlabelled data until the baseline's top-1 stands in (agreement)
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.x)
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,26 @@ class ImageDataset:
     mean: float
     std: float
     fingerprint: str  # identifies the data for the stage cache
+    image: Any = None  # runtime.images.ImageSpec of data read from image files (None: arrays given as they are)
+    # "labels": accuracy against the data's labels; "baseline": unlabelled data, scored by top-1 agreement with the
+    # baseline (its predictions stand in for labels once it exists); "none": not labelled yet
+    truth: str = "labels"
+
+    @property
+    def labelled(self) -> bool:
+        return self.truth == "labels"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.test.x.shape[1:])
+
+    def with_baseline_labels(self, labels: dict[str, np.ndarray], classes: int) -> "ImageDataset":
+        """Unlabelled data labelled by the baseline's top-1 (`labels`: split name -> one label per row)."""
+        import dataclasses
+
+        splits = {name: Split(getattr(self, name).x, labels[name]) for name in ("train", "val", "test", "calib")}
+        names = self.labels if len(self.labels) == classes else tuple(f"class {i}" for i in range(classes))
+        return dataclasses.replace(self, **splits, labels=names, truth="baseline")
 
     @property
     def num_classes(self) -> int:
@@ -181,3 +198,27 @@ def split_image_dataset(
         std=std,
         fingerprint=digest.hexdigest()[:16],
     )
+
+
+def pool_splits(n: int, *, val_size: int, test_size: int, calib_size: int, seed: int, name: str,
+                trains: bool = True) -> dict[str, np.ndarray]:
+    """Row indices of a user's data set that comes as one pool (an image folder, an .npz): a seeded shuffle into
+    validation, test and training rows, calibration rows taken from training. `val_size` and `test_size` rows when
+    the pool leaves room for `calib_size` more, else 60 / 20 / 20. `trains` false (a model taken as given, nothing
+    fine-tuned or distilled): the training rows are the calibration rows only (at most half the pool) and every
+    other row is held out. Validation and test together are the rows a run's budget is judged on; no calibration
+    row is ever among them."""
+    if n < 10:
+        raise DatasetError(f"{name}: {n} samples are too few to calibrate on and judge against; give at least 10")
+    order = np.random.default_rng(seed).permutation(n)
+    if not trains:
+        train = order[: min(calib_size, n // 2)]
+        rest = order[len(train):]
+        n_val = min(val_size, len(rest) - len(rest) // 2)
+        val, test = rest[:n_val], rest[n_val:][:test_size]
+    elif n >= val_size + test_size + calib_size:
+        val, test, train = order[:val_size], order[val_size:val_size + test_size], order[val_size + test_size:]
+    else:
+        n_val, n_test = max(1, round(n * 0.2)), max(1, round(n * 0.2))
+        val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    return {"train": train, "val": np.sort(val), "test": np.sort(test), "calib": train[: min(calib_size, len(train))]}

@@ -10,6 +10,12 @@ def fmt_bytes(n: float) -> str:
     return str(n)
 
 
+def metric_word(report: dict) -> str:
+    """How the tables name a row's score: "accuracy" (against labels) or "agreement" (unlabelled data: top-1
+    agreement with the baseline)."""
+    return "accuracy" if report.get("accuracy_metric", "accuracy") == "accuracy" else "agreement"
+
+
 def drop_interval(comparison: dict) -> str:
     """' (95 % CI lo to hi, paired)' when the comparison has the paired interval, else ''."""
     ci = comparison.get("accuracy_drop_ci95_pt")
@@ -41,7 +47,8 @@ def budget_line(report: dict) -> str:
     b = report.get("budget")
     if not b:
         return ""
-    head = (f"budget: at most {b['max_accuracy_drop_pt']:g} pt below the baseline on {b['judged_on']['rows']} "
+    of = "" if metric_word(report) == "accuracy" else " in top-1 agreement"
+    head = (f"budget: at most {b['max_accuracy_drop_pt']:g} pt below the baseline{of} on {b['judged_on']['rows']} "
             f"held-out rows ({'+'.join(b['judged_on']['splits'])})")
     hint = f". {b['other_runtime']['hint']}" if b.get("other_runtime") else ""
     if b["shipped"] is None:

@@ -200,13 +200,14 @@ def check_reports(new: dict, old: dict, *, variant: str | None = None, max_accur
     if fp_new and fp_old and fp_new != fp_old:
         warnings.append(f"the reports were measured on different data (fingerprint {fp_old} vs {fp_new}); "
                         "accuracy is compared anyway")
+    metric = _metric(new, old, warnings)
     acc_old, acc_new = v_old.get("accuracy"), v_new.get("accuracy")
     if isinstance(acc_old, (int, float)) and isinstance(acc_new, (int, float)):
         drop = 100.0 * (acc_old - acc_new)
-        checks.append(Check("accuracy", acc_old, acc_new, f"drop <= {max_accuracy_drop:g} pt",
+        checks.append(Check(metric, acc_old, acc_new, f"drop <= {max_accuracy_drop:g} pt",
                             drop <= max_accuracy_drop + 1e-9, f"drop {drop:+.2f} pt"))
     else:
-        checks.append(Check("accuracy", acc_old, acc_new, f"drop <= {max_accuracy_drop:g} pt", None,
+        checks.append(Check(metric, acc_old, acc_new, f"drop <= {max_accuracy_drop:g} pt", None,
                             "no accuracy in a report (benched without --data)"))
 
     common = [b for b in v_old["latency_ms"] if b in v_new["latency_ms"]]
@@ -242,6 +243,15 @@ def check_reports(new: dict, old: dict, *, variant: str | None = None, max_accur
         if mode in ("absolute", "both"):
             checks.append(_latency_check(f"latency b{b} (p50 ms)", s_old, s_new, max_latency_regression, " ms"))
     return GateResult(name, mode, checks, warnings)
+
+
+def _metric(new: dict, old: dict, warnings: list[str]) -> str:
+    """The accuracy check's name: "accuracy", or "agreement" for unlabelled data (top-1 agreement with each run's
+    own baseline); a warning when the two reports score differently."""
+    kinds = [r.get("accuracy_metric", "accuracy") for r in (old, new)]
+    if kinds[0] != kinds[1]:
+        warnings.append(f"the reports score differently ({kinds[0]} vs {kinds[1]}); compared anyway")
+    return "accuracy" if kinds[1] == "accuracy" else "agreement (top-1 vs baseline)"
 
 
 def budget_check(report: dict) -> Check | None:

@@ -12,7 +12,7 @@ import math
 from html import escape
 from typing import Sequence
 
-from bench.formatting import budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, peak_rss
+from bench.formatting import budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, metric_word, peak_rss
 
 PRECISION_COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728"}
 OTHER_COLOR = "#7f7f7f"
@@ -281,7 +281,7 @@ def variant_table(report: dict) -> str:
         for v, f in zip(pts, pareto_front([(v["latency_ms"][b]["p50"], v["accuracy"]) for v in pts])):
             if f:
                 fronts.setdefault(v["name"], []).append(f"b{b}")
-    header = ["variant", "precision", "accuracy", "top-1 agree", "size"]
+    header = ["variant", "precision", metric_word(report), "top-1 agree", "size"]
     header += [f"p50 b{b} (ms)" for b in batches] + [f"p99 b{b} (ms)" for b in batches]
     top = memory_batch(rows)
     header += [f"speed-up b{b}" for b in batches] + ([f"peak RSS b{top}"] if top else []) + ["Pareto front at"]

@@ -1,6 +1,7 @@
 """Measure every variant (accuracy + latency through runtime/) and write report.json / report.md."""
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,15 +11,19 @@ from typing import Any
 from bench import environment
 from bench.accuracy import (accuracy, as_model_input, discordant_counts, fixed_batch, latency_feeds,
                             paired_drop_interval, predict_split)
-from bench.formatting import budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, peak_rss
+from bench.formatting import (budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, metric_word,
+                              peak_rss)
 from bench.latency import measure_interleaved
 from bench.memory import measure_peak_rss
-from common.compare import top1_agreement
+from common.compare import sqnr_db, top1_agreement
 
 SCHEMA_VERSION = 1
 BASELINE = "baseline"
 CANDIDATE = "compressed"
 
+
+UNLABELLED = ", unlabelled: agreement = top-1 agreement with the baseline"
+ACCURACY_METRIC = {"labels": "accuracy", "baseline": "top1_agreement_vs_baseline"}
 
 RUNTIME_NAMES = {"tflite": "litert"}  # a runner's backend -> the runtime the report names
 
@@ -72,6 +77,9 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     reference = logits.get(BASELINE, next(iter(logits.values())))
     for v in variants:
         rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
+        sqnr = sqnr_db(reference, logits[v.name])
+        rows[v.name]["logit_sqnr_db_vs_baseline"] = round(sqnr, 2) if math.isfinite(sqnr) else None
+        rows[v.name]["top1_agreement_confident"] = confident_agreement(reference, logits[v.name])
         rows[v.name]["discordant_vs_baseline"] = discordant_counts(split.y, reference, logits[v.name])
     if heldout_extra is not None:
         add_heldout(rows, split.y, heldout_extra.y, logits, extra_logits)
@@ -111,6 +119,21 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
         peak = measure_peak_rss(v.path_at(top), feeds_of(v, top), threads=threads) if v in timed[top] else None
         rows[v.name]["memory_mib"] = {str(top): peak} if peak else {}
     return [rows[v.name] for v in variants]
+
+
+CONFIDENT = 0.5  # the baseline's top softmax probability at or above which a row counts as one it is sure of
+
+
+def confident_agreement(reference, logits) -> dict[str, Any]:
+    """Top-1 agreement with the baseline on the rows the baseline is confident about (softmax max >= CONFIDENT):
+    flips there matter more than on rows the baseline itself hesitates on."""
+    import numpy as np
+
+    ref = reference - reference.max(1, keepdims=True)
+    probability = np.exp(ref).max(1) / np.exp(ref).sum(1)
+    sure = probability >= CONFIDENT
+    agreement = float((reference[sure].argmax(1) == logits[sure].argmax(1)).mean()) if sure.any() else None
+    return {"min_probability": CONFIDENT, "rows": int(sure.sum()), "agreement": agreement}
 
 
 def add_heldout(rows: dict[str, dict[str, Any]], test_y, extra_y, logits: dict, extra_logits: dict) -> None:
@@ -180,6 +203,9 @@ def assemble_report(recipe, data, rows: list[dict[str, Any]], stages: list[dict]
         "recipe": recipe.to_dict(),
         "target": recipe.target.name,
         "dataset": {"name": data.name, "split": "test", "samples": len(data.test), "fingerprint": data.fingerprint},
+        # what `accuracy` means in every row and in the budget: the data's labels, or (unlabelled data) top-1
+        # agreement with the baseline, whose predictions stand in for labels
+        "accuracy_metric": ACCURACY_METRIC[getattr(data, "truth", "labels")],
         "environment": {**environment.describe(b.threads), "timing": "blocks of runs cycled per variant",
                         "run_noise_pct": b.run_noise_pct,
                         **({"sequence_length": seq_length} if seq_length else {})},
@@ -193,7 +219,7 @@ def assemble_report(recipe, data, rows: list[dict[str, Any]], stages: list[dict]
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     batches = list(report["variants"][0]["latency_ms"]) if report["variants"] else []
     base = next((r for r in report["variants"] if r["name"] == BASELINE), None)
-    header = ["variant", "runtime", "precision", "accuracy", "size"] + [f"p50 b{b} (ms)" for b in batches] + \
+    header = ["variant", "runtime", "precision", metric_word(report), "size"] + [f"p50 b{b} (ms)" for b in batches] + \
              [f"speed-up b{b}" for b in batches]
     top = memory_batch(report["variants"])
     if top:
@@ -220,7 +246,8 @@ def to_markdown(report: dict) -> str:
     lines = [
         f"# Compression report: {report['recipe']['name']} -> {report['target']}",
         "",
-        f"Dataset {report['dataset']['name']} ({report['dataset']['samples']} {report['dataset']['split']} samples); "
+        f"Dataset {report['dataset']['name']} ({report['dataset']['samples']} {report['dataset']['split']} samples"
+        f"{UNLABELLED if metric_word(report) == 'agreement' else ''}); "
         f"{env['cpu']} ({env.get('int8_class', '?')}), {env['threads']} threads; onnxruntime {env['versions'].get('onnxruntime', '?')}.",
         "",
         "| " + " | ".join(header) + " |",
@@ -230,7 +257,7 @@ def to_markdown(report: dict) -> str:
     ]
     if c:
         speed = ", ".join(f"batch {b}: {v:.2f}x" for b, v in c["speedup_p50"].items())
-        lines += [f"**{c['candidate']} vs {c['baseline']}**: accuracy drop {c['accuracy_drop_pt']:.2f} pt{drop_interval(c)}; "
+        lines += [f"**{c['candidate']} vs {c['baseline']}**: {metric_word(report)} drop {c['accuracy_drop_pt']:.2f} pt{drop_interval(c)}; "
                   f"p50 speed-up {speed}; {c['size_ratio']:.1f}x smaller.", ""]
     if report.get("budget"):
         lines += [budget_line(report) + ".", ""]

@@ -17,7 +17,7 @@ import numpy as np
 
 from bench import environment
 from bench.datasets import Split
-from bench.formatting import drop_interval, fmt_bytes, memory_batch, peak_rss
+from bench.formatting import drop_interval, fmt_bytes, memory_batch, metric_word, peak_rss
 from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare
 from common.errors import CompressError
 
@@ -53,7 +53,10 @@ def parse_artifacts(specs: Sequence[str]) -> list[tuple[str, Path]]:
 
 
 def load_split(data: str | None, limit: int | None, input_shape: tuple, dtype: np.dtype) -> tuple[Split, dict, bool]:
-    """The evaluation split: Fashion-MNIST's test split, or synthetic inputs (no accuracy) when data is None."""
+    """The evaluation split: Fashion-MNIST's test split, an .npz's rows (`x`, and `y` for accuracy), or synthetic
+    inputs (no accuracy) when data is None. An unlabelled .npz comes back with `y` None."""
+    if data is not None and data.endswith(".npz"):
+        return npz_split(Path(data), limit)
     if data is not None:
         from bench.datasets import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, DatasetError, load_fashion_mnist_raw,
                                     normalize_images)
@@ -79,14 +82,69 @@ def load_split(data: str | None, limit: int | None, input_shape: tuple, dtype: n
                    "fingerprint": None}, False
 
 
+def npz_split(path: Path, limit: int | None) -> tuple[Split, dict, bool]:
+    """`x` (model-ready rows) and optional `y` (int labels) from an .npz; (split, dataset info, labelled)."""
+    if not path.is_file():
+        raise BenchError(f"--data {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise BenchError(f"--data {path}: not a readable .npz of plain arrays ({type(e).__name__})") from None
+    x, y = arrays.get("x"), arrays.get("y")
+    if x is None or x.dtype.kind not in "fiu" or x.ndim < 2 or not len(x):
+        raise BenchError(f"--data {path}: needs a numeric array `x` of model-ready rows (N x ...), and optionally "
+                         f"`y` (labels); found {', '.join(sorted(arrays)) or 'nothing'}")
+    if y is not None and (y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu"):
+        raise BenchError(f"--data {path}: `y` must hold one integer label per row of `x` ({len(x)} rows), got "
+                         f"{y.dtype} {list(y.shape)}")
+    x = np.ascontiguousarray(x[:limit] if limit else x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise BenchError(f"--data {path}: `x` holds NaN or Inf")
+    y = None if y is None else y[: len(x)].astype(np.int64)
+    digest = hashlib.sha256(x.tobytes() + (b"" if y is None else y.tobytes())).hexdigest()[:16]
+    info = {"name": path.name, "split": "all rows" if y is not None else "all rows, unlabelled", "samples": len(x),
+            "fingerprint": digest}
+    return Split(x, y), info, y is not None
+
+
+def agreement_split(split: Split, dataset: dict, baseline: Path, threads: int) -> tuple[Split, np.ndarray]:
+    """Unlabelled rows labelled by the baseline's top-1: every accuracy becomes agreement with it."""
+    from bench.accuracy import predict
+    from runtime import load
+
+    with load(baseline, threads=threads) as runner:
+        reference = predict(runner, split.x)
+    dataset.update(metric="agreement", truth=f"top-1 of the baseline ({baseline.name}); no labels in the file")
+    return Split(split.x, reference.argmax(1).astype(np.int64)), reference
+
+
+def add_sqnr(rows: list[dict], pairs: list[tuple[str, Path]], x: np.ndarray, reference: np.ndarray,
+             threads: int) -> None:
+    """Each row's logit SQNR (dB) against the baseline's on the same rows."""
+    from bench.accuracy import predict
+    from common.compare import sqnr_db
+    from runtime import load
+
+    paths = dict(pairs)
+    for r in rows:
+        with load(paths[r["name"]], threads=threads) as runner:
+            db = sqnr_db(reference, predict(runner, x))
+        r["sqnr_db_vs_baseline"] = None if not np.isfinite(db) else round(db, 2)
+
+
 def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data: str | None = None,
                     limit: int | None = None, batch_sizes: Sequence[int] = (1, 32), threads: int = 2,
                     runs: int = 200, warmup: int = 10, rounds: int = 8, baseline: str | None = None,
-                    candidate: str | None = None, run_noise_pct: float = 0.0) -> dict[str, Any]:
+                    candidate: str | None = None, run_noise_pct: float = 0.0,
+                    inputs: str | os.PathLike | None = None) -> dict[str, Any]:
     """Accuracy (with `data`) and interleaved latency of every artifact in one run, as a schema-1 report.
 
     The baseline (default: the first artifact) is timed in the same run, so `comparison.speedup_p50` is a
     within-run ratio; the candidate (default: the last other artifact) is what `compress check` gates.
+    `data` may be an .npz (`x`, optional `y`): without `y`, accuracy is top-1 agreement with the baseline, and each
+    row has its logit SQNR against it. `inputs`: an .npz with one array per model input, named like them (models
+    with several inputs or state): latency only.
     """
     from runtime import load
 
@@ -111,13 +169,17 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
         raise BenchError(f"--runs {runs} must be at least --rounds {rounds} (runs are split into rounds)")
     pairs.sort(key=lambda np_: np_[0] != baseline)  # the baseline first: top-1 agreement is measured against it
 
-    with load(pairs[0][1], threads=threads) as runner:
-        spec = runner.inputs[0]
-    split, dataset, has_accuracy = load_split(data, limit, spec.shape, spec.dtype)
     variants = [Variant(name, path, _precision(path), "baseline" if name == baseline else "") for name, path in pairs]
+    timing = dict(batch_sizes=tuple(batch_sizes), warmup=warmup, runs=runs, rounds=rounds, threads=threads,
+                  run_noise_pct=run_noise_pct)
     start = time.perf_counter()
-    rows = bench_variants(variants, split, batch_sizes=tuple(batch_sizes), warmup=warmup, runs=runs, rounds=rounds,
-                          threads=threads, run_noise_pct=run_noise_pct)
+    if inputs is not None:
+        if data is not None:
+            raise BenchError("--inputs times models on given inputs (latency only); leave out --data with it")
+        rows, dataset = bench_on_inputs(variants, Path(inputs), **timing)
+        has_accuracy = False
+    else:
+        rows, dataset, has_accuracy = _bench_on_data(variants, data, limit, timing)
     wall = round(time.perf_counter() - start, 2)
     if not has_accuracy:  # random inputs: right and wrong mean nothing
         for r in rows:
@@ -136,12 +198,100 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
         "title": f"compress bench: {', '.join(names)}",
         "target": "cpu",
         "dataset": dataset,
+        "accuracy_metric": "agreement" if dataset.get("metric") == "agreement" else "accuracy",
         "environment": {**environment.describe(threads), "timing": f"blocks of runs cycled per variant, "
                         f"{rounds} rounds, {warmup} warm-up runs per block", "run_noise_pct": run_noise_pct},
         "variants": rows,
         "comparison": comparison,
         "stages": [{"name": "bench", "cached": False, "wall_s": wall, "metrics": {}}],
     }
+
+
+def _bench_on_data(variants: list, data: str | None, limit: int | None, timing: dict) -> tuple[list, dict, bool]:
+    from runtime import load
+
+    base = variants[0].path
+    with load(base, threads=timing["threads"]) as runner:
+        specs = runner.inputs
+    if len(specs) != 1:
+        raise BenchError(f"{base.name} takes {len(specs)} inputs ({', '.join(s.name for s in specs)}): pass "
+                         "--inputs inputs.npz with one array per input, named like them (latency only)")
+    split, dataset, has_accuracy = load_split(data, limit, specs[0].shape, specs[0].dtype)
+    reference = None
+    if data is not None and not has_accuracy:
+        split, reference = agreement_split(split, dataset, base, timing["threads"])
+        has_accuracy = True
+    rows = bench_variants(variants, split, **timing)
+    if reference is not None:
+        add_sqnr(rows, [(v.name, v.path) for v in variants], split.x, reference, timing["threads"])
+    return rows, dataset, has_accuracy
+
+
+def read_inputs(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise BenchError(f"--inputs {path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise BenchError(f"--inputs {path}: not a readable .npz of plain arrays ({type(e).__name__})") from None
+
+
+def input_feeds(specs, arrays: dict[str, np.ndarray], batch_sizes: tuple[int, ...], where: str) -> dict[int, dict]:
+    """Batch size -> feeds for one model: each input's array by name, repeated or cut to the batch along its first
+    axis when every input's batch axis is dynamic; the arrays as given (their own batch) otherwise."""
+    from bench.accuracy import as_model_input
+
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise BenchError(f"--inputs {where}: no array for input(s) {', '.join(missing)} (the file holds "
+                         f"{', '.join(sorted(arrays)) or 'nothing'}); save one array per model input, named like it")
+    given = {s.name: as_model_input(s, arrays[s.name]) for s in specs}
+    dynamic = all(s.shape and s.shape[0] is None and given[s.name].ndim >= 1 for s in specs)
+    if not dynamic:
+        first = given[specs[0].name]
+        return {int(first.shape[0]) if first.ndim else 1: given}
+    return {b: {n: np.ascontiguousarray(np.resize(a, (b, *a.shape[1:]))) for n, a in given.items()}
+            for b in batch_sizes}
+
+
+def bench_on_inputs(variants: list, path: Path, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
+                    rounds: int, threads: int, run_noise_pct: float) -> tuple[list[dict], dict]:
+    """Interleaved latency of every variant on the given inputs (models with several inputs, recurrent state)."""
+    import contextlib
+
+    from bench.latency import measure_interleaved
+    from runtime import load
+
+    arrays = read_inputs(path)
+    feeds, rows = {}, {}
+    for v in variants:
+        with load(v.path, threads=threads) as runner:
+            feeds[v.name] = input_feeds(runner.inputs, arrays, batch_sizes, str(path))
+            backend = runner.backend
+        rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path), "runtime": backend,
+                        "precision": v.precision, "accuracy": None, "top1_agreement_vs_baseline": None,
+                        "size_bytes": v.path.stat().st_size, "latency_ms": {}, "memory_mib": {}}
+
+    def opener(v, batch: int):
+        @contextlib.contextmanager
+        def open_run():
+            with load(v.path, threads=threads) as runner:
+                yield lambda: runner.run_raw(feeds[v.name][batch])
+
+        return open_run
+
+    for b in sorted({b for f in feeds.values() for b in f}):
+        timed = {v.name: opener(v, b) for v in variants if b in feeds[v.name]}
+        stats = measure_interleaved(timed, b, warmup=warmup, runs=runs, rounds=rounds, run_noise=run_noise_pct / 100)
+        for name, st in stats.items():
+            rows[name]["latency_ms"][str(b)] = st.to_dict()
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(arrays[k]).tobytes() for k in sorted(arrays)))
+    shapes = ", ".join(f"{k} {list(a.shape)}" for k, a in sorted(arrays.items()))
+    rows_given = min((len(a) for a in arrays.values() if a.ndim), default=1)
+    dataset = {"name": path.name, "split": f"given inputs ({shapes}); latency only", "samples": rows_given,
+               "inputs": sorted(arrays), "fingerprint": digest.hexdigest()[:16]}
+    return [rows[v.name] for v in variants], dataset
 
 
 def _precision(path: Path) -> str:
@@ -169,12 +319,15 @@ def to_markdown(report: dict) -> str:
     c = report.get("comparison") or {}
     base = next((v for v in variants if v["name"] == c.get("baseline")), variants[0])
     env = report["environment"]
-    header = ["variant", "precision", "accuracy", "top-1 agreement", "size"] + \
+    agreement = metric_word(report) == "agreement"
+    sqnr = any("sqnr_db_vs_baseline" in v for v in variants)
+    header = ["variant", "precision", "agreement" if agreement else "accuracy", "top-1 agreement", "size"] + \
              [f"p50 b{b} (ms) [CI95]" for b in batches] + [f"speed-up b{b}" for b in batches]
     top = memory_batch(variants)
     header += [f"peak RSS b{top}"] if top else []
+    header += ["logit SQNR vs baseline (dB)"] if sqnr else []
     lines = [f"# {report.get('title', 'compress bench')}", "",
-             f"Data: {report['dataset']['name']} ({report['dataset']['samples']} samples); {env['cpu']}, "
+             f"Data: {_data_line(report['dataset'])}; {env['cpu']}, "
              f"{env['cores']} cores, {env['threads']} threads; onnxruntime {env['versions'].get('onnxruntime', '?')}; "
              f"{env.get('timing', '')}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -183,14 +336,27 @@ def to_markdown(report: dict) -> str:
         lat = [f"{v['latency_ms'][b]['p50']:.3f} [{v['latency_ms'][b]['p50_ci95'][0]:.3f}, "
                f"{v['latency_ms'][b]['p50_ci95'][1]:.3f}]" for b in batches]
         speed = [f"{base['latency_ms'][b]['p50'] / v['latency_ms'][b]['p50']:.2f}x" for b in batches]
-        row = [v["name"], v["precision"], acc, f"{v['top1_agreement_vs_baseline']:.4f}", fmt_bytes(v["size_bytes"])]
-        lines.append("| " + " | ".join(row + lat + speed + ([peak_rss(v, top)] if top else [])) + " |")
+        agree = v.get("top1_agreement_vs_baseline")
+        row = [v["name"], v["precision"], acc, "-" if agree is None else f"{agree:.4f}", fmt_bytes(v["size_bytes"])]
+        db = v.get("sqnr_db_vs_baseline")
+        extra = ([peak_rss(v, top)] if top else []) + (["-" if db is None else f"{db:.1f}"] if sqnr else [])
+        lines.append("| " + " | ".join(row + lat + speed + extra) + " |")
     if c:
         speed = ", ".join(f"batch {b}: {r:.2f}x" for b, r in c["speedup_p50"].items())
         drop = "n/a (no --data)" if c.get("accuracy_drop_pt") is None else f"{c['accuracy_drop_pt']:.2f} pt{drop_interval(c)}"
-        lines += ["", f"**{c['candidate']} vs {c['baseline']}**: accuracy drop {drop}; p50 speed-up {speed}; "
+        measure = "agreement" if agreement else "accuracy"
+        lines += ["", f"**{c['candidate']} vs {c['baseline']}**: {measure} drop {drop}; p50 speed-up {speed}; "
                   f"{c['size_ratio']:.1f}x smaller."]
     return "\n".join(lines) + "\n"
+
+
+def _data_line(dataset: dict) -> str:
+    if dataset.get("inputs"):
+        return f"{dataset['name']}, {dataset['split']}"
+    if dataset.get("metric") == "agreement":
+        return (f"{dataset['name']} ({dataset['samples']} unlabelled samples; agreement = top-1 agreement with the "
+                "baseline)")
+    return f"{dataset['name']} ({dataset['samples']} samples)"
 
 
 def write_all(report: dict, out_dir: str | os.PathLike) -> list[Path]:

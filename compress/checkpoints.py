@@ -38,9 +38,9 @@ def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
     return model.eval()
 
 
-def load_pretrained(model: nn.Module, path: Path) -> nn.Module:
-    """A user's pretrained weights into their module: a safetensors file, or a torch file holding a state dict (or
-    {"state_dict": ...} / {"model": ...}) read with weights_only=True; every key must fit (one-line error)."""
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A user's pretrained weights: a safetensors file, or a torch file holding a state dict (or {"state_dict": ...}
+    / {"model": ...}) read with weights_only=True; one-line error otherwise."""
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -56,6 +56,21 @@ def load_pretrained(model: nn.Module, path: Path) -> nn.Module:
         state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), dict)), state)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CompressError(f"--weights {path} does not hold a state dict of tensors")
+    return state
+
+
+def classes_in_weights(path: Path) -> int:
+    """The number of classes a classifier's weights were trained for: the rows of its last matrix (the head)."""
+    heads = [v for v in read_weights(path).values() if v.ndim == 2 and v.is_floating_point()]
+    if not heads:
+        raise CompressError(f"--weights {path}: no classifier head (a 2-D weight) to read the number of classes from; "
+                            "give labelled data")
+    return int(heads[-1].shape[0])
+
+
+def load_pretrained(model: nn.Module, path: Path) -> nn.Module:
+    """A user's pretrained weights (read_weights) into their module; every key must fit (one-line error)."""
+    state = read_weights(path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -74,12 +74,15 @@ def main(debug: bool) -> None:
                    "recipe).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/default"),
               show_default=True, help="Run directory: checkpoints, ONNX files, artifacts, reports.")
-@click.option("--data", "data_path", default=None, help="Directory with the data set's files (overrides data.path).")
-@click.option("--model", "model_factory", default=None, metavar="MODULE:FACTORY",
-              help="Your own CNN: FACTORY(input_shape, num_classes) -> torch.nn.Module (sets model.arch custom).")
+@click.option("--data", "data_path", default=None, metavar="DATA",
+              help="A folder of images (class sub-folders = labelled, else scored by agreement with the baseline), an "
+                   ".npz (x, optional y, labels), a .csv (text, optional label), or the recipe's data set's folder.")
+@click.option("--model", "model_factory", default=None, metavar="MODEL",
+              help="An .onnx file (post-training INT8 only), a Hugging Face folder (config.json), or "
+                   "package.module:factory called as factory(input_shape, num_classes) -> torch.nn.Module.")
 @click.option("--weights", "weights", default=None, metavar="FILE",
-              help="Pretrained weights for --model (safetensors, or a state_dict); with train.epochs 0 the baseline "
-                   "is the model as given.")
+              help="Pretrained weights for a factory's module (safetensors, or a state_dict); without --recipe the "
+                   "baseline is the model as given (train.epochs 0).")
 @click.option("--max-accuracy-drop", "max_drop", type=float, default=None, metavar="PT",
               help="The run's accuracy budget: points below the baseline on held-out rows (overrides "
                    "budget.max_accuracy_drop, default 1.0). Nothing outside it ships with exit 0.")
@@ -99,7 +102,9 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
 
     from compress.recipe import RecipeError, dump_recipe, load_recipe
 
-    recipe = load_recipe(recipe_ref)
+    from compress import cli_inputs
+
+    recipe = load_recipe(cli_inputs.base_recipe(recipe_ref, model_factory, data_path))
     if target is not None and target not in target_names():  # the flag's message; a recipe's names target.name
         from targets import unknown_message
 
@@ -109,12 +114,7 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
             recipe = recipe.replace(target=dataclasses.replace(recipe.target, name=target))
         if runtime is not None:
             recipe = recipe.replace(target=dataclasses.replace(recipe.target, runtime=runtime))
-        if data_path is not None:
-            recipe = recipe.replace(data=dataclasses.replace(recipe.data, path=data_path))
-        if model_factory is not None:
-            recipe = recipe.replace(model=dataclasses.replace(recipe.model, arch="custom", factory=model_factory))
-        if weights is not None:
-            recipe = recipe.replace(model=dataclasses.replace(recipe.model, weights=weights))
+        recipe = cli_inputs.apply(recipe, model_factory, weights, data_path, recipe_given=recipe_ref is not None)
         if max_drop is not None:
             recipe = recipe.replace(budget=dataclasses.replace(recipe.budget, max_accuracy_drop=max_drop))
     except (ValueError, TypeError) as e:
@@ -168,7 +168,7 @@ def print_summary(report: dict, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.formatting import budget_line, drop_interval
+    from bench.formatting import budget_line, drop_interval, metric_word
     from bench.report import summary_rows
 
     header, rows = summary_rows(report)
@@ -187,7 +187,8 @@ def print_summary(report: dict, out_dir: Path) -> None:
     c = report.get("comparison")
     if c:
         speed = ", ".join(f"b{b} {v:.2f}x" for b, v in c["speedup_p50"].items())
-        console.print(f"compressed vs baseline: accuracy drop {c['accuracy_drop_pt']:.2f} pt{drop_interval(c)}, "
+        console.print(f"compressed vs baseline: {metric_word(report)} drop {c['accuracy_drop_pt']:.2f} pt"
+                      f"{drop_interval(c)}, "
                       f"p50 speed-up {speed}, "
                       f"{c['size_ratio']:.1f}x smaller", highlight=False)
     if report.get("budget"):

@@ -24,7 +24,11 @@ def _batches(value: str | None) -> tuple[int, ...] | None:
 @click.command()
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--data", default=None, help="'fashion-mnist' (Debian's dataset-fashion-mnist) or a directory with its "
-              "IDX files: accuracy on the test split. Without it: random inputs, latency only.")
+              "IDX files: accuracy on the test split; or an .npz with x (model-ready rows) and optionally y (labels): "
+              "accuracy, or without y top-1 agreement with the baseline and logit SQNR. Without it: random inputs, "
+              "latency only.")
+@click.option("--inputs", default=None, metavar="FILE.npz", help="One array per model input, named like the inputs: "
+              "times models with several inputs or recurrent state on them (latency only).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N test samples.")
 @click.option("--batch", "batch", default="1,32", show_default=True, help="Batch sizes to time, comma-separated.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True,
@@ -41,8 +45,8 @@ def _batches(value: str | None) -> tuple[int, ...] | None:
 @click.option("--baseline", default=None, help="Name of the baseline artifact (default: the first).")
 @click.option("--candidate", default=None, help="Name of the artifact compared with it (default: the last other one).")
 @friendly_errors
-def bench(artifacts: tuple[str, ...], data: str | None, limit: int | None, batch: str, out_dir: Path, threads: int,
-          runs: int, warmup: int, rounds: int, run_noise_pct: float, baseline: str | None,
+def bench(artifacts: tuple[str, ...], data: str | None, inputs: str | None, limit: int | None, batch: str,
+          out_dir: Path, threads: int, runs: int, warmup: int, rounds: int, run_noise_pct: float, baseline: str | None,
           candidate: str | None) -> None:
     """Benchmark existing artifacts (PATH or NAME=PATH), no pipeline: accuracy, latency, size, in one run.
 
@@ -52,7 +56,7 @@ def bench(artifacts: tuple[str, ...], data: str | None, limit: int | None, batch
 
     report = bench_artifacts(parse_artifacts(artifacts), data=data, limit=limit, batch_sizes=_batches(batch),
                              threads=threads, runs=runs, warmup=warmup, rounds=rounds, baseline=baseline,
-                             candidate=candidate, run_noise_pct=run_noise_pct)
+                             candidate=candidate, run_noise_pct=run_noise_pct, inputs=inputs)
     paths = write_all(report, out_dir)
     click.echo(to_markdown(report), nl=False)
     click.echo("report: " + ", ".join(str(p) for p in paths))

@@ -146,7 +146,7 @@ def plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = dataclasses.asdict(value)
         for f in dataclasses.fields(value):
-            if f.metadata.get(OMIT_DEFAULT) and out[f.name] == f.default:
+            if f.metadata.get(OMIT_DEFAULT) and out[f.name] == _default(f):
                 del out[f.name]
         return out
     if isinstance(value, Path):
@@ -154,6 +154,13 @@ def plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     return value
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # a nested section: compared as the dict asdict makes
+        value = f.default_factory()
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return f.default
 
 
 def resolve(run: Run, ref: str | Callable[[Run], Any]) -> Any:

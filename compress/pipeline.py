@@ -54,7 +54,7 @@ def run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
 def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     from compress import data as data_sources
     from compress import families
-    from compress.stages import PIPELINE, ship
+    from compress.stages import PIPELINE, label, ship
 
     family = families.for_arch(recipe.model.arch)
     source = data_sources.get(recipe.data.dataset)
@@ -64,6 +64,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     data = family.prepare(recipe, source.load(recipe))
     log(family.describe_data(data))
     run_state = Run(recipe, out_dir, family, source, target, data)
+    label.check(run_state)
     if not run_stages(run_state, PIPELINE):
         return None
     return ship.finish(run_state)

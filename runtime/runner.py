@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from runtime.errors import ArtifactError, BackendMissing, InputError, RuntimeFailure
+from runtime.images import ImageSpec, as_list, is_raw_batch, load_images
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,14 @@ class Runner:
         return RuntimeFailure(f"runner for {self.path.name} is closed; load the artifact again")
 
     # -- pre/post-processing stored with the artifact by the pipeline --------------------------
-    def preprocess(self, raw: np.ndarray) -> np.ndarray:
-        """Raw inputs (e.g. uint8 images N x H x W) -> the model's input, using the sidecar's "preprocess"."""
+    def preprocess(self, raw) -> np.ndarray:
+        """Raw inputs (image files, or uint8 images N x H x W [x C]) -> the model's input, using the sidecar's
+        "preprocess"."""
         spec = self.inputs[0]
         pre = self.metadata.get("preprocess")
+        image_spec = ImageSpec.from_sidecar(pre) if pre else None
+        if image_spec is not None:
+            return self._images(raw, image_spec, spec)
         raw = np.asarray(raw)
         if not pre:
             x = raw.astype(np.float32) if spec.quantization else raw
@@ -152,8 +157,23 @@ class Runner:
             x = quantize_input(x, spec.dtype, *spec.quantization)
         return np.ascontiguousarray(x, dtype=spec.dtype)
 
-    def predict(self, raw: np.ndarray) -> list[str]:
-        """Raw inputs (e.g. uint8 images, N x H x W) -> label names, using the stored preprocessing."""
+    def _images(self, raw, image_spec, spec: TensorSpec) -> np.ndarray:
+        """Image files, Pillow images or uint8 pixels (N x H x W [x C]) -> the model's input, as the sidecar says."""
+        if is_raw_batch(raw):
+            x = load_images(as_list(raw), image_spec)
+        else:
+            raw = np.asarray(raw)
+            if raw.dtype != np.uint8 or raw.ndim not in (3, 4):
+                raise InputError(f"raw images must be file paths or uint8 N x H x W [x C] pixels, got {raw.dtype} "
+                                 f"{list(raw.shape)}")
+            x = load_images(list(raw), image_spec)
+        if spec.quantization and np.issubdtype(spec.dtype, np.integer):
+            x = quantize_input(x, spec.dtype, *spec.quantization)
+        return np.ascontiguousarray(x, dtype=spec.dtype)
+
+    def predict(self, raw) -> list[str]:
+        """Raw inputs (image files, or uint8 images N x H x W [x C]) -> label names, using the stored
+        preprocessing."""
         return self._labels(self.first_output({self.inputs[0].name: self.preprocess(raw)}))
 
     def first_output(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

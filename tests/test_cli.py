@@ -34,7 +34,7 @@ def test_dump_config_prints_effective_recipe():
     "args, files, pattern",
     [
         (["--target", "jetsn"], {}, r"target 'jetsn' unknown; known: cpu, gpu, jetson, mobile"),
-        (["--data", "/nonexistent/fashion"], {}, r"data path /nonexistent/fashion is not a directory.*dataset-fashion-mnist"),
+        (["--data", "/nonexistent/fashion"], {}, r"--data /nonexistent/fashion: no such folder; give a folder of images"),
         (["--recipe", "RECIPE"], {"RECIPE": "train: {epochs: [1, 2\n"}, r"not valid YAML at line"),
         (["--recipe", "RECIPE"], {"RECIPE": "train: {epohcs: 2}\n"}, r"unknown recipe key 'train.epohcs'; did you mean 'epochs'"),
         (["--recipe", "RECIPE"], {"RECIPE": "train: {epochs: lots}\n"}, r"train.epochs = 'lots' has the wrong type"),

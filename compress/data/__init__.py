@@ -2,8 +2,8 @@
 
 A source loads its splits (train, validation, test; calibration rows from the training split), the label names,
 and what identifies them for the stage cache (`fingerprint`); for images also the preprocessing an app must apply
-(`preprocess`, recorded in the artifact's sidecar). Built in: `fashion-mnist` (images), `fine-foods` and `csv`
-(texts). Register another with `register(source)`.
+(`preprocess`, recorded in the artifact's sidecar). Built in: `fashion-mnist` and `image-folder` (images),
+`npz` (model-ready arrays), `fine-foods` and `csv` (texts). Register another with `register(source)`.
 """
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def get(name: str) -> DataSource:
 def _builtins() -> None:
     if "fashion-mnist" not in _SOURCES:
         from compress.data.fashion_mnist import FASHION_MNIST
+        from compress.data.arrays import NPZ
+        from compress.data.image_folder import IMAGE_FOLDER
         from compress.data.texts import CSV_TEXTS, FINE_FOODS
 
-        for source in (FASHION_MNIST, FINE_FOODS, CSV_TEXTS):
+        for source in (FASHION_MNIST, FINE_FOODS, CSV_TEXTS, IMAGE_FOLDER, NPZ):
             register(source)

@@ -2,8 +2,9 @@
 
 A family builds or loads its model, trains it one way (its loss and loop), says how it shrinks, how it is exported
 and checked, which INT8 flavour suits it and what the runtime's sidecar needs. The stages call these methods and
-never branch on which family they hold. Two are built in: the image classifier (`image`: the ResNet-style CNN or
-a user's module) and the BERT-style text encoder (`encoder`). Register another with `register(family)`.
+never branch on which family they hold. Three are built in: the image classifier (`image`: the ResNet-style CNN or
+a user's module), the BERT-style text encoder (`encoder`) and an ONNX file taken as given (`onnx`: post-training
+INT8 only). Register another with `register(family)`.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class ModelFamily(Protocol):
     def check_inputs(self, run) -> Any: ...  # real rows every target runs its compiled form on
     def torch_inputs(self, run) -> tuple[Any, Any]: ...  # (calibration, check) rows for torch-source targets
     def extra_files(self, run): ...  # None, or write(target_dir) -> files an app needs beside the model
+    def unsupported(self, step: str) -> str | None: ...  # why it cannot run "prune" / "distill" / "litert", or None
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
@@ -65,6 +67,8 @@ def _builtins() -> None:
     if "resnet-cnn" not in _FAMILIES:
         from compress.families.encoder import ENCODER
         from compress.families.image import IMAGE
+        from compress.families.onnx_model import ONNX_MODEL
 
         register(IMAGE)
         register(ENCODER)
+        register(ONNX_MODEL)

@@ -33,10 +33,11 @@ class ImageClassifier:
         return raw
 
     def describe_data(self, data) -> str:
+        classes = f"{data.num_classes} classes" if data.labelled else "unlabelled (scored by agreement with the baseline)"
         return (f"data: {data.name} train {len(data.train)} / val {len(data.val)} / test {len(data.test)}, "
-                f"input {data.input_shape}, {data.num_classes} classes")
+                f"input {data.input_shape}, {classes}")
 
-    def new_model(self, run):
+    def new_model(self, run, classes: int | None = None):
         """A freshly initialised model for the run's data (input shape and classes from the data)."""
         from models import build_model
 
@@ -44,9 +45,21 @@ class ImageClassifier:
         options = ({"factory": m.factory} if m.arch == "custom" else
                    {"width": m.width, "stages": m.stages, "blocks_per_stage": m.blocks_per_stage})
         try:
-            return build_model(m.arch, run.data.input_shape, run.data.num_classes, **options)
+            return build_model(m.arch, run.data.input_shape, classes or run.data.num_classes, **options)
         except ValueError as e:
             raise CompressError(str(e)) from None
+
+    def given_logits(self, run, splits: dict) -> dict:
+        """The pretrained model as given on unlabelled rows (split name -> logits); its classes from its weights."""
+        from compress import train
+        from compress.checkpoints import classes_in_weights, load_pretrained
+
+        weights = run.recipe.model.weights
+        if not weights:
+            raise CompressError(f"{run.data.name} has no labels: a model trained from scratch has nothing to agree "
+                                "with; give pretrained weights (--weights FILE) or labelled data")
+        model = load_pretrained(self.new_model(run, classes_in_weights(Path(weights))), Path(weights)).eval()
+        return {name: train.predict_logits(model, x) for name, x in splits.items()}
 
     def load(self, run, path: Path):
         from compress.checkpoints import load_checkpoint
@@ -218,6 +231,10 @@ class ImageClassifier:
         return run.data.calib.x, run.data.val.x
 
     def extra_files(self, run):
+        return None
+
+    def unsupported(self, step: str) -> str | None:
+        """Why this family cannot run `step` ("prune", "distill", "litert"), or None: it runs them all."""
         return None
 
 

@@ -12,5 +12,11 @@ def body(run, out) -> dict:
     return run.family.distill(run, run.distill_source, out["distilled"])
 
 
+def enabled(run) -> bool:
+    from compress.stages.prune import family_skips
+
+    return run.recipe.distill.enabled and not family_skips(run, "distill")
+
+
 STAGE = Stage("distill", ("key:prune", "key:train", "recipe:distill", "run:distill_source"), outputs, body,
-              enabled=lambda run: run.recipe.distill.enabled, all_ranks=True)
+              enabled=enabled, all_ranks=True)

@@ -18,6 +18,10 @@ def sibling_of(recipe, target, family):
         return None, f"target {recipe.target.name!r} times no other runtime"
     if not recipe.target.litert_candidates and recipe.target.runtime == "onnxruntime":
         return None, "target.litert_candidates is false"
+    unsupported = getattr(family, "unsupported", None)
+    why = unsupported("litert") if unsupported is not None else None
+    if why:
+        return None, why
     other = get_target(name)
     if family.kind not in other.MODEL_KINDS:
         return None, f"{other.RUNTIME} does not take {family.kind} models"

@@ -2,7 +2,7 @@
 The weights before that fine-tuning are kept too: distillation starts from them."""
 from __future__ import annotations
 
-from compress.driver import Stage
+from compress.driver import Stage, log
 
 
 def outputs(run):
@@ -14,5 +14,18 @@ def body(run, out) -> dict:
     return run.family.prune(run, out["pruned.raw"], out["pruned"])
 
 
-STAGE = Stage("prune", ("key:train", "recipe:prune"), outputs, body,
-              enabled=lambda run: run.family.shrinks(run.recipe), all_ranks=True)
+def family_skips(run, step: str) -> bool:
+    """Whether the run's family cannot run `step` at all ("prune", "distill": an ONNX model has no torch graph);
+    one log line says why."""
+    unsupported = getattr(run.family, "unsupported", None)
+    why = unsupported(step) if unsupported is not None else None
+    if why:
+        log(f"[{step}] skipped: {why}")
+    return bool(why)
+
+
+def enabled(run) -> bool:
+    return not (run.recipe.prune.enabled and family_skips(run, "prune")) and run.family.shrinks(run.recipe)
+
+
+STAGE = Stage("prune", ("key:train", "recipe:prune"), outputs, body, enabled=enabled, all_ranks=True)

@@ -6,21 +6,21 @@ from compress.driver import Stage
 
 
 def sources(run) -> dict[str, str]:
-    """INT8 row name -> the FP32 variant it quantizes."""
-    student = run.student_name
-    return {"int8": "baseline", **({"compressed": student} if student != "baseline" else {})}
+    """INT8 row name -> the FP32 variant it quantizes. Without a student (nothing pruned or distilled: a pretrained
+    or ONNX model taken as given) both rows quantize the baseline: the quantizer alone beside the search."""
+    return {"int8": "baseline", "compressed": run.student_name}
 
 
 def outputs(run):
-    return {f"int8:{name}": run.path(f"{source}.int8.onnx") for name, source in sources(run).items()}
+    plan = sources(run)
+    plain = "baseline.ptq" if plan["compressed"] == "baseline" else "baseline"
+    return {"int8:int8": run.path(f"{plain}.int8.onnx"), "int8:compressed": run.path(f"{plan['compressed']}.int8.onnx")}
 
 
 def body(run, out) -> dict:
-    plan = sources(run)
-    tuned = "compressed" if "compressed" in plan else "int8"  # the one the search tunes
     return {name: run.family.quantize(run, source, run.artifacts[f"onnx:{source}"], out[f"int8:{name}"],
-                                      tuned=name == tuned)
-            for name, source in plan.items()}
+                                      tuned=name == "compressed")
+            for name, source in sources(run).items()}
 
 
 STAGE = Stage("quantize", ("key:export", "recipe:quantize", "data:fingerprint", "run:student_name"), outputs, body,

@@ -1,0 +1,120 @@
+"""A folder of images (JPEG, PNG, ...): one sub-folder per class is a labelled set (class names = folder names,
+any number of classes); images directly in the folder are an unlabelled set, scored by agreement with the baseline.
+Files are decoded and preprocessed with `runtime.images` (Pillow), as the recipe's `data.image` says; the same
+preprocessing goes into the artifact's sidecar, so an app's images are fed exactly as these were."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import CompressError
+
+
+def find_images(root: Path) -> tuple[list[Path], np.ndarray | None, tuple[str, ...]]:
+    """(files, labels or None, class names): class sub-folders when the folder has any, else its own images."""
+    from runtime.images import image_files
+
+    if not root.is_dir():
+        raise CompressError(f"data path {root} is not a folder of images")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        files = image_files(root)
+        if not files:
+            raise CompressError(f"{root} holds no images ({', '.join(_suffixes())}) and no class sub-folders")
+        return files, None, ()
+    files, labels = [], []
+    for index, folder in enumerate(classes):
+        found = image_files(folder)
+        files += found
+        labels += [index] * len(found)
+    empty = [c.name for c in classes if not image_files(c)]
+    if empty:
+        raise CompressError(f"{root}: class folder(s) {', '.join(empty[:5])} hold no images; remove them or add images")
+    return files, np.asarray(labels, np.int64), tuple(c.name for c in classes)
+
+
+def _suffixes() -> list[str]:
+    from runtime.images import IMAGE_SUFFIXES
+
+    return list(IMAGE_SUFFIXES[:4])
+
+
+def trains(recipe) -> bool:
+    """Whether the run learns from training rows (fine-tuning, pruning's fine-tuning, distillation); if not, the
+    data set keeps only calibration rows for training and holds out the rest."""
+    family = recipe.family
+    unsupported = getattr(family, "unsupported", lambda step: None)
+    distills = recipe.distill.enabled and not unsupported("distill")
+    return recipe.train.epochs > 0 or family.shrinks(recipe) or distills
+
+
+def read_pixels(files: list[Path], spec) -> np.ndarray:
+    from runtime.errors import InputError
+    from runtime.images import load_images
+
+    try:
+        return load_images(files, spec)
+    except InputError as e:
+        raise CompressError(str(e)) from None
+
+
+def fingerprint(files: list[Path], root: Path, labels, spec, splits: dict[str, np.ndarray]) -> str:
+    """The files' bytes and names (relative: the class they sit in), the preprocessing and the split."""
+    digest = hashlib.sha256(repr(spec).encode())
+    for f in files:
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    for name in ("train", "val", "test", "calib"):
+        digest.update(splits[name].tobytes())
+    if labels is not None:
+        digest.update(labels.tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    name: str = "image-folder"
+    kind: str = "image"
+
+    def check_recipe(self, data_config) -> None:
+        return None  # data.path may come from --data after the recipe is read: checked when the data are loaded
+
+    def load(self, recipe):
+        from bench.datasets import DatasetError, ImageDataset, Split, pool_splits
+
+        d = recipe.data
+        if not d.path:
+            raise CompressError("data.dataset 'image-folder' needs data.path: a folder of images (class sub-folders "
+                                "for labelled data), or pass --data FOLDER")
+        root = Path(d.path)
+        files, labels, classes = find_images(root)
+        if labels is not None and len(classes) < 2:
+            raise CompressError(f"{root}: one class folder ({classes[0]}); a classifier needs at least two")
+        try:
+            rows = pool_splits(len(files), val_size=d.val_size, test_size=d.limit_test or d.val_size,
+                               calib_size=d.calib_size, seed=recipe.seed, name=str(root), trains=trains(recipe))
+        except DatasetError as e:
+            raise CompressError(str(e)) from None
+        if d.limit_train is not None:
+            rows["train"] = rows["train"][: d.limit_train]
+        spec = d.image.spec()
+        x = read_pixels(files, spec)
+
+        def split(idx: np.ndarray) -> Split:
+            return Split(x[idx], None if labels is None else labels[idx])
+
+        return ImageDataset(
+            name=root.name, train=split(rows["train"]), val=split(rows["val"]), test=split(rows["test"]),
+            calib=split(rows["calib"]), labels=classes, mean=0.0, std=1.0,
+            fingerprint=fingerprint(files, root, labels, spec, rows), image=spec,
+            truth="labels" if labels is not None else "none")
+
+    def preprocess(self, dataset) -> dict[str, Any]:
+        return dataset.image.to_sidecar()
+
+
+IMAGE_FOLDER = ImageFolder()

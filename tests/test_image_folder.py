@@ -1,0 +1,125 @@
+"""A user's own CNN and a folder of images: `compress run --model pkg:factory --weights W --data FOLDER`.
+
+Input shape and classes come from the data (3 x 64 x 64, 20 class folders), the preprocessing from the recipe's
+data.image section into the sidecar, and the shipped file fed raw PNG files through `runtime` scores what the report
+says. An unlabelled folder is scored by top-1 agreement with the baseline everywhere."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from compress.cli import main
+from tests.image_folders import write_folder
+
+pytest.importorskip("PIL", reason="image folders need Pillow (pip install 'edge-compress[images]')")
+
+RECIPE = """
+name: folder-test
+data: {dataset: image-folder, calib_size: 64, image: {size: 64, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}}
+train: {epochs: %s, batch_size: 32, lr: 0.1}
+prune: {ratio: 0.5, round_to: 4, finetune_epochs: 1.0}
+distill: {epochs: 1.0}
+bench: {batch_sizes: [1, 8], warmup: 2, runs: 10, rounds: 1}
+budget: {max_accuracy_drop: 5.0, allow_baseline: true, latency_batch: 8}
+target: {litert_candidates: false}
+"""
+
+
+def _weights(tmp_path, trained_on=None):
+    """small_convnet for 20 classes as a user ships it (safetensors); trained on `trained_on` when given."""
+    import torch
+    from safetensors.torch import save_file
+
+    from compress.train import LoopConfig, fit, seed_everything
+    from tests.toy_models import small_convnet
+
+    seed_everything(0)
+    model = small_convnet((3, 64, 64), 20)
+    if trained_on is not None:
+        fit(model, trained_on, LoopConfig(4.0, 32, 0.05), seed=0)
+    path = tmp_path / "convnet.safetensors"
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
+    assert all(isinstance(v, torch.Tensor) for v in model.state_dict().values())
+    return path
+
+
+def _run(tmp_path, folder, weights, epochs: float, extra=()):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE % epochs)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "--recipe", str(recipe), "--model", "tests.toy_models:small_convnet",
+                                       "--weights", str(weights), "--data", str(folder), "--out", str(out), *extra])
+    return result, out
+
+
+def test_a_20_class_image_folder_trains_shrinks_and_ships_a_model_that_reads_files(tmp_path):
+    from bench.datasets import pool_splits
+    from compress.data.image_folder import find_images
+    from runtime import load
+
+    folder = write_folder(tmp_path / "shapes", classes=20, per_class=16)
+    result, out = _run(tmp_path, folder, _weights(tmp_path), epochs=10.0)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy_metric"] == "accuracy"
+    acc = {v["name"]: v["accuracy"] for v in report["variants"]}
+    assert acc["baseline"] >= 0.5, acc  # 20 classes: chance is 0.05
+    prune = next(s for s in report["stages"] if s["name"] == "prune")["metrics"]
+    assert prune["params_after"] < prune["params_before"]
+
+    shipped = out / report["variants"][-1]["artifact"]
+    sidecar = json.loads(shipped.with_name(shipped.name + ".json").read_text()) if \
+        shipped.with_name(shipped.name + ".json").exists() else None
+    with load(shipped) as runner:
+        meta = runner.metadata
+        assert meta["labels"] == [f"class_{k:02d}" for k in range(20)], sidecar
+        assert meta["preprocess"]["size"] == [64, 64] and meta["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+        files, labels, names = find_images(folder)
+        test = pool_splits(len(files), val_size=5000, test_size=5000, calib_size=64, seed=0, name="x")["test"]
+        predicted = runner.predict([files[i] for i in test])  # raw PNG files, preprocessed by the runtime
+    truth = [names[labels[i]] for i in test]
+    file_accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
+    assert file_accuracy == pytest.approx(acc["compressed"], abs=1e-9)  # the same pixels, the same decisions
+
+
+def test_an_unlabelled_folder_is_scored_by_agreement_with_the_pretrained_model(tmp_path):
+    from compress.data.image_folder import find_images, read_pixels
+    from bench.datasets import Split
+    from runtime.images import ImageSpec
+
+    labelled = write_folder(tmp_path / "labelled", classes=20, per_class=8, seed=1)
+    files, y, _ = find_images(labelled)
+    x = read_pixels(files, ImageSpec((64, 64), 73, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    weights = _weights(tmp_path, trained_on=Split(x, y))
+    photos = write_folder(tmp_path / "photos", classes=20, per_class=6, seed=2, labelled=False)
+    result, out = _run(tmp_path, photos, weights, epochs=0)
+    assert result.exit_code == 0, result.output
+    assert "agreement" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy_metric"] == "top1_agreement_vs_baseline"
+    assert report["budget"]["metric"] == "top1_agreement_vs_baseline"
+    rows = {v["name"]: v for v in report["variants"]}
+    assert rows["baseline"]["accuracy"] == 1.0  # the baseline agrees with itself on every row
+    for row in rows.values():  # agreement with the baseline is what `accuracy` holds for unlabelled data
+        assert row["accuracy"] == pytest.approx(row["top1_agreement_vs_baseline"], abs=1e-9)
+        if row.get("shipped_from", row["name"]) != "baseline":  # the baseline's own logits: SQNR infinite (null)
+            assert row["logit_sqnr_db_vs_baseline"] > 0, row
+    label = next(s for s in report["stages"] if s["name"] == "label")["metrics"]
+    assert label["classes"] == 20  # read from the weights' head: the folder has no classes
+    gate = CliRunner().invoke(main, ["check", "--report", str(out / "report.json"),
+                                     "--baseline", str(out / "report.json")])
+    assert gate.exit_code == 0 and "agreement" in gate.output, gate.output
+
+
+def test_unlabelled_data_refuses_training_and_untrained_models_in_one_line(tmp_path):
+    photos = write_folder(tmp_path / "photos", classes=3, per_class=4, labelled=False)
+    weights = _weights(tmp_path)
+    result, _ = _run(tmp_path, photos, weights, epochs=1.0)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: photos has no labels: the baseline must be")
+    folder = write_folder(tmp_path / "one", classes=1, per_class=12)
+    result, _ = _run(tmp_path, folder, weights, epochs=1.0)
+    assert result.exit_code == 2 and "a classifier needs at least two" in result.output
