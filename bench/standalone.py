@@ -52,11 +52,15 @@ def parse_artifacts(specs: Sequence[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def load_split(data: str | None, limit: int | None, input_shape: tuple, dtype: np.dtype) -> tuple[Split, dict, bool]:
-    """The evaluation split: Fashion-MNIST's test split, an .npz's rows (`x`, and `y` for accuracy), or synthetic
-    inputs (no accuracy) when data is None. An unlabelled .npz comes back with `y` None."""
+def load_split(data: str | None, limit: int | None, input_shape: tuple, dtype: np.dtype,
+               metadata: dict | None = None) -> tuple[Split, dict, bool]:
+    """The evaluation split: Fashion-MNIST's test split, an .npz's rows (`x`, and `y` for accuracy), a folder of
+    images (preprocessed as the first artifact's sidecar says; class sub-folders for accuracy), or synthetic inputs
+    (no accuracy) when data is None. Unlabelled rows come back with `y` None."""
     if data is not None and data.endswith(".npz"):
         return npz_split(Path(data), limit)
+    if data is not None and data != "fashion-mnist" and folder_of_images(Path(data)):
+        return image_split(Path(data), limit, metadata or {})
     if data is not None:
         from bench.datasets import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, DatasetError, load_fashion_mnist_raw,
                                     normalize_images)
@@ -108,6 +112,41 @@ def npz_split(path: Path, limit: int | None) -> tuple[Split, dict, bool]:
     return Split(x, y), info, y is not None
 
 
+def folder_of_images(path: Path) -> bool:
+    from runtime.images import image_files
+
+    return path.is_dir() and (bool(image_files(path)) or any(d.is_dir() and image_files(d) for d in path.iterdir()))
+
+
+def image_split(path: Path, limit: int | None, metadata: dict) -> tuple[Split, dict, bool]:
+    """Every image of a folder, preprocessed as the artifact's sidecar declares; class sub-folders are matched to
+    the sidecar's label names (or taken in name order when it has none)."""
+    from common.errors import CompressError
+    from compress.data.image_folder import find_images, read_pixels
+    from runtime.images import ImageSpec
+
+    spec = ImageSpec.from_sidecar(metadata.get("preprocess") or {})
+    if spec is None:
+        raise BenchError(f"--data {path}: the first artifact's sidecar declares no image preprocessing (size, mean, "
+                         "std); give model-ready rows as an .npz instead")
+    try:
+        files, labels, classes = find_images(path)
+        files = files[:limit] if limit else files
+        x = read_pixels(files, spec)
+    except CompressError as e:
+        raise BenchError(str(e)) from None
+    names = metadata.get("labels") or list(classes)
+    if labels is not None:
+        unknown = sorted(set(classes) - set(names))
+        if unknown:
+            raise BenchError(f"--data {path}: class folders {', '.join(unknown[:5])} are not among the model's labels")
+        labels = np.asarray([names.index(classes[i]) for i in labels[: len(files)]], np.int64)
+    digest = hashlib.sha256(x.tobytes() + (b"" if labels is None else labels.tobytes())).hexdigest()[:16]
+    info = {"name": path.name, "split": "all images" if labels is not None else "all images, unlabelled",
+            "samples": len(x), "fingerprint": digest}
+    return Split(x, labels), info, labels is not None
+
+
 def agreement_split(split: Split, dataset: dict, baseline: Path, threads: int) -> tuple[Split, np.ndarray]:
     """Unlabelled rows labelled by the baseline's top-1: every accuracy becomes agreement with it."""
     from bench.accuracy import predict
@@ -117,20 +156,6 @@ def agreement_split(split: Split, dataset: dict, baseline: Path, threads: int) -
         reference = predict(runner, split.x)
     dataset.update(metric="agreement", truth=f"top-1 of the baseline ({baseline.name}); no labels in the file")
     return Split(split.x, reference.argmax(1).astype(np.int64)), reference
-
-
-def add_sqnr(rows: list[dict], pairs: list[tuple[str, Path]], x: np.ndarray, reference: np.ndarray,
-             threads: int) -> None:
-    """Each row's logit SQNR (dB) against the baseline's on the same rows."""
-    from bench.accuracy import predict
-    from common.compare import sqnr_db
-    from runtime import load
-
-    paths = dict(pairs)
-    for r in rows:
-        with load(paths[r["name"]], threads=threads) as runner:
-            db = sqnr_db(reference, predict(runner, x))
-        r["sqnr_db_vs_baseline"] = None if not np.isfinite(db) else round(db, 2)
 
 
 def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data: str | None = None,
@@ -198,7 +223,7 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
         "title": f"compress bench: {', '.join(names)}",
         "target": "cpu",
         "dataset": dataset,
-        "accuracy_metric": "agreement" if dataset.get("metric") == "agreement" else "accuracy",
+        "accuracy_metric": "top1_agreement_vs_baseline" if dataset.get("metric") == "agreement" else "accuracy",
         "environment": {**environment.describe(threads), "timing": f"blocks of runs cycled per variant, "
                         f"{rounds} rounds, {warmup} warm-up runs per block", "run_noise_pct": run_noise_pct},
         "variants": rows,
@@ -212,19 +237,16 @@ def _bench_on_data(variants: list, data: str | None, limit: int | None, timing: 
 
     base = variants[0].path
     with load(base, threads=timing["threads"]) as runner:
-        specs = runner.inputs
+        specs, metadata = runner.inputs, runner.metadata
     if len(specs) != 1:
         raise BenchError(f"{base.name} takes {len(specs)} inputs ({', '.join(s.name for s in specs)}): pass "
                          "--inputs inputs.npz with one array per input, named like them (latency only)")
-    split, dataset, has_accuracy = load_split(data, limit, specs[0].shape, specs[0].dtype)
+    split, dataset, has_accuracy = load_split(data, limit, specs[0].shape, specs[0].dtype, metadata)
     reference = None
     if data is not None and not has_accuracy:
         split, reference = agreement_split(split, dataset, base, timing["threads"])
         has_accuracy = True
-    rows = bench_variants(variants, split, **timing)
-    if reference is not None:
-        add_sqnr(rows, [(v.name, v.path) for v in variants], split.x, reference, timing["threads"])
-    return rows, dataset, has_accuracy
+    return bench_variants(variants, split, **timing), dataset, has_accuracy
 
 
 def read_inputs(path: Path) -> dict[str, np.ndarray]:
@@ -320,7 +342,7 @@ def to_markdown(report: dict) -> str:
     base = next((v for v in variants if v["name"] == c.get("baseline")), variants[0])
     env = report["environment"]
     agreement = metric_word(report) == "agreement"
-    sqnr = any("sqnr_db_vs_baseline" in v for v in variants)
+    sqnr = any("logit_sqnr_db_vs_baseline" in v for v in variants)
     header = ["variant", "precision", "agreement" if agreement else "accuracy", "top-1 agreement", "size"] + \
              [f"p50 b{b} (ms) [CI95]" for b in batches] + [f"speed-up b{b}" for b in batches]
     top = memory_batch(variants)
@@ -338,7 +360,7 @@ def to_markdown(report: dict) -> str:
         speed = [f"{base['latency_ms'][b]['p50'] / v['latency_ms'][b]['p50']:.2f}x" for b in batches]
         agree = v.get("top1_agreement_vs_baseline")
         row = [v["name"], v["precision"], acc, "-" if agree is None else f"{agree:.4f}", fmt_bytes(v["size_bytes"])]
-        db = v.get("sqnr_db_vs_baseline")
+        db = v.get("logit_sqnr_db_vs_baseline")
         extra = ([peak_rss(v, top)] if top else []) + (["-" if db is None else f"{db:.1f}"] if sqnr else [])
         lines.append("| " + " | ".join(row + lat + speed + extra) + " |")
     if c:

@@ -25,8 +25,9 @@ def _batches(value: str | None) -> tuple[int, ...] | None:
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--data", default=None, help="'fashion-mnist' (Debian's dataset-fashion-mnist) or a directory with its "
               "IDX files: accuracy on the test split; or an .npz with x (model-ready rows) and optionally y (labels): "
-              "accuracy, or without y top-1 agreement with the baseline and logit SQNR. Without it: random inputs, "
-              "latency only.")
+              "accuracy, or without y top-1 agreement with the baseline and logit SQNR; or a folder of images "
+              "(preprocessed as the first artifact's sidecar says; class sub-folders give accuracy). Without it: "
+              "random inputs, latency only.")
 @click.option("--inputs", default=None, metavar="FILE.npz", help="One array per model input, named like the inputs: "
               "times models with several inputs or recurrent state on them (latency only).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N test samples.")

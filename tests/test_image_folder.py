@@ -55,14 +55,22 @@ def _run(tmp_path, folder, weights, epochs: float, extra=()):
     return result, out
 
 
-def test_a_20_class_image_folder_trains_shrinks_and_ships_a_model_that_reads_files(tmp_path):
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    """One run on a labelled 20-class folder of 64 x 64 PNGs, shared by the tests that read its outputs."""
+    tmp_path = tmp_path_factory.mktemp("shapes")
+    folder = write_folder(tmp_path / "shapes", classes=20, per_class=16)
+    result, out = _run(tmp_path, folder, _weights(tmp_path), epochs=10.0)
+    assert result.exit_code == 0, result.output
+    return folder, out
+
+
+def test_a_20_class_image_folder_trains_shrinks_and_ships_a_model_that_reads_files(shapes_run):
     from bench.datasets import pool_splits
     from compress.data.image_folder import find_images
     from runtime import load
 
-    folder = write_folder(tmp_path / "shapes", classes=20, per_class=16)
-    result, out = _run(tmp_path, folder, _weights(tmp_path), epochs=10.0)
-    assert result.exit_code == 0, result.output
+    folder, out = shapes_run
     report = json.loads((out / "report.json").read_text())
     assert report["accuracy_metric"] == "accuracy"
     acc = {v["name"]: v["accuracy"] for v in report["variants"]}
@@ -123,3 +131,29 @@ def test_unlabelled_data_refuses_training_and_untrained_models_in_one_line(tmp_p
     folder = write_folder(tmp_path / "one", classes=1, per_class=12)
     result, _ = _run(tmp_path, folder, weights, epochs=1.0)
     assert result.exit_code == 2 and "a classifier needs at least two" in result.output
+
+
+def test_compress_bench_reads_a_folder_with_the_artifacts_own_preprocessing(shapes_run, tmp_path):
+    """The shipped model and the baseline's INT8 benched on raw files: accuracy from class folders named like the
+    sidecar's labels, and agreement on a flat folder."""
+    import shutil
+
+    folder, out = shapes_run
+    report = json.loads((out / "report.json").read_text())
+    shipped = out / report["variants"][-1]["artifact"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(folder.glob("*/*.png"))[::7]:
+        shutil.copy(f, flat / f.name)
+    for data, metric in ((folder, "accuracy"), (flat, "top1_agreement_vs_baseline")):
+        bench = CliRunner().invoke(main, ["bench", str(shipped), str(out / "baseline.int8.onnx"), "--data", str(data),
+                                          "--batch", "1", "--runs", "5", "--rounds", "1",
+                                          "--out", str(tmp_path / f"bench-{data.name}")])
+        assert bench.exit_code == 0, bench.output
+        benched = json.loads((tmp_path / f"bench-{data.name}" / "report.json").read_text())
+        assert benched["accuracy_metric"] == metric
+        first = benched["variants"][0]
+        if metric == "accuracy":  # every image of the folder, fed as the run fed its test rows
+            assert 0.5 <= first["accuracy"] <= 1.0 and benched["dataset"]["samples"] == 320
+        else:
+            assert first["accuracy"] == 1.0 and benched["dataset"]["samples"] == 46

@@ -225,7 +225,7 @@ def test_bench_on_unlabelled_npz_reports_agreement_with_the_first_artifact(cnn, 
     report = json.loads((out / "report.json").read_text())
     assert report["accuracy_metric"] == "agreement" and report["dataset"]["samples"] == 200
     rows = {v["name"]: v for v in report["variants"]}
-    assert rows["cnn"]["accuracy"] == 1.0 and rows["cnn"]["sqnr_db_vs_baseline"] is None  # identical: +inf
+    assert rows["cnn"]["accuracy"] == 1.0 and rows["cnn"]["logit_sqnr_db_vs_baseline"] is None  # identical: +inf
     assert rows["cnn.int8"]["accuracy"] == pytest.approx(rows["cnn.int8"]["top1_agreement_vs_baseline"], abs=1e-12)
-    assert rows["cnn.int8"]["accuracy"] >= 0.9 and rows["cnn.int8"]["sqnr_db_vs_baseline"] >= 15.0
+    assert rows["cnn.int8"]["accuracy"] >= 0.9 and rows["cnn.int8"]["logit_sqnr_db_vs_baseline"] >= 15.0
     assert "| variant | precision | agreement |" in (out / "report.md").read_text()
