@@ -223,7 +223,7 @@ def test_bench_on_unlabelled_npz_reports_agreement_with_the_first_artifact(cnn, 
                                        *BENCH, "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["accuracy_metric"] == "agreement" and report["dataset"]["samples"] == 200
+    assert report["accuracy_metric"] == "top1_agreement_vs_baseline" and report["dataset"]["samples"] == 200
     rows = {v["name"]: v for v in report["variants"]}
     assert rows["cnn"]["accuracy"] == 1.0 and rows["cnn"]["logit_sqnr_db_vs_baseline"] is None  # identical: +inf
     assert rows["cnn.int8"]["accuracy"] == pytest.approx(rows["cnn.int8"]["top1_agreement_vs_baseline"], abs=1e-12)
