@@ -222,3 +222,42 @@ def pool_splits(n: int, *, val_size: int, test_size: int, calib_size: int, seed:
         n_val, n_test = max(1, round(n * 0.2)), max(1, round(n * 0.2))
         val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
     return {"train": train, "val": np.sort(val), "test": np.sort(test), "calib": train[: min(calib_size, len(train))]}
+
+
+def find_images(root: Path) -> tuple[list[Path], np.ndarray | None, tuple[str, ...]]:
+    """(files, labels or None, class names): class sub-folders when the folder has any, else its own images."""
+    from runtime.images import image_files
+
+    if not root.is_dir():
+        raise DatasetError(f"data path {root} is not a folder of images")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        files = image_files(root)
+        if not files:
+            raise DatasetError(f"{root} holds no images ({', '.join(_suffixes())}) and no class sub-folders")
+        return files, None, ()
+    files, labels = [], []
+    for index, folder in enumerate(classes):
+        found = image_files(folder)
+        files += found
+        labels += [index] * len(found)
+    empty = [c.name for c in classes if not image_files(c)]
+    if empty:
+        raise DatasetError(f"{root}: class folder(s) {', '.join(empty[:5])} hold no images; remove them or add images")
+    return files, np.asarray(labels, np.int64), tuple(c.name for c in classes)
+
+
+def _suffixes() -> list[str]:
+    from runtime.images import IMAGE_SUFFIXES
+
+    return list(IMAGE_SUFFIXES[:4])
+
+
+def read_pixels(files: list[Path], spec) -> np.ndarray:
+    from runtime.errors import InputError
+    from runtime.images import load_images
+
+    try:
+        return load_images(files, spec)
+    except InputError as e:
+        raise DatasetError(str(e)) from None

@@ -121,8 +121,7 @@ def folder_of_images(path: Path) -> bool:
 def image_split(path: Path, limit: int | None, metadata: dict) -> tuple[Split, dict, bool]:
     """Every image of a folder, preprocessed as the artifact's sidecar declares; class sub-folders are matched to
     the sidecar's label names (or taken in name order when it has none)."""
-    from common.errors import CompressError
-    from compress.data.image_folder import find_images, read_pixels
+    from bench.datasets import DatasetError, find_images, read_pixels
     from runtime.images import ImageSpec
 
     spec = ImageSpec.from_sidecar(metadata.get("preprocess") or {})
@@ -133,7 +132,7 @@ def image_split(path: Path, limit: int | None, metadata: dict) -> tuple[Split, d
         files, labels, classes = find_images(path)
         files = files[:limit] if limit else files
         x = read_pixels(files, spec)
-    except CompressError as e:
+    except DatasetError as e:
         raise BenchError(str(e)) from None
     names = metadata.get("labels") or list(classes)
     if labels is not None:

@@ -67,7 +67,7 @@ def shapes_run(tmp_path_factory):
 
 def test_a_20_class_image_folder_trains_shrinks_and_ships_a_model_that_reads_files(shapes_run):
     from bench.datasets import pool_splits
-    from compress.data.image_folder import find_images
+    from bench.datasets import find_images
     from runtime import load
 
     folder, out = shapes_run
@@ -94,7 +94,7 @@ def test_a_20_class_image_folder_trains_shrinks_and_ships_a_model_that_reads_fil
 
 
 def test_an_unlabelled_folder_is_scored_by_agreement_with_the_pretrained_model(tmp_path):
-    from compress.data.image_folder import find_images, read_pixels
+    from bench.datasets import find_images, read_pixels
     from bench.datasets import Split
     from runtime.images import ImageSpec
 

@@ -11,36 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.datasets import find_images, read_pixels
 from common.errors import CompressError
-
-
-def find_images(root: Path) -> tuple[list[Path], np.ndarray | None, tuple[str, ...]]:
-    """(files, labels or None, class names): class sub-folders when the folder has any, else its own images."""
-    from runtime.images import image_files
-
-    if not root.is_dir():
-        raise CompressError(f"data path {root} is not a folder of images")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        files = image_files(root)
-        if not files:
-            raise CompressError(f"{root} holds no images ({', '.join(_suffixes())}) and no class sub-folders")
-        return files, None, ()
-    files, labels = [], []
-    for index, folder in enumerate(classes):
-        found = image_files(folder)
-        files += found
-        labels += [index] * len(found)
-    empty = [c.name for c in classes if not image_files(c)]
-    if empty:
-        raise CompressError(f"{root}: class folder(s) {', '.join(empty[:5])} hold no images; remove them or add images")
-    return files, np.asarray(labels, np.int64), tuple(c.name for c in classes)
-
-
-def _suffixes() -> list[str]:
-    from runtime.images import IMAGE_SUFFIXES
-
-    return list(IMAGE_SUFFIXES[:4])
 
 
 def trains(recipe) -> bool:
@@ -50,16 +22,6 @@ def trains(recipe) -> bool:
     unsupported = getattr(family, "unsupported", lambda step: None)
     distills = recipe.distill.enabled and not unsupported("distill")
     return recipe.train.epochs > 0 or family.shrinks(recipe) or distills
-
-
-def read_pixels(files: list[Path], spec) -> np.ndarray:
-    from runtime.errors import InputError
-    from runtime.images import load_images
-
-    try:
-        return load_images(files, spec)
-    except InputError as e:
-        raise CompressError(str(e)) from None
 
 
 def fingerprint(files: list[Path], root: Path, labels, spec, splits: dict[str, np.ndarray]) -> str:
@@ -90,19 +52,18 @@ class ImageFolder:
         if not d.path:
             raise CompressError("data.dataset 'image-folder' needs data.path: a folder of images (class sub-folders "
                                 "for labelled data), or pass --data FOLDER")
-        root = Path(d.path)
-        files, labels, classes = find_images(root)
-        if labels is not None and len(classes) < 2:
-            raise CompressError(f"{root}: one class folder ({classes[0]}); a classifier needs at least two")
+        root, spec = Path(d.path), d.image.spec()
         try:
+            files, labels, classes = find_images(root)
+            if labels is not None and len(classes) < 2:
+                raise DatasetError(f"{root}: one class folder ({classes[0]}); a classifier needs at least two")
             rows = pool_splits(len(files), val_size=d.val_size, test_size=d.limit_test or d.val_size,
                                calib_size=d.calib_size, seed=recipe.seed, name=str(root), trains=trains(recipe))
+            x = read_pixels(files, spec)
         except DatasetError as e:
             raise CompressError(str(e)) from None
         if d.limit_train is not None:
             rows["train"] = rows["train"][: d.limit_train]
-        spec = d.image.spec()
-        x = read_pixels(files, spec)
 
         def split(idx: np.ndarray) -> Split:
             return Split(x[idx], None if labels is None else labels[idx])
