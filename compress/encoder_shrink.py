@@ -2,6 +2,10 @@
 initialised from the teacher, attention-head and FFN-neuron pruning by weight magnitude or first-order Taylor
 importance, vocabulary pruning with the id remap baked into the model, and `shrink_encoder`, which chains them
 as a recipe's `prune` section asks. Every transform returns a new model and leaves its input untouched.
+
+Every Hugging Face type the family reads (BERT, DistilBERT, RoBERTa) arrives in this one layout
+(`compress.hf_adapters` maps their weights at load time), so nothing here depends on the folder's model type; the
+vocabulary remap leaves each type's own tokenizer as it was (ids in, dropped ones read as its unknown token).
 """
 from __future__ import annotations
 

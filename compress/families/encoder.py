@@ -1,7 +1,8 @@
-"""The BERT-style text encoder family: a pretrained Hugging Face folder (all-MiniLM-L6-v2 by default) or a randomly
-initialised encoder on a word-level vocabulary. It fine-tunes with AdamW on length-bucketed batches, shrinks by
-dropping layers, heads, FFN neurons and unused vocabulary, distills on logits (and hidden states), and quantizes
-to dynamic INT8; the shipped model carries its tokenizer."""
+"""The BERT-style text encoder family: a pretrained Hugging Face folder (all-MiniLM-L6-v2 by default; BERT,
+DistilBERT or RoBERTa, read into the one reference encoder by `compress.hf_adapters`, its classification head kept
+when it fits the data) or a randomly initialised encoder on a word-level vocabulary. It fine-tunes with AdamW on
+length-bucketed batches, shrinks by dropping layers, heads, FFN neurons and unused vocabulary, distills on logits
+(and hidden states), and quantizes to dynamic INT8; the shipped model carries its tokenizer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,22 +44,63 @@ def model_folder(recipe) -> Path | None:
 
 
 def tokenize(recipe, texts, folder: Path | None) -> TextData:
-    """The texts, tokenized by the model's own tokenizer (or a word-level one built from the training texts)."""
+    """The texts, tokenized by the model's own tokenizer (or a word-level one built from the training texts).
+    A folder's pretrained classification head that is kept decides the order (and, for numbered data labels,
+    the names) of the classes."""
     from compress.cache import stage_key
-    from models.hf import ModelFolderError, load_tokenizer, word_level_tokenizer
+    from models.hf import ModelFolderError, word_level_tokenizer
 
     d = recipe.data
+    labels, order = texts.labels, None
     try:
         if folder is not None:
-            tokenizer = load_tokenizer(folder, max_length=d.max_length)
+            from compress.hf_adapters import folder_tokenizer, max_positions, read_folder
+
+            spec = read_folder(folder)
+            if d.max_length > max_positions(spec):
+                raise CompressError(f"data.max_length {d.max_length} exceeds the {spec.model_type} model's "
+                                    f"{max_positions(spec)} positions; lower data.max_length")
+            tokenizer = folder_tokenizer(spec, max_length=d.max_length)
+            labels, order = _head_labels(spec, texts.labels)
         else:
             tokenizer = word_level_tokenizer(sorted({w for t in texts.train.texts for w in t.lower().split()}),
                                              max_length=d.max_length)
     except ModelFolderError as e:
         raise CompressError(str(e)) from None
-    train, val, test = (tokenizer.encode_split(s) for s in (texts.train, texts.val, texts.test))
+    train, val, test = (_relabel(tokenizer.encode_split(s), order) for s in (texts.train, texts.val, texts.test))
     fingerprint = stage_key(texts.fingerprint, tokenizer.digest())
-    return TextData(texts.name, texts.labels, train, val, test, d.max_length, fingerprint, tokenizer)
+    if order is not None or labels != texts.labels:  # only then: the default model's keys stay as they were
+        fingerprint = stage_key(fingerprint, list(labels), order)
+    return TextData(texts.name, labels, train, val, test, d.max_length, fingerprint, tokenizer)
+
+
+def _head_labels(spec, labels: tuple[str, ...]):
+    """(labels, order) for a folder (`compress.hf_adapters.head_label_order`), with one log line on the head."""
+    from compress.driver import log
+    from compress.hf_adapters import head_label_order, keeps_head
+
+    if not spec.head_labels:
+        return labels, None
+    n = len(spec.head_labels)
+    if not keeps_head(spec, len(labels)):
+        log(f"model: the {spec.model_type} folder's classification head has {n} classes, the data have "
+            f"{len(labels)}; using a fresh {len(labels)}-class head")
+        return labels, None
+    labels, order = head_label_order(labels, spec.head_labels)
+    log(f"model: keeping the {spec.model_type} folder's pretrained {n}-class head (first-token pooling), "
+        f"classes {', '.join(labels)}")
+    return labels, order
+
+
+def _relabel(split, order):
+    """y in the kept head's class order: data label order[i] becomes class i."""
+    import numpy as np
+
+    if order is None:
+        return split
+    remap = np.empty(len(order), dtype=np.int64)
+    remap[np.asarray(order)] = np.arange(len(order))
+    return type(split)(split.input_ids, split.attention_mask, remap[split.y])
 
 
 class TextEncoder:
@@ -78,6 +120,14 @@ class TextEncoder:
             raise RecipeError("Transformer recipes quantize with quantize.mode: dynamic (static QDQ is CNN-only here)")
         if recipe.train.precision != "fp32":
             raise RecipeError("train.precision bf16 is for CNN recipes in this version; Transformers train in fp32")
+        m = recipe.model
+        if m.pretrained and m.path and (Path(m.path) / "config.json").is_file():  # a folder of the wrong kind:
+            from compress.hf_adapters import read_folder  # refused before any work (a missing one: at prepare)
+
+            try:
+                read_folder(m.path)
+            except CompressError as e:
+                raise RecipeError(str(e)) from None
 
     # -- model and data ---------------------------------------------------------------------------
     def prepare(self, recipe, raw) -> TextData:
@@ -93,27 +143,29 @@ class TextEncoder:
                 f"max {data.max_length} tokens ({cut:.1%} of training texts cut), {data.num_classes} classes")
 
     def new_model(self, run):
-        from models.hf import load_hf_encoder
         from models.transformer import EncoderConfig, build_encoder
 
         m, data = run.recipe.model, run.data
         folder = model_folder(run.recipe)
         if folder is not None:
-            return load_hf_encoder(folder, num_classes=data.num_classes, pooling=m.pooling, seed=run.recipe.seed)
+            from compress.hf_adapters import load_folder_model, read_folder
+
+            return load_folder_model(read_folder(folder), num_classes=data.num_classes, pooling=m.pooling,
+                                     seed=run.recipe.seed)
         cfg = EncoderConfig(vocab_size=data.tokenizer.vocab_size, hidden=m.hidden, layers=m.layers, heads=m.heads,
                             ffn=m.ffn, num_classes=data.num_classes, max_positions=max(data.max_length, 16),
                             pooling=m.pooling)
         return build_encoder(cfg, seed=run.recipe.seed)
 
     def load(self, run, path: Path):
-        from models.hf import load_encoder
+        from compress.hf_adapters import load_checkpoint
 
-        return load_encoder(path)
+        return load_checkpoint(path)
 
     def save(self, model, path: Path) -> None:
-        from models.hf import save_encoder
+        from compress.hf_adapters import save_checkpoint
 
-        save_encoder(model, path)
+        save_checkpoint(model, path)
 
     def fit(self, run, model, split, epochs: float, lr: float, *, seed: int, label: str, **teaching) -> list[float]:
         from compress.text_train import TextLoopConfig, fit_text
@@ -254,6 +306,10 @@ class TextEncoder:
             return [target_dir / "tokenizer.json"]
 
         return write
+
+    def unsupported(self, step: str) -> str | None:
+        """Why this family cannot run `step` ("prune", "distill", "litert"), or None: it runs them all."""
+        return None
 
 
 ENCODER = TextEncoder()
