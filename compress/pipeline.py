@@ -57,6 +57,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     from compress.stages import PIPELINE, label, ship
 
     family = families.for_arch(recipe.model.arch)
+    recipe = getattr(family, "fit_data", lambda r: r)(recipe)  # a model that fixes its input (an ONNX file)
     source = data_sources.get(recipe.data.dataset)
     target = usable_target(recipe.target.name, family.kind)
     require_runtime(recipe, target, family)

@@ -157,3 +157,40 @@ def test_compress_bench_reads_a_folder_with_the_artifacts_own_preprocessing(shap
             assert 0.5 <= first["accuracy"] <= 1.0 and benched["dataset"]["samples"] == 320
         else:
             assert first["accuracy"] == 1.0 and benched["dataset"]["samples"] == 46
+
+
+def test_an_onnx_model_takes_photos_at_its_own_input_size_and_is_judged_by_agreement(tmp_path):
+    """`compress run --model net.onnx --data photos/`: the images are read at the size the file takes (32 x 32 here,
+    not the 224 default), the baseline's predictions stand in for labels, and what ships reads raw files."""
+    import torch
+
+    from bench.datasets import Split, find_images, read_pixels
+    from compress.train import LoopConfig, fit, seed_everything
+    from runtime import load
+    from runtime.images import ImageSpec
+    from tests.toy_models import small_convnet
+
+    labelled = write_folder(tmp_path / "labelled", classes=5, per_class=24, size=40, seed=3)
+    files, y, _ = find_images(labelled)
+    x = read_pixels(files, ImageSpec((32, 32), 37, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    seed_everything(0)
+    model = small_convnet((3, 32, 32), 5)
+    fit(model, Split(x, y), LoopConfig(4.0, 32, 0.05), seed=0)
+    onnx_path = tmp_path / "net.onnx"
+    torch.onnx.export(model.eval(), torch.from_numpy(x[:2]), str(onnx_path), input_names=["image"],
+                      output_names=["logits"], dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, opset_version=17,
+                      dynamo=False)
+    photos = write_folder(tmp_path / "photos", classes=5, per_class=16, size=40, seed=4, labelled=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "--model", str(onnx_path), "--data", str(photos), "--out", str(out),
+                                       "--max-accuracy-drop", "5"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"]["data"]["image"]["size"] == 32, report["recipe"]["data"]
+    assert report["accuracy_metric"] == "top1_agreement_vs_baseline"
+    assert {s["name"] for s in report["stages"]} >= {"label", "train", "export", "quantize"}
+    assert "prune" not in {s["name"] for s in report["stages"]}
+    assert result.exit_code == 0, result.output  # INT8 of a 5-class convnet stays within 5 pt of agreement
+    shipped = out / report["variants"][-1]["artifact"]
+    with load(shipped) as runner:
+        assert runner.metadata["preprocess"]["size"] == [32, 32]
+        assert len(runner.predict(sorted(photos.glob("*.png"))[:4])) == 4

@@ -148,6 +148,26 @@ class OnnxModel:
         return None
 
     # -- model and data ---------------------------------------------------------------------------
+    def fit_data(self, recipe):
+        """Images read from files take the size and layout of the model's input when the recipe leaves
+        data.image at its default: the file fixes what it takes, the toolkit's default does not."""
+        import dataclasses
+
+        from compress.driver import log
+        from compress.recipe import ImageConfig
+
+        image = recipe.data.image
+        if recipe.data.dataset != "image-folder" or image != ImageConfig():
+            return recipe
+        shape = graph_info(recipe.model.path).input_shape[1:]
+        layout = "NHWC" if len(shape) == 3 and shape[-1] in (1, 3) and shape[0] not in (1, 3) else "NCHW"
+        h, w = (shape[1:] if layout == "NCHW" else shape[:2]) if len(shape) == 3 else (None, None)
+        if h is None or h != w:
+            return recipe
+        log(f"data: images at {h}x{w} {layout}, the size {Path(recipe.model.path).name} takes (data.image.size)")
+        image = dataclasses.replace(image, size=h, layout=layout)
+        return recipe.replace(data=dataclasses.replace(recipe.data, image=image))
+
     def prepare(self, recipe, raw):
         """The source's rows, checked against the graph's input; label names from the output's width when the
         file has none; the model's bytes in the fingerprint (a new file at the same path is a new baseline)."""
