@@ -22,6 +22,7 @@ from typing import Any, Callable
 from common.errors import CompressError
 
 ACTIVATIONS = ("gelu",)  # the reference encoder's FFN activation (exact erf GELU)
+CONFIG_KEY = "edge_compress.encoder_config"  # checkpoint metadata: the EncoderConfig, as JSON
 HEAD_KEY = "edge_compress.classifier_head"  # checkpoint metadata: the kept head's activation
 
 
@@ -176,7 +177,7 @@ def folder_config(spec: FolderSpec, *, num_classes: int, pooling: str, dropout: 
     from models.transformer import EncoderConfig
 
     a, hf = spec.adapter, spec.hf
-    # the defaults are `models.hf.read_encoder_config`'s (transformers' BertConfig ones)
+    # the defaults are transformers' BertConfig ones
     values: dict[str, Any] = {"type_vocab_size": 2, "layer_norm_eps": 1e-12, "dropout": 0.1, "max_positions": 512}
     try:
         values.update({name: hf[key] for name, key in a.keys.items() if key in hf or name not in values})
@@ -215,7 +216,7 @@ def keeps_head(spec: FolderSpec, num_classes: int) -> bool:
 def load_folder_model(spec: FolderSpec, *, num_classes: int, pooling: str, seed: int = 0,
                       dropout: float | None = None):
     """The folder's encoder in the reference layout; its pretrained head when `keeps_head`, else a fresh
-    classifier (normal(0, 0.02), seeded: for a BERT folder without a head, exactly `models.hf.load_hf_encoder`)."""
+    classifier (normal(0, 0.02), seeded by `seed`)."""
     from models.transformer import build_encoder
 
     keep = keeps_head(spec, num_classes)
@@ -267,43 +268,43 @@ def headed(model, activation: str, parts=None):
     return model
 
 
-def save_checkpoint(model, path: Path) -> Path:
-    """`models.hf.save_encoder`, plus the kept head's activation in the metadata (same file otherwise)."""
-    from models.hf import save_encoder
-
-    activation = getattr(model, "head_activation", None)
-    if activation is None:
-        return save_encoder(model, path)
+def save_checkpoint(model, path: str | Path) -> Path:
+    """One safetensors file: the weights, and as its metadata our config (per-layer widths, vocabulary remap)
+    and a kept head's activation. Written atomically: a killed save leaves the previous file (or none)."""
     from safetensors.torch import save_file
 
     from common.atomic import atomic_path
-    from models.hf import CONFIG_KEY
 
+    path = Path(path)
+    meta = {CONFIG_KEY: json.dumps(model.config.to_dict())}
+    activation = getattr(model, "head_activation", None)
+    if activation is not None:
+        meta[HEAD_KEY] = activation
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(Path(path)) as tmp:
-        save_file(state, str(tmp), metadata={CONFIG_KEY: json.dumps(model.config.to_dict()), HEAD_KEY: activation})
-    return Path(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return path
 
 
-def load_checkpoint(path: Path):
-    """A checkpoint of `save_checkpoint`: `models.hf.load_encoder`'s, with a kept head rebuilt first."""
-    from safetensors import safe_open
+def load_checkpoint(path: str | Path):
+    """A checkpoint written by `save_checkpoint` (safetensors: no code runs while loading), a kept head rebuilt."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from models.hf import CONFIG_KEY, ModelFolderError, load_encoder
+    from models.hf import ModelFolderError
     from models.transformer import EncoderClassifier, EncoderConfig
 
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFolderError(f"encoder checkpoint {path} not found")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except Exception:  # not ours to judge here: load_encoder says what is wrong with it
-        meta = {}
-    if HEAD_KEY not in meta:
-        return load_encoder(path)
-    try:
-        model = headed(EncoderClassifier(EncoderConfig.from_dict(json.loads(meta[CONFIG_KEY]))), meta[HEAD_KEY])
+        model = EncoderClassifier(EncoderConfig.from_dict(json.loads(meta[CONFIG_KEY])))
+        if HEAD_KEY in meta:
+            headed(model, meta[HEAD_KEY])
         model.load_state_dict(load_file(str(path)))
-    except (KeyError, ValueError, RuntimeError, OSError) as e:
+    except (KeyError, ValueError, RuntimeError, OSError, SafetensorError) as e:
         raise ModelFolderError(f"{path} is not an encoder checkpoint written by edge-compress: {e}") from None
     return model.eval()
 

@@ -1,11 +1,12 @@
-"""Hugging Face BERT folders on local disk (config.json + model.safetensors + tokenizer.json), offline.
+"""Hugging Face model folders on local disk, offline: where the default MiniLM lives, and the folder's tokenizer.
 
-Nothing here fetches: a folder is read with `safetensors` and `tokenizers` alone (transformers is not
-needed; `tokenizer.json` *is* the model's own fast tokenizer, normaliser and WordPiece included).
+Nothing here fetches: `tokenizer.json` is read with `tokenizers` alone (transformers is not needed; it *is*
+the model's own fast tokenizer, normaliser and WordPiece included). A folder's config and weights are read
+into the reference encoder by `compress.hf_adapters` (one adapter per model type), which also writes and reads
+the checkpoints of (possibly shrunk) encoders.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from models.transformer import EncoderClassifier, EncoderConfig
-
 DEFAULT_MAX_LENGTH = 128
-SUPPORTED_MODEL_TYPES = ("bert",)
 
 
 class ModelFolderError(ValueError):
@@ -40,56 +38,6 @@ def _require(folder: Path, name: str) -> Path:
         raise ModelFolderError(f"{folder} has no {name} (found: {present}); expected a Hugging Face model folder "
                                "with config.json, model.safetensors and tokenizer.json")
     return path
-
-
-def read_encoder_config(folder: str | os.PathLike, *, num_classes: int = 2, pooling: str = "mean",
-                        dropout: float | None = None) -> EncoderConfig:
-    folder = Path(folder)
-    try:
-        hf = json.loads(_require(folder, "config.json").read_text())
-    except ValueError as e:
-        raise ModelFolderError(f"{folder}/config.json is not JSON: {e}") from None
-    kind = hf.get("model_type")
-    if kind not in SUPPORTED_MODEL_TYPES:
-        raise ModelFolderError(f"{folder}: model_type {kind!r} is not supported; supported: "
-                               f"{', '.join(SUPPORTED_MODEL_TYPES)} (BERT-style encoders such as MiniLM)")
-    if hf.get("hidden_act", "gelu") != "gelu" or hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ModelFolderError(f"{folder}: only hidden_act 'gelu' with absolute positions is supported, found "
-                               f"{hf.get('hidden_act')!r} / {hf.get('position_embedding_type')!r}")
-    return EncoderConfig(
-        vocab_size=hf["vocab_size"], hidden=hf["hidden_size"], layers=hf["num_hidden_layers"],
-        heads=hf["num_attention_heads"], ffn=hf["intermediate_size"], num_classes=num_classes,
-        max_positions=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-        dropout=hf.get("hidden_dropout_prob", 0.1) if dropout is None else dropout, pooling=pooling,
-    )
-
-
-def load_hf_encoder(folder: str | os.PathLike, *, num_classes: int = 2, pooling: str = "mean",
-                    dropout: float | None = None, seed: int = 0) -> EncoderClassifier:
-    """The pretrained encoder with a fresh classification head (normal(0, 0.02), seeded)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from models.transformer import build_encoder
-
-    folder = Path(folder)
-    cfg = read_encoder_config(folder, num_classes=num_classes, pooling=pooling, dropout=dropout)
-    model = build_encoder(cfg, seed=seed)
-    weights = load_file(str(_require(folder, "model.safetensors")))
-    weights = {k.removeprefix("bert."): v for k, v in weights.items()}
-    wanted = model.state_dict()
-    state = {k: v for k, v in weights.items() if k in wanted}
-    missing = sorted(k for k in wanted if k not in state and not k.startswith("classifier."))
-    if missing:
-        raise ModelFolderError(f"{folder}/model.safetensors lacks {len(missing)} encoder weights "
-                               f"(first: {missing[0]}); is it a BERT checkpoint?")
-    bad = [k for k, v in state.items() if v.shape != wanted[k].shape]
-    if bad:
-        raise ModelFolderError(f"{folder}: weight {bad[0]} has shape {tuple(state[bad[0]].shape)}, config implies "
-                               f"{tuple(wanted[bad[0]].shape)}")
-    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
-    return model.eval()
 
 
 # -- tokenization -----------------------------------------------------------------------------------------
@@ -182,43 +130,3 @@ def word_level_tokenizer(words: Iterable[str], *, max_length: int = DEFAULT_MAX_
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     tok.add_special_tokens(specials)
     return TextTokenizer(tok, max_length=max_length)
-
-
-# -- checkpoints of (possibly shrunk) encoders ------------------------------------------------------------
-
-CONFIG_KEY = "edge_compress.encoder_config"
-
-
-def save_encoder(model: EncoderClassifier, path: str | os.PathLike) -> Path:
-    """One safetensors file: the weights, and our config (per-layer widths, vocabulary remap) as its metadata.
-
-    Written atomically: a killed save leaves the previous file (or none), never half a checkpoint.
-    """
-    from safetensors.torch import save_file
-
-    from common.atomic import atomic_path
-
-    path = Path(path)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={CONFIG_KEY: json.dumps(model.config.to_dict())})
-    return path
-
-
-def load_encoder(path: str | os.PathLike) -> EncoderClassifier:
-    """Read a checkpoint written by `save_encoder` (safetensors: no code runs while loading)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFolderError(f"encoder checkpoint {path} not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        cfg = EncoderConfig.from_dict(json.loads(meta[CONFIG_KEY]))
-        model = EncoderClassifier(cfg)
-        model.load_state_dict(load_file(str(path)))
-    except (KeyError, ValueError, RuntimeError, OSError) as e:
-        raise ModelFolderError(f"{path} is not an encoder checkpoint written by edge-compress: {e}") from None
-    return model.eval()

@@ -2,7 +2,7 @@
 
 Parameter names follow Hugging Face's `BertModel` (``embeddings.word_embeddings.weight``,
 ``encoder.layer.0.attention.self.query.weight``, ...), so a BERT checkpoint's safetensors load into it
-directly (see `models.hf`), and its forward equals `transformers.BertModel`'s to float precision (a test
+directly (see `compress.hf_adapters`), and its forward equals `transformers.BertModel`'s to float precision (a test
 checks this on all-MiniLM-L6-v2). It is written out rather than wrapped because compression needs what
 transformers 5 no longer offers or makes hard to export: per-layer head and FFN widths after pruning
 (`prune_heads` is gone in transformers 5), a vocabulary remap baked in front of the embedding, and a plain

@@ -9,8 +9,9 @@ import torch
 
 from bench.text_data import EncodedSplit, TextSplit
 from compress import encoder_shrink as es, text_export as tx, text_quantize as tq, text_train as tt
+from compress.hf_adapters import load_checkpoint, save_checkpoint
 from common.errors import CompressError, GateFailed
-from models.hf import load_encoder, save_encoder, word_level_tokenizer
+from models.hf import word_level_tokenizer
 from models.transformer import EncoderConfig, build_encoder, count_parameters
 
 GOOD = ["great", "delicious", "love", "perfect", "tasty", "excellent"]
@@ -170,7 +171,7 @@ def test_checkpoint_round_trip_keeps_pruned_shapes(trained, data, tmp_path):
     _, test = data
     model = es.prune_vocab(es.prune_heads(es.prune_ffn(trained, 0.5, round_to=8), 2),
                            np.arange(20), unk_id=TOKENIZER.special.unk)
-    back = load_encoder(save_encoder(model, tmp_path / "ckpt"))
+    back = load_checkpoint(save_checkpoint(model, tmp_path / "ckpt"))
     assert back.config == model.config
     assert np.abs(tt.predict_text_logits(back, test) - tt.predict_text_logits(model, test)).max() == 0.0
 

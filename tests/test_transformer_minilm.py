@@ -29,10 +29,12 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def minilm():
-    from models.hf import load_hf_encoder, load_tokenizer, minilm_path
+    from compress.hf_adapters import folder_tokenizer, load_folder_model, read_folder
+    from models.hf import minilm_path
 
-    folder = minilm_path()
-    return folder, load_hf_encoder(folder, num_classes=2, seed=0), load_tokenizer(folder, max_length=128)
+    spec = read_folder(minilm_path())
+    return (spec.folder, load_folder_model(spec, num_classes=2, pooling="mean", seed=0),
+            folder_tokenizer(spec, max_length=128))
 
 
 def test_encoder_matches_transformers_bertmodel(minilm):
