@@ -1,4 +1,5 @@
-"""Text-classification data as numpy arrays (no torch): a generic CSV reader and the fine-food reviews.
+"""Text-classification data as numpy arrays (no torch): a generic CSV reader (one file, or train and test
+files) and the fine-food reviews.
 
 Texts stay strings here; tokenization belongs to the model (`models.hf.TextTokenizer`), which turns a
 `TextSplit` into an `EncodedSplit` of int64 arrays that training, export and benchmarks all consume.
@@ -164,13 +165,32 @@ def find_fine_foods(directory: str | os.PathLike | None = None) -> Path:
     )
 
 
-def load_text_dataset(name: str, train_csv: Path, test_csv: Path, text_column: str, label_column: str, *,
+TEST_FRACTION = 0.2  # a single CSV: the share of every class held out as the test split
+MIN_ROWS_PER_CLASS = 3  # a single CSV: one row each for test, validation and training
+
+
+def load_text_dataset(name: str, train_csv: Path, test_csv: Path | None, text_column: str, label_column: str, *,
                       labels: Sequence[str] | None = None, val_fraction: float = 0.1, val_size: int | None = None,
-                      seed: int = 0, limit_train: int | None = None, limit_test: int | None = None) -> TextDataset:
-    """Train/val/test from two CSV files; val is a seeded stratified slice of train (`val_size` rows when
-    given, else `val_fraction` of them)."""
+                      seed: int = 0, limit_train: int | None = None, limit_test: int | None = None,
+                      test_fraction: float = TEST_FRACTION) -> TextDataset:
+    """Train/val/test from two CSV files, or from one (`test_csv` None: the test rows are a seeded stratified
+    `test_fraction` of it). Val is a seeded stratified slice of the training rows (`val_size` rows when given,
+    else `val_fraction` of them)."""
     train_texts, train_y, names = read_text_csv(train_csv, text_column, label_column, labels)
-    test_texts, test_y, _ = read_text_csv(test_csv, text_column, label_column, names)
+    if test_csv is None:
+        counts = np.bincount(train_y, minlength=len(names))
+        few = [(names[c], int(n)) for c, n in enumerate(counts) if 0 < n < MIN_ROWS_PER_CLASS]
+        if few:
+            raise DatasetError(f"{train_csv}: label {few[0][0]!r} has {few[0][1]} row(s); one CSV is split into "
+                               f"train, validation and test, so every label needs {MIN_ROWS_PER_CLASS} "
+                               "(or give a test CSV)")
+        rest, held_test = stratified_split(train_y, test_fraction, seed + 2)
+        test_texts, test_y = tuple(train_texts[i] for i in held_test), train_y[held_test]
+        train_texts, train_y = tuple(train_texts[i] for i in rest), train_y[rest]
+        if val_size is not None:  # one small file: a recipe's validation size is capped at a quarter of the rest
+            val_size = min(val_size, max(1, len(train_y) // 4))
+    else:
+        test_texts, test_y, _ = read_text_csv(test_csv, text_column, label_column, names)
     if val_size is not None:
         if val_size >= len(train_y):
             raise DatasetError(f"{name}: val_size {val_size} leaves no training rows of {len(train_y)}")

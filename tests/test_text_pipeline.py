@@ -129,8 +129,8 @@ def test_text_recipes_are_validated(tmp_path):
 
     with pytest.raises(RecipeError, match=r"is text data; it needs a model.arch that takes text \(bert\)"):
         recipe_from_dict({"data": {"dataset": "fine-foods"}})
-    with pytest.raises(RecipeError, match="needs data.path .* and data.test_path"):
-        recipe_from_dict({"data": {"dataset": "csv"}, "model": {"arch": "bert"}, "quantize": {"mode": "dynamic"}})
+    # csv without data.path is a valid recipe (--data may fill it in); loading says what is missing
+    recipe_from_dict({"data": {"dataset": "csv"}, "model": {"arch": "bert"}, "quantize": {"mode": "dynamic"}})
     with pytest.raises(RecipeError, match="quantize.mode: dynamic"):
         recipe_from_dict({"data": {"dataset": "fine-foods"}, "model": {"arch": "bert"}})
     with pytest.raises(RecipeError, match="quantize.mode: static"):

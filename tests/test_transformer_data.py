@@ -1,11 +1,11 @@
-"""Text data: the generic CSV reader, the fine-food loader and their one-line errors."""
+"""Text data: the generic CSV reader (one file or two), the fine-food loader and their one-line errors."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from bench.datasets import DatasetError
-from bench.text_data import FINE_FOODS_DIRS, load_fine_foods, read_text_csv, stratified_split
+from bench.text_data import FINE_FOODS_DIRS, load_fine_foods, load_text_dataset, read_text_csv, stratified_split
 
 
 def _write(tmp_path, text: str):
@@ -61,6 +61,68 @@ def test_fine_foods_ships_with_the_project_and_splits_as_documented():
     assert np.bincount(data.test.y).tolist() == [342, 658]  # README: 658 great / 342 other
     assert np.bincount(np.concatenate([data.train.y, data.val.y])).tolist() == [1400, 2600]
     assert data.fingerprint == load_fine_foods(shipped).fingerprint
+
+
+def _one_csv(tmp_path, n_pos: int = 120, n_neg: int = 80):
+    rows = [f"good review {i},pos" for i in range(n_pos)] + [f"bad review {i},neg" for i in range(n_neg)]
+    order = np.random.default_rng(7).permutation(len(rows))
+    path = tmp_path / "one.csv"
+    path.write_text("text,label\n" + "".join(rows[i] + "\n" for i in order))
+    return path
+
+
+def test_one_csv_splits_into_disjoint_stratified_train_val_test(tmp_path):
+    path = _one_csv(tmp_path)
+    data = load_text_dataset("csv", path, None, "text", "label", val_size=20, seed=0)
+    parts = (data.train, data.val, data.test)
+    assert data.labels == ("neg", "pos")
+    assert [len(p) for p in parts] == [140, 20, 40]  # test: 20 % of each class; val: 20 of the other 160
+    assert np.bincount(data.test.y).tolist() == [16, 24]  # the file's 80 / 120, a fifth of each
+    assert np.bincount(data.val.y).tolist() == [8, 12]  # 20 / 160 of the remaining 64 / 96
+    assert np.bincount(data.train.y).tolist() == [56, 84]
+    texts = [set(p.texts) for p in parts]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert sum(map(len, texts)) == 200  # every row in exactly one split
+    again = load_text_dataset("csv", path, None, "text", "label", val_size=20, seed=0)
+    assert again.fingerprint == data.fingerprint and again.test.texts == data.test.texts
+    other = load_text_dataset("csv", path, None, "text", "label", val_size=20, seed=1)
+    assert other.fingerprint != data.fingerprint and other.test.texts != data.test.texts
+
+
+def test_one_csv_needs_three_rows_of_every_label(tmp_path):
+    path = _write(tmp_path, "text,label\na,x\nb,x\nc,x\nd,y\ne,y\n")
+    with pytest.raises(DatasetError, match="label 'y' has 2 row\\(s\\); one CSV is split"):
+        load_text_dataset("csv", path, None, "text", "label", val_fraction=0.1)
+
+
+def test_two_csvs_split_as_before(tmp_path):
+    """A test CSV given: every row of it is the test split, val a slice of the training file (unchanged)."""
+    train = _one_csv(tmp_path)
+    test = _write(tmp_path, "text,label\nnice,pos\nawful,neg\n")
+    data = load_text_dataset("csv", train, test, "text", "label", val_size=20, seed=0)
+    assert data.test.texts == ("nice", "awful") and (len(data.train), len(data.val)) == (180, 20)
+
+
+def test_compress_run_with_one_csv_dumps_a_csv_recipe(tmp_path):
+    from click.testing import CliRunner
+
+    from compress.cli import main
+
+    path = _one_csv(tmp_path)
+    result = CliRunner().invoke(main, ["run", "--data", str(path), "--dump-config"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "dataset: csv" in result.output and str(path) in result.output
+    assert "test_path: null" in result.output
+
+
+def test_a_csv_recipe_without_data_path_fails_when_loaded():
+    from common.errors import CompressError
+    from compress.data.texts import CSV_TEXTS
+    from compress.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({"data": {"dataset": "csv"}, "model": {"arch": "bert"}, "quantize": {"mode": "dynamic"}})
+    with pytest.raises(CompressError, match="needs data.path: a CSV with text and label columns"):
+        CSV_TEXTS.load(recipe)
 
 
 def test_text_data_needs_no_torch():

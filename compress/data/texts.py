@@ -1,4 +1,5 @@
-"""Labelled texts: the fine-food reviews shipped with the toolkit, or a user's CSV (train and test files).
+"""Labelled texts: the fine-food reviews shipped with the toolkit, or a user's CSV (one file, whose test rows are a
+seeded stratified 20 %, or train and test files).
 
 They arrive as text; the model family tokenizes them with its own tokenizer (compress.families.encoder)."""
 from __future__ import annotations
@@ -39,18 +40,19 @@ class CsvTexts:
     kind: str = "text"
 
     def check_recipe(self, data_config) -> None:
-        from compress.recipe import RecipeError
-
-        if not (data_config.path and data_config.test_path):
-            raise RecipeError("data.dataset 'csv' needs data.path (training CSV) and data.test_path (test CSV)")
+        return None  # data.path may come from --data after the recipe is read: checked when the data are loaded
 
     def load(self, recipe):
         from bench.datasets import DatasetError
         from bench.text_data import load_text_dataset
 
         d = recipe.data
+        if not d.path:
+            raise CompressError("data.dataset 'csv' needs data.path: a CSV with text and label columns (or pass --data "
+                                "FILE.csv); data.test_path, a test CSV, is optional")
+        test = Path(d.test_path) if d.test_path else None
         try:
-            return load_text_dataset("csv", Path(d.path), Path(d.test_path), d.text_column, d.label_column,
+            return load_text_dataset("csv", Path(d.path), test, d.text_column, d.label_column,
                                      val_size=d.val_size, seed=recipe.seed, limit_train=d.limit_train,
                                      limit_test=d.limit_test)
         except DatasetError as e:
