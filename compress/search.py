@@ -1,8 +1,10 @@
-"""Accuracy-aware INT8 search: try calibration methods, then keep the most sensitive layers in float, and ship
-the fastest candidate whose validation accuracy stays within the bar of its FP32 source."""
+"""Accuracy- and latency-aware INT8 search: try calibration methods, then keep the most sensitive layers in float,
+then time on this machine which op types and which activation flavour pay in INT8 (compress.int8_latency), and
+ship the fastest candidate whose validation accuracy stays within the bar of its FP32 source."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 from dataclasses import asdict, dataclass
@@ -13,8 +15,11 @@ import numpy as np
 
 from common.compare import sqnr_db, top1_agreement
 from common.errors import GateFailed
+from compress.driver import log
 from compress.quantize import preprocess_for_quantization, quantizable_nodes, quantize_static_qdq
 from compress.recipe import QuantConfig
+
+SMALL_VAL = 50  # fewer validation rows than this: one row moves accuracy by 2 pt or more; the log says so
 
 
 class SearchFailed(GateFailed):
@@ -36,6 +41,10 @@ class Candidate:
     agreement: float
     p50_ms: float = math.nan
     meets_bar: bool = False
+    float_op_types: tuple[str, ...] = ()  # op types kept in float (compress.quantize.float_op_settings)
+    activation_type: str = ""  # uint8 (U8S8) or int8 (S8S8); empty: not static INT8
+    sqnr_db: float = math.nan  # of the logits against the FP32 source, on the judged rows
+    changes: int = 0  # departures from the recipe's plain PTQ (method, float layers/op types, flavour, QAT)
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,9 @@ class SearchResult:
     sensitivity: tuple[dict, ...]
     fp32_val_accuracy: float
     fp32_p50_ms: float = math.nan  # the FP32 source, timed beside the candidates
+    val_rows: int = 0  # rows the candidates were judged on (none of them used for calibration)
+    judged_by: str = "labels"  # or "fp32 agreement": accuracy = top-1 agreement with the FP32 source
+    latency_probe: tuple[dict, ...] = ()  # what compress.int8_latency timed, and what it kept in float and why
 
     @property
     def fp32_is_faster(self) -> bool:
@@ -53,11 +65,45 @@ class SearchResult:
         return self.chosen.meets_bar and self.fp32_p50_ms < self.chosen.p50_ms * (1 - NOISE)
 
     def to_dict(self) -> dict:
-        rows = [{k: v for k, v in asdict(c).items() if k != "path"} for c in self.candidates]
+        rows = [{k: _json(v) for k, v in asdict(c).items() if k != "path"} for c in self.candidates]
+        kept, flavour = set(self.chosen.float_op_types), self.chosen.activation_type
+        why = [r["reason"] for r in self.latency_probe if r["p50_ms"] is not None and r["kept"]
+               and (set(r["float_op_types"]) <= kept if r["float_op_types"] else r["activation_type"] == flavour)]
+        if self.latency_probe and not why:
+            why = ["INT8 paid or tied within noise for every op-type group and flavour timed"]
         return {"chosen": self.chosen.name, "fp32_val_accuracy": self.fp32_val_accuracy,
                 "fp32_p50_ms": None if math.isnan(self.fp32_p50_ms) else round(self.fp32_p50_ms, 4),
-                "fp32_is_faster": self.fp32_is_faster,
+                "fp32_is_faster": self.fp32_is_faster, "val_rows": self.val_rows, "judged_by": self.judged_by,
+                "activation_type": self.chosen.activation_type, "float_op_types": list(self.chosen.float_op_types),
+                "reason": "; ".join(why), "latency_probe": list(self.latency_probe),
                 "candidates": rows, "sensitivity": list(self.sensitivity)}
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no infinity or NaN (sqnr_db null: identical logits; p50_ms null: not timed)
+    return list(v) if isinstance(v, tuple) else v
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Scores candidates on the validation rows (none used for calibration): against the labels, or, with no
+    labels, by top-1 agreement with the FP32 source (accuracy = agreement, FP32 scores 1.0)."""
+    reference: np.ndarray  # the FP32 source's logits
+    labels: np.ndarray | None
+
+    @property
+    def rows(self) -> int:
+        return len(self.reference)
+
+    @property
+    def by(self) -> str:
+        return "labels" if self.labels is not None else "fp32 agreement"
+
+    def accuracy(self, logits: np.ndarray) -> float:
+        if self.labels is None:
+            return top1_agreement(self.reference, logits)
+        return float((np.asarray(logits).argmax(1) == np.asarray(self.labels)).mean())
 
 
 def _predict(path: Path, x: np.ndarray) -> np.ndarray:
@@ -99,91 +145,146 @@ def latencies(paths: dict[str, Path], make_feeds: Callable[[Any], dict], batch: 
     return {n: s.p50 for n, s in stats.items()}
 
 
-def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.ndarray, val_y: np.ndarray | None,
                 cfg: QuantConfig, workdir: Path, *, threads: int = 2,
                 qat: Callable[[Path], Path] | None = None) -> SearchResult:
     """Write the chosen INT8 model to `out_path`. Raises SearchFailed (best model still written) if none meets
     `cfg.max_accuracy_drop`.
 
-    `qat(workdir)`, when given, fine-tunes with fake quantization and returns a float ONNX to quantize; it runs
-    only when post-training quantization and float fallback both miss the bar.
+    Every candidate is judged on all of `val_x` (rows the caller did not use for calibration), against `val_y`,
+    or with `val_y=None` by top-1 agreement with the FP32 source (drop = 100 * (1 - agreement)); the logit SQNR
+    against FP32 is recorded too. The shipped choice is the fastest candidate within the bar (see `choose`):
+    latencies within NOISE of the fastest tie, accuracies within one row (1 / len(val_x)) tie, and among ties the
+    candidate with the fewest changes from plain PTQ wins, so that a small validation set cannot pick a candidate
+    for a difference of a row or two. Fewer than SMALL_VAL rows are logged as such.
+
+    With `cfg.search` and `cfg.latency_search`, once a PTQ or fallback candidate meets the bar (the first one is
+    the base) compress.int8_latency times the other activation flavour (U8S8 vs S8S8) and op-type groups kept in
+    float, on this machine, and adds the combination of what paid. Every candidate is timed again in the final
+    interleaved run; a latency variant may ship only if the probe found it faster beyond the noise too (on a
+    shared 2-core box one run alone flipped a tie into a 14 % win). `qat(workdir)`, when given, fine-tunes with
+    fake quantization and returns a float ONNX to quantize; it runs only when post-training quantization and float
+    fallback both miss the bar.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     pre = workdir / "pre.onnx"
     preprocess_for_quantization(fp32_path, pre)
-    reference = _predict(fp32_path, val_x)
-    fp32_acc = float((reference.argmax(1) == val_y).mean())
+    judge = Judge(_predict(fp32_path, val_x), val_y)
+    if judge.rows < SMALL_VAL:
+        log(f"[quantize] only {judge.rows} validation rows judge the INT8 candidates: one row is "
+            f"{100 / judge.rows:.1f} pt; ties within a row go to the candidate with the fewest changes")
+    fp32_acc = judge.accuracy(judge.reference)
     candidates: list[Candidate] = []
 
-    def evaluate(name: str, calibration: str, float_nodes: tuple[str, ...], source: Path = pre) -> Candidate:
+    def evaluate(name: str, calibration: str, float_nodes: tuple[str, ...], source: Path = pre, *,
+                 float_op_types: tuple[str, ...] = (), activation: str | None = None, changes: int = 0) -> Candidate:
         path = workdir / f"{name}.onnx"
-        quantize_static_qdq(source, path, calib, _with(cfg, calibration), exclude_nodes=float_nodes,
-                            preprocessed=source == pre)
+        qcfg = dataclasses.replace(cfg, calibration=calibration, activation_type=activation or cfg.activation_type)
+        quantize_static_qdq(source, path, calib, qcfg, exclude_nodes=float_nodes, preprocessed=source == pre,
+                            float_op_types=float_op_types)
         logits = _predict(path, val_x)
-        acc = float((logits.argmax(1) == val_y).mean())
+        acc = judge.accuracy(logits)
         drop = 100.0 * (fp32_acc - acc)
         cand = Candidate(name, calibration, float_nodes, str(path), acc, round(drop, 4),
-                         top1_agreement(reference, logits),
-                         meets_bar=drop <= cfg.max_accuracy_drop + 1e-9)
+                         top1_agreement(judge.reference, logits), meets_bar=drop <= cfg.max_accuracy_drop + 1e-9,
+                         float_op_types=tuple(float_op_types), activation_type=qcfg.activation_type,
+                         sqnr_db=round(sqnr_db(judge.reference, logits), 2), changes=changes)
         candidates.append(cand)
         return cand
 
+    sensitivity = _accuracy_candidates(evaluate, candidates, cfg, pre, calib, val_x, judge.reference, workdir, qat)
+    probe: list[dict] = []
+    sample = np.ascontiguousarray(val_x[:1])
+    feeds = lambda r: {r.inputs[0].name: sample}  # noqa: E731
+    base = next((c for c in candidates if c.meets_bar and c.name != "qat"), None)  # variants re-quantize `pre`
+    if cfg.search and cfg.latency_search and base is not None:
+        from compress.int8_latency import latency_candidates
+
+        probe = latency_candidates(base, evaluate, pre, feeds, threads)
+    candidates, fp32_p50 = _time_structures(candidates, fp32_path, feeds, threads)
+    # a latency variant ships only if both runs found it faster: the probe's, then the final one through `choose`
+    rejected = {r["variant"] for r in probe if not r["kept"]}
+    chosen = choose([c for c in candidates if c.name not in rejected], judge.rows)
+    _copy(Path(chosen.path), out_path)
+    result = SearchResult(chosen, tuple(candidates), tuple(sensitivity), fp32_acc, fp32_p50, judge.rows, judge.by,
+                          tuple(probe))
+    if not chosen.meets_bar:
+        print(format_table(result), file=sys.stderr)
+        raise SearchFailed(result,
+            f"no INT8 candidate stayed within quantize.max_accuracy_drop={cfg.max_accuracy_drop} pt of FP32 "
+            f"({fp32_acc:.4f} on validation, {judge.by}); the most accurate ({chosen.name}, drop "
+            f"{chosen.accuracy_drop_pt:.2f} pt) is saved as {out_path}"
+        )
+    return result
+
+
+def _accuracy_candidates(evaluate: Callable[..., Candidate], candidates: list[Candidate], cfg: QuantConfig,
+                         pre: Path, calib: np.ndarray, val_x: np.ndarray, reference: np.ndarray, workdir: Path,
+                         qat: Callable[[Path], Path] | None) -> list[dict]:
+    """Calibration methods, then float fallback of the most sensitive layers, then QAT, each only while no
+    candidate meets the bar; returns the sensitivity table (empty when fallback was not needed)."""
     methods = [cfg.calibration] + ([m for m in ("minmax", "entropy", "percentile") if m != cfg.calibration]
                                    if cfg.search else [])
     for method in methods:
-        evaluate(f"ptq-{method}", method, ())
+        evaluate(f"ptq-{method}", method, (), changes=int(method != cfg.calibration))
     sensitivity: list[dict] = []
     if cfg.search and not any(c.meets_bar for c in candidates) and cfg.max_fallback_layers > 0:
         best_method = max(candidates, key=lambda c: c.val_accuracy).calibration
         subset = slice(0, min(len(val_x), 1000))
         sensitivity = layer_sensitivity(pre, calib, val_x[subset], reference[subset], _with(cfg, best_method), workdir)
         for k in range(1, min(cfg.max_fallback_layers, len(sensitivity)) + 1):
-            cand = evaluate(f"fallback-{k}", best_method, tuple(r["node"] for r in sensitivity[:k]))
+            cand = evaluate(f"fallback-{k}", best_method, tuple(r["node"] for r in sensitivity[:k]),
+                            changes=k + int(best_method != cfg.calibration))
             if cand.meets_bar:
                 break
     if cfg.search and qat is not None and cfg.qat_epochs > 0 and not any(c.meets_bar for c in candidates):
-        evaluate("qat", "minmax", (), source=qat(workdir))  # minmax matches the ranges QAT trained with
-    # Calibration and QAT change scales and weights, not the graph: one latency per set of float layers.
-    structures = {c.float_nodes: Path(c.path) for c in reversed(candidates)}
-    names = {nodes: f"structure-{i}" for i, nodes in enumerate(structures)}
-    sample = np.ascontiguousarray(val_x[:1])
-    p50 = latencies({"fp32": fp32_path, **{names[n]: p for n, p in structures.items()}},
-                    lambda r: {r.inputs[0].name: sample}, 1, threads)
-    candidates = [Candidate(**{**asdict(c), "p50_ms": round(p50[names[c.float_nodes]], 4)}) for c in candidates]
-    chosen = choose(candidates)
-    _copy(Path(chosen.path), out_path)
-    result = SearchResult(chosen, tuple(candidates), tuple(sensitivity), fp32_acc, p50["fp32"])
-    if not chosen.meets_bar:
-        print(format_table(result), file=sys.stderr)
-        raise SearchFailed(result,
-            f"no INT8 candidate stayed within quantize.max_accuracy_drop={cfg.max_accuracy_drop} pt of FP32 "
-            f"({fp32_acc:.4f} on validation); the most accurate ({chosen.name}, drop {chosen.accuracy_drop_pt:.2f} pt) "
-            f"is saved as {out_path}"
-        )
-    return result
+        # minmax matches the ranges QAT trained with
+        evaluate("qat", "minmax", (), source=qat(workdir), changes=1 + int(cfg.calibration != "minmax"))
+    return sensitivity
+
+
+def _time_structures(candidates: list[Candidate], fp32_path: Path, feeds: Callable[[Any], dict],
+                     threads: int) -> tuple[list[Candidate], float]:
+    """p50 at batch 1 of the FP32 source and of each candidate, in one interleaved run. Calibration and QAT change
+    scales and weights, not the graph: one latency per structure (float layers, float op types, flavour)."""
+    def key(c: Candidate) -> tuple:
+        return c.float_nodes, c.float_op_types, c.activation_type
+
+    structures = {key(c): Path(c.path) for c in reversed(candidates)}
+    names = {k: f"structure-{i}" for i, k in enumerate(structures)}
+    p50 = latencies({"fp32": fp32_path, **{names[k]: p for k, p in structures.items()}}, feeds, 1, threads)
+    timed = [dataclasses.replace(c, p50_ms=round(p50[names[key(c)]], 4)) for c in candidates]
+    return timed, p50["fp32"]
 
 
 NOISE = 0.10  # ratios measured within one run on these machines held to about +-10 %
 
 
-def choose(candidates: list[Candidate]) -> Candidate:
-    """The fastest candidate within the bar; latencies within the noise count as equal and the more accurate
-    (then the one with fewer float layers) wins. With none within the bar, the most accurate."""
+def choose(candidates: list[Candidate], rows: int | None = None) -> Candidate:
+    """The fastest candidate within the bar. Ties: latencies within the noise of the fastest count as equal, and
+    among those accuracies within one row's worth (1 / `rows`; exact equality when `rows` is not given) count as
+    equal; the tie goes to the fewest changes from plain PTQ (then fewer float layers, then the more accurate).
+    With none within the bar, the most accurate (exactly; then the fewest changes)."""
     passing = [c for c in candidates if c.meets_bar]
-    if not passing:
-        return max(candidates, key=lambda c: c.val_accuracy)
-    fastest = min(c.p50_ms for c in passing)
-    tied = [c for c in passing if c.p50_ms * (1 - NOISE) <= fastest]
-    return max(tied, key=lambda c: (c.val_accuracy, -len(c.float_nodes)))
+    tol = 1.0 / rows if rows and passing else 0.0  # a failed search keeps the strictly most accurate to inspect
+    pool = passing or list(candidates)
+    if passing:
+        fastest = min(c.p50_ms for c in passing)
+        pool = [c for c in passing if c.p50_ms * (1 - NOISE) <= fastest] or passing  # NaN p50: no timing to go by
+    best = max(c.val_accuracy for c in pool)
+    near = [c for c in pool if c.val_accuracy >= best - tol - 1e-12]
+    return min(near, key=lambda c: (c.changes, len(c.float_nodes) + len(c.float_op_types), -c.val_accuracy))
 
 
 def format_table(result: SearchResult) -> str:
-    lines = [f"{'candidate':<14} {'calibration':<11} {'float layers':>12} {'val acc':>8} {'drop pt':>8} "
-             f"{'p50 ms':>8}  bar"]
+    lines = [f"{'candidate':<22} {'calibration':<11} {'act':<5} {'float layers':>12} {'val acc':>8} {'drop pt':>8} "
+             f"{'p50 ms':>8}  bar   float op types"]
     for c in result.candidates:
         mark = "*" if c is result.chosen or c.name == result.chosen.name else " "
-        lines.append(f"{c.name:<14} {c.calibration:<11} {len(c.float_nodes):>12} {c.val_accuracy:>8.4f} "
-                     f"{c.accuracy_drop_pt:>8.2f} {c.p50_ms:>8.3f}  {'ok' if c.meets_bar else 'miss'} {mark}")
+        lines.append(f"{c.name:<22} {c.calibration:<11} {c.activation_type:<5} {len(c.float_nodes):>12} "
+                     f"{c.val_accuracy:>8.4f} {c.accuracy_drop_pt:>8.2f} {c.p50_ms:>8.3f}  "
+                     f"{'ok' if c.meets_bar else 'miss'} {mark} {', '.join(c.float_op_types)}")
+    lines.append(f"judged on {result.val_rows} validation rows by {result.judged_by}")
     return "\n".join(lines)
 
 

@@ -77,7 +77,8 @@ def test_strict_bar_triggers_sensitivity_ordered_fallback(fp32_model, tmp_path):
     names = [c.name for c in result.candidates]
     assert names[:3] == ["ptq-minmax", "ptq-entropy", "ptq-percentile"]
     assert all(not c.meets_bar for c in result.candidates[:3])
-    assert names[3:] == ["fallback-1", "fallback-2"] or names[3:] == ["fallback-1"]
+    fallbacks = [n for n in names[3:] if n.startswith("fallback")]  # a fallback within the bar adds latency variants
+    assert fallbacks == ["fallback-1", "fallback-2"] or fallbacks == ["fallback-1"]
     fallback = result.candidates[3]
     assert fallback.float_nodes == (result.sensitivity[0]["node"],)  # the most sensitive layer goes first
     sqnrs = [r["sqnr_db"] for r in result.sensitivity]
