@@ -60,4 +60,5 @@ def budget_line(report: dict) -> str:
         lo, hi = v["drop_ci95_pt"]
         drop = (f", {v['drop_pt']:+.2f} pt held-out (95 % CI {lo:.2f} to {hi:.2f}"
                 + ("; these rows cannot settle the verdict" if v["uncertain"] else "") + ")")
-    return f"{head}; shipped {b['shipped']} (fastest within the budget at batch {b['latency_batch']}{drop}){hint}"
+    note = f": {b['note']}" if b.get("note") else ""
+    return f"{head}; shipped {b['shipped']} (fastest within the budget at batch {b['latency_batch']}{drop}){note}{hint}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench import environment
-from bench.datasets import Split
+from bench.datasets import Split, holds_images
 from bench.formatting import drop_interval, fmt_bytes, memory_batch, metric_word, peak_rss
 from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare
 from common.errors import CompressError
@@ -59,8 +60,8 @@ def load_split(data: str | None, limit: int | None, input_shape: tuple, dtype: n
     (no accuracy) when data is None. Unlabelled rows come back with `y` None."""
     if data is not None and data.endswith(".npz"):
         return npz_split(Path(data), limit)
-    if data is not None and data != "fashion-mnist" and folder_of_images(Path(data)):
-        return image_split(Path(data), limit, metadata or {})
+    if data is not None and data != "fashion-mnist" and holds_images(Path(data)):
+        return image_split(Path(data), limit, metadata or {}, input_shape)
     if data is not None:
         from bench.datasets import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, DatasetError, load_fashion_mnist_raw,
                                     normalize_images)
@@ -87,50 +88,48 @@ def load_split(data: str | None, limit: int | None, input_shape: tuple, dtype: n
 
 
 def npz_split(path: Path, limit: int | None) -> tuple[Split, dict, bool]:
-    """`x` (model-ready rows) and optional `y` (int labels) from an .npz; (split, dataset info, labelled)."""
-    if not path.is_file():
-        raise BenchError(f"--data {path}: no such file")
+    """`x` (model-ready rows) and optional `y` (int labels) from an .npz, read as a run reads it; (split, dataset
+    info, labelled)."""
+    from bench.datasets import DatasetError, read_npz
+
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise BenchError(f"--data {path}: not a readable .npz of plain arrays ({type(e).__name__})") from None
-    x, y = arrays.get("x"), arrays.get("y")
-    if x is None or x.dtype.kind not in "fiu" or x.ndim < 2 or not len(x):
-        raise BenchError(f"--data {path}: needs a numeric array `x` of model-ready rows (N x ...), and optionally "
-                         f"`y` (labels); found {', '.join(sorted(arrays)) or 'nothing'}")
-    if y is not None and (y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu"):
-        raise BenchError(f"--data {path}: `y` must hold one integer label per row of `x` ({len(x)} rows), got "
-                         f"{y.dtype} {list(y.shape)}")
-    x = np.ascontiguousarray(x[:limit] if limit else x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise BenchError(f"--data {path}: `x` holds NaN or Inf")
-    y = None if y is None else y[: len(x)].astype(np.int64)
+        x, y, _ = read_npz(path)
+    except DatasetError as e:
+        raise BenchError(f"--data {e}") from None
+    x, y = (x[:limit], None if y is None else y[:limit]) if limit else (x, y)
     digest = hashlib.sha256(x.tobytes() + (b"" if y is None else y.tobytes())).hexdigest()[:16]
     info = {"name": path.name, "split": "all rows" if y is not None else "all rows, unlabelled", "samples": len(x),
             "fingerprint": digest}
     return Split(x, y), info, y is not None
 
 
-def folder_of_images(path: Path) -> bool:
-    from runtime.images import image_files
-
-    return path.is_dir() and (bool(image_files(path)) or any(d.is_dir() and image_files(d) for d in path.iterdir()))
-
-
-def image_split(path: Path, limit: int | None, metadata: dict) -> tuple[Split, dict, bool]:
-    """Every image of a folder, preprocessed as the artifact's sidecar declares; class sub-folders are matched to
-    the sidecar's label names (or taken in name order when it has none)."""
-    from bench.datasets import DatasetError, find_images, read_pixels
-    from runtime.images import ImageSpec
+def bench_image_spec(path: Path, metadata: dict, input_shape: tuple):
+    """The sidecar's image preprocessing, or ImageNet's RGB one at the model's static NCHW input size."""
+    from runtime.images import CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 
     spec = ImageSpec.from_sidecar(metadata.get("preprocess") or {})
-    if spec is None:
-        raise BenchError(f"--data {path}: the first artifact's sidecar declares no image preprocessing (size, mean, "
-                         "std); give model-ready rows as an .npz instead")
+    if spec is not None:
+        return spec
+    dims = tuple(input_shape[1:])
+    if len(dims) != 3 or dims[0] != 3 or None in dims:
+        raise BenchError(f"--data {path}: the first artifact has no sidecar with image preprocessing and its input "
+                         f"{list(input_shape)} is not N x 3 x H x W; give model-ready rows as an .npz instead")
+    print(f"  {path.name}: no preprocessing in a sidecar: ImageNet's (resize, centre crop {dims[1]}x{dims[2]}, "
+          "mean/std) assumed", file=sys.stderr)
+    return ImageSpec((dims[1], dims[2]), round(min(dims[1:]) / CROP_FRACTION), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def image_split(path: Path, limit: int | None, metadata: dict, input_shape: tuple) -> tuple[Split, dict, bool]:
+    """The images of a folder (`limit`: a seeded sample of them), preprocessed as the artifact's sidecar declares, or
+    ImageNet's way at the model's input size for a file without one; class sub-folders are matched to the
+    sidecar's label names (or taken in name order when it has none)."""
+    from bench.datasets import DatasetError, find_images, read_pixels
+
+    spec = bench_image_spec(path, metadata, input_shape)
     try:
         files, labels, classes = find_images(path)
-        files = files[:limit] if limit else files
+        keep = np.sort(np.random.default_rng(0).permutation(len(files))[:limit]) if limit else np.arange(len(files))
+        files, labels = [files[i] for i in keep], None if labels is None else labels[keep]
         x = read_pixels(files, spec)
     except DatasetError as e:
         raise BenchError(str(e)) from None
@@ -139,7 +138,7 @@ def image_split(path: Path, limit: int | None, metadata: dict) -> tuple[Split, d
         unknown = sorted(set(classes) - set(names))
         if unknown:
             raise BenchError(f"--data {path}: class folders {', '.join(unknown[:5])} are not among the model's labels")
-        labels = np.asarray([names.index(classes[i]) for i in labels[: len(files)]], np.int64)
+        labels = np.asarray([names.index(classes[i]) for i in labels], np.int64)
     digest = hashlib.sha256(x.tobytes() + (b"" if labels is None else labels.tobytes())).hexdigest()[:16]
     info = {"name": path.name, "split": "all images" if labels is not None else "all images, unlabelled",
             "samples": len(x), "fingerprint": digest}

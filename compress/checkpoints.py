@@ -59,13 +59,16 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def classes_in_weights(path: Path) -> int:
-    """The number of classes a classifier's weights were trained for: the rows of its last matrix (the head)."""
-    heads = [v for v in read_weights(path).values() if v.ndim == 2 and v.is_floating_point()]
-    if not heads:
-        raise CompressError(f"--weights {path}: no classifier head (a 2-D weight) to read the number of classes from; "
-                            "give labelled data")
-    return int(heads[-1].shape[0])
+def classes_in_weights(path: Path, probe: nn.Module) -> int:
+    """The number of classes a classifier's weights were trained for: the output rows of the module's last Linear
+    (its head, in the module's own order: a file's keys may be sorted by name), read from the weights."""
+    state = read_weights(path)
+    heads = [name for name, m in probe.named_modules() if isinstance(m, nn.Linear)]
+    weight = state.get(f"{heads[-1]}.weight") if heads else None
+    if weight is None or weight.ndim != 2:
+        raise CompressError(f"--weights {path}: no classifier head (a last nn.Linear) to read the number of classes "
+                            "from; give labelled data")
+    return int(weight.shape[0])
 
 
 def load_pretrained(model: nn.Module, path: Path) -> nn.Module:

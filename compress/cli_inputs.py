@@ -42,17 +42,11 @@ def data_kind(data: str, recipe_dataset: str) -> str:
     if not path.is_dir():
         raise RecipeError(f"--data {data}: no such folder; give a folder of images, an .npz, a .csv, or the folder "
                           "of the recipe's data set")
-    if recipe_dataset in ("fashion-mnist", "fine-foods") and not _holds_images(path):
+    from bench.datasets import holds_images
+
+    if recipe_dataset in ("fashion-mnist", "fine-foods") and not holds_images(path):
         return recipe_dataset  # the recipe's own data set, from another folder
     return "image-folder"
-
-
-def _holds_images(folder: Path) -> bool:
-    from runtime.images import IMAGE_SUFFIXES
-
-    files = [p for p in folder.iterdir() if p.is_file()] + [p for d in folder.iterdir() if d.is_dir()
-                                                            for p in d.iterdir() if p.is_file()]
-    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in files)
 
 
 def base_recipe(recipe_ref: str | None, model: str | None, data: str | None) -> str | None:
@@ -64,20 +58,33 @@ def base_recipe(recipe_ref: str | None, model: str | None, data: str | None) -> 
     return TEXT_RECIPE if hf or csv else None
 
 
-def apply(recipe, model: str | None, weights: str | None, data: str | None, recipe_given: bool):
+def sets_epochs(recipe_ref: str | None) -> bool:
+    """Whether the user's own recipe file names train.epochs (a built-in recipe's epochs are for training from
+    scratch, not for fine-tuning a model that comes trained)."""
+    from compress.recipe import builtin_recipes
+    from compress.recipe_loading import parse_yaml
+
+    if recipe_ref is None or recipe_ref in builtin_recipes() or not Path(recipe_ref).is_file():
+        return False
+    train = parse_yaml(Path(recipe_ref).read_text(), recipe_ref).get("train")
+    return isinstance(train, dict) and train.get("epochs") is not None
+
+
+def apply(recipe, model: str | None, weights: str | None, data: str | None, epochs_given: bool):
     """The recipe with --model / --weights / --data applied. A model that comes trained (weights, an ONNX file) is
-    the baseline as given (train.epochs 0) unless the user's own --recipe asks for training."""
+    the baseline as given (train.epochs 0) unless the user's own recipe file sets train.epochs (fine-tuning);
+    `epochs_given`: that it does."""
     model_changes, data_changes, train_changes = {}, {}, {}
     if model is not None:
         kind = model_kind(model)
         model_changes = {"onnx": {"arch": "onnx", "path": model},
                          "hf": {"arch": "bert", "path": model, "pretrained": True},
                          "factory": {"arch": "custom", "factory": model}}[kind]
-        if kind == "onnx" and not recipe_given:
+        if kind == "onnx" and not epochs_given:
             train_changes["epochs"] = 0.0
     if weights is not None:
         model_changes["weights"] = weights
-        if not recipe_given:
+        if not epochs_given:
             train_changes["epochs"] = 0.0
     if data is not None:
         dataset = data_kind(data, recipe.data.dataset)

@@ -36,6 +36,7 @@ class Runner:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     backend: str = ""
+    providers: list[str] | tuple[str, ...] = ()  # ONNX Runtime: the execution providers the session really uses
 
     def __init__(self, path: Path, metadata: Mapping[str, Any] | None) -> None:
         self.path = Path(path)
@@ -55,7 +56,8 @@ class Runner:
     def __repr__(self) -> str:
         ins = "; ".join(s.describe() for s in self.inputs)
         outs = "; ".join(s.describe() for s in self.outputs)
-        return f"<{type(self).__name__} {self.path.name} [{self.backend}] inputs {ins} -> {outs}>"
+        where = f"{self.backend} on {self.providers[0]}" if self.providers else self.backend
+        return f"<{type(self).__name__} {self.path.name} [{where}] inputs {ins} -> {outs}>"
 
     # -- validation ------------------------------------------------------------------------------------------
     def _compile_checks(self) -> tuple:
@@ -163,6 +165,8 @@ class Runner:
             x = load_images(as_list(raw), image_spec)
         else:
             raw = np.asarray(raw)
+            if raw.ndim == 3 and raw.shape[-1] in (3, 4) and image_spec.color != "grayscale":
+                raw = raw[None]  # one colour picture (H x W x C), e.g. np.asarray(Image.open(...))
             if raw.dtype != np.uint8 or raw.ndim not in (3, 4):
                 raise InputError(f"raw images must be file paths or uint8 N x H x W [x C] pixels, got {raw.dtype} "
                                  f"{list(raw.shape)}")

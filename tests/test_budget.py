@@ -181,3 +181,31 @@ def test_bad_budgets_are_one_clear_error(values, message):
 
     with pytest.raises(RecipeError, match=message):
         BudgetConfig(**values)
+
+
+def test_a_model_taken_as_given_ships_itself_when_no_int8_file_beats_it(tmp_path):
+    """An ONNX or pretrained model with nothing pruned: when its INT8 files are no faster, the original ships
+    (compiled for the target) with a note, instead of a run that ships nothing; a trained run still needs
+    budget.allow_baseline for that."""
+    from compress.shipping import apply_budget
+
+    def rows():
+        def row(name, p50, precision):
+            held = {"rows": 100, "accuracy": 1.0 if name == "baseline" else 0.99,
+                    "discordant_vs_baseline": {"baseline_only": 0 if name == "baseline" else 1, "variant_only": 0,
+                                               "rows": 100}}
+            return {"name": name, "precision": precision, "description": name, "runtime": "onnxruntime",
+                    "heldout": held, "latency_ms": {"1": {"p50": p50, "p50_ci95": [p50 * 0.98, p50 * 1.02]}}}
+        return [row("baseline", 1.0, "fp32"), row("int8", 1.3, "int8"), row("baseline-int8", 1.2, "int8")]
+
+    def ship(name, batch):
+        path = tmp_path / "target" / "cpu" / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return path
+
+    recipe = small_recipe()
+    given = apply_budget(recipe, rows(), ship, tmp_path, as_given=True)
+    assert given["shipped"] == "baseline" and "the original ships" in given["note"]
+    trained = apply_budget(recipe, rows(), ship, tmp_path, as_given=False)
+    assert trained["shipped"] is None and "allow_baseline" in trained["why"]

@@ -91,6 +91,12 @@ def test_a_20_class_image_folder_trains_shrinks_and_ships_a_model_that_reads_fil
     truth = [names[labels[i]] for i in test]
     file_accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
     assert file_accuracy == pytest.approx(acc["compressed"], abs=1e-9)  # the same pixels, the same decisions
+    from PIL import Image
+
+    pixels = [np.asarray(Image.open(files[i])) for i in test[:3]]  # decoded by the app: H x W x 3 uint8
+    with load(shipped) as runner:
+        assert runner.predict(np.stack(pixels)) == predicted[:3]
+        assert runner.predict(pixels[0]) == predicted[:1]  # one picture, not 72 grayscale rows
 
 
 def test_an_unlabelled_folder_is_scored_by_agreement_with_the_pretrained_model(tmp_path):
@@ -194,3 +200,39 @@ def test_an_onnx_model_takes_photos_at_its_own_input_size_and_is_judged_by_agree
     with load(shipped) as runner:
         assert runner.metadata["preprocess"]["size"] == [32, 32]
         assert len(runner.predict(sorted(photos.glob("*.png"))[:4])) == 4
+
+
+def test_the_class_count_comes_from_the_modules_own_head_not_the_files_key_order(tmp_path):
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from compress.checkpoints import classes_in_weights
+
+    class Net(nn.Module):  # safetensors sorts keys: "classifier" comes before "encoder.fc" in the file
+        def __init__(self, classes):
+            super().__init__()
+            self.encoder = nn.Sequential()
+            self.encoder.fc = nn.Linear(8, 16)
+            self.classifier = nn.Linear(16, classes)
+
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in Net(7).state_dict().items()}, str(path))
+    assert classes_in_weights(path, Net(2)) == 7
+
+
+def test_a_model_given_by_path_is_part_of_the_training_key(tmp_path):
+    """A model re-saved in place (an ONNX file, a Hugging Face folder) must retrain, not reuse the cached stages."""
+    from compress.stages.train import path_digest
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"one")
+    before = path_digest(folder)
+    (folder / "model.safetensors").write_bytes(b"two")
+    assert path_digest(folder) != before
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"a")
+    first = path_digest(onnx)
+    onnx.write_bytes(b"b")
+    assert path_digest(onnx) != first

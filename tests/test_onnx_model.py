@@ -127,8 +127,7 @@ def test_an_onnx_model_on_npz_ships_int8_with_the_accuracy_it_reports(cnn, tmp_p
 
 
 def test_bad_npz_files_are_one_line_errors(tmp_path):
-    from common.errors import CompressError
-    from compress.data.arrays import read_arrays
+    from bench.datasets import DatasetError, read_npz
 
     cases = {"no-x": {"z": np.zeros((4, 2))}, "strings": {"x": np.array([["a", "b"]] * 4)},
              "short-y": {"x": np.zeros((4, 2)), "y": np.zeros(3, dtype=np.int64)},
@@ -137,17 +136,19 @@ def test_bad_npz_files_are_one_line_errors(tmp_path):
              "nan": "NaN or Inf in 4 of 4 rows"}
     for name, arrays in cases.items():
         np.savez(tmp_path / f"{name}.npz", **arrays)
-        with pytest.raises(CompressError, match=words[name]) as e:
-            read_arrays(tmp_path / f"{name}.npz")
+        with pytest.raises(DatasetError, match=words[name]) as e:
+            read_npz(tmp_path / f"{name}.npz")
         assert "\n" not in str(e.value)
 
 
 def test_few_rows_split_proportionally_and_unlabelled_rows_have_no_y(cnn, tmp_path):
+    """An ONNX model is taken as given: only calibration rows are kept back from the held-out ones (at most half)."""
     from compress.data.arrays import NPZ
 
     np.savez(tmp_path / "few.npz", x=cnn[1][:50])
     data = NPZ.load(_recipe(cnn[0], tmp_path / "few.npz"))
-    assert (len(data.train.x), len(data.val.x), len(data.test.x)) == (30, 10, 10)
+    assert (len(data.train.x), len(data.val.x), len(data.test.x)) == (25, 13, 12)
+    assert np.array_equal(data.calib.x, data.train.x)
     assert data.val.y is None and data.labels == () and not data.labelled
 
 

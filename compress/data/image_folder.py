@@ -21,7 +21,7 @@ def trains(recipe) -> bool:
     family = recipe.family
     unsupported = getattr(family, "unsupported", lambda step: None)
     distills = recipe.distill.enabled and not unsupported("distill")
-    return recipe.train.epochs > 0 or family.shrinks(recipe) or distills
+    return (recipe.train.epochs > 0 and unsupported("train") is None) or family.shrinks(recipe) or distills
 
 
 def fingerprint(files: list[Path], root: Path, labels, spec, splits: dict[str, np.ndarray]) -> str:
@@ -59,14 +59,15 @@ class ImageFolder:
                 raise DatasetError(f"{root}: one class folder ({classes[0]}); a classifier needs at least two")
             rows = pool_splits(len(files), val_size=d.val_size, test_size=d.limit_test or d.val_size,
                                calib_size=d.calib_size, seed=recipe.seed, name=str(root), trains=trains(recipe))
-            x = read_pixels(files, spec)
+            if d.limit_train is not None:
+                rows["train"] = rows["train"][: d.limit_train]
+            used = np.unique(np.concatenate(list(rows.values())))  # rows no split takes are never decoded
+            x = read_pixels([files[i] for i in used], spec)
         except DatasetError as e:
             raise CompressError(str(e)) from None
-        if d.limit_train is not None:
-            rows["train"] = rows["train"][: d.limit_train]
 
         def split(idx: np.ndarray) -> Split:
-            return Split(x[idx], None if labels is None else labels[idx])
+            return Split(x[np.searchsorted(used, idx)], None if labels is None else labels[idx])
 
         return ImageDataset(
             name=root.name, train=split(rows["train"]), val=split(rows["val"]), test=split(rows["test"]),

@@ -162,6 +162,10 @@ class OnnxModel:
         shape = graph_info(recipe.model.path).input_shape[1:]
         layout = "NHWC" if len(shape) == 3 and shape[-1] in (1, 3) and shape[0] not in (1, 3) else "NCHW"
         h, w = (shape[1:] if layout == "NCHW" else shape[:2]) if len(shape) == 3 else (None, None)
+        channels = (shape[0] if layout == "NCHW" else shape[-1]) if len(shape) == 3 else None
+        if channels == 1:
+            raise CompressError(f"{Path(recipe.model.path).name} takes 1-channel images: set data.image.color: "
+                                "grayscale with the mean and std it was trained with (e.g. mean: [0.5], std: [0.5])")
         if h is None or h != w:
             return recipe
         log(f"data: images at {h}x{w} {layout}, the size {Path(recipe.model.path).name} takes (data.image.size)")

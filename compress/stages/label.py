@@ -18,6 +18,9 @@ def check(run) -> None:
     if not hasattr(run.family, "given_logits"):
         raise CompressError(f"{run.data.name} has no labels, and {run.family.name} models need labelled data in this "
                             "version; give labels (class sub-folders, a label column or y in the .npz)")
+    given = getattr(run.family, "check_given", None)
+    if given is not None:  # e.g. a module needs its pretrained weights to be a model at all
+        given(run)
     trains = getattr(run.family, "unsupported", lambda step: None)("train") is None
     if trains and run.recipe.train.epochs > 0:
         raise CompressError(f"{run.data.name} has no labels: the baseline must be the pretrained model as given; set "
