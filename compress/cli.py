@@ -92,10 +92,13 @@ def main(debug: bool) -> None:
 @click.option("--dump-config", is_flag=True, help="Print the effective recipe as YAML and exit.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with this many processes (torchrun + DistributedDataParallel; gloo on CPU, NCCL on CUDA).")
+@click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N",
+              help="Where the training stages run (overrides train.device, default auto: CUDA when torch sees a "
+                   "GPU); under --nproc each rank uses GPU LOCAL_RANK. Cached stages stay valid across devices.")
 @friendly_errors
 def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None,
         model_factory: str | None, weights: str | None, max_drop: float | None, runtime: str | None,
-        dump_config: bool, nproc: int) -> None:
+        dump_config: bool, nproc: int, device: str | None) -> None:
     """Run the whole pipeline and write report.json / report.md to --out."""
     import dataclasses
     import os
@@ -114,9 +117,12 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
             recipe = recipe.replace(target=dataclasses.replace(recipe.target, name=target))
         if runtime is not None:
             recipe = recipe.replace(target=dataclasses.replace(recipe.target, runtime=runtime))
-        recipe = cli_inputs.apply(recipe, model_factory, weights, data_path, recipe_given=recipe_ref is not None)
+        recipe = cli_inputs.apply(recipe, model_factory, weights, data_path,
+                                  epochs_given=cli_inputs.sets_epochs(recipe_ref))
         if max_drop is not None:
             recipe = recipe.replace(budget=dataclasses.replace(recipe.budget, max_accuracy_drop=max_drop))
+        if device is not None:
+            recipe = recipe.replace(train=dataclasses.replace(recipe.train, device=device))
     except (ValueError, TypeError) as e:
         raise RecipeError(str(e)) from None
     if dump_config:
@@ -125,7 +131,9 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         if recipe.family.kind == "text":
             raise RecipeError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
+        check_device(recipe.train.device, nproc)
         return launch_distributed(nproc, recipe, target, out_dir, data_path)
+    check_device(recipe.train.device, int(os.environ.get("WORLD_SIZE", "1")))
     from compress.pipeline import run as run_pipeline
     from compress.shipping import BudgetMissed
 
@@ -136,6 +144,24 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
         raise
     if report is not None:
         print_summary(report, out_dir)
+
+
+def check_device(setting: str, nproc: int) -> None:
+    """A one-line error before any work when the device cannot be had here (cuda without CUDA, cuda:N beyond the
+    GPUs, more ranks than GPUs for NCCL); under torchrun, join the process group on the recipe's device."""
+    import os
+
+    import torch
+
+    from compress import device, distributed
+
+    available = torch.cuda.is_available()
+    count = torch.cuda.device_count() if available else 0
+    if nproc > 1:
+        device.check_ranks(nproc, setting, cuda_available=available, device_count=count)
+    if "WORLD_SIZE" in os.environ:
+        distributed.init(setting)  # the pipeline's own init() then finds the group joined
+    device.current(setting)
 
 
 def launch_distributed(nproc: int, recipe, target: str | None, out_dir: Path, data_path: str | None) -> None:
@@ -172,9 +198,7 @@ def print_summary(report: dict, out_dir: Path) -> None:
     from bench.report import summary_rows
 
     header, rows = summary_rows(report)
-    env = report["environment"]
-    where = f"{env['cpu']}, {env.get('int8_class', '?')}"
-    table = Table(title=f"{report['recipe']['name']} -> {report['target']} ({where})")
+    table = Table(title=f"{report['recipe']['name']} -> {report['target']} ({bench_device(report)})")
     for i, h in enumerate(header):
         left = h in ("variant", "runtime", "precision")
         table.add_column(h, justify="left" if left else "right",
@@ -195,6 +219,17 @@ def print_summary(report: dict, out_dir: Path) -> None:
         console.print(budget_line(report), highlight=False, soft_wrap=True)
     console.print(stage_times(report), highlight=False, soft_wrap=True)
     console.print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}")
+
+
+def bench_device(report: dict) -> str:
+    """The device the benchmark ran on, for the summary header: the GPU when a row ran on ONNX Runtime's CUDA
+    provider, else the CPU and its INT8 class (also for a GPU target whose provider fell back to the CPU)."""
+    env = report["environment"]
+    if "CUDAExecutionProvider" in env.get("providers_used", []):
+        gpu = env.get("gpu") or {}
+        return f"{gpu.get('name', 'GPU (name not reported)')}, ONNX Runtime CUDA"
+    fell_back = any(r.get("fell_back_to_cpu") for r in report.get("variants", []))
+    return f"{env['cpu']}, {env.get('int8_class', '?')}" + (", CPU fallback: no GPU provider here" if fell_back else "")
 
 
 def stage_times(report: dict) -> str:

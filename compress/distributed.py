@@ -31,8 +31,10 @@ def enabled() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init() -> None:
-    """Join the process group torchrun prepared: NCCL with CUDA, gloo on CPU."""
+def init(device: str = "auto") -> None:
+    """Join the process group torchrun prepared: NCCL when training runs on CUDA (`device`, the recipe's
+    train.device: rank r on GPU LOCAL_RANK), gloo on the CPU (`--device cpu` uses gloo even where CUDA exists).
+    More ranks than GPUs is a one-line error before any work."""
     if world_size() <= 1:
         return
     import torch
@@ -40,15 +42,40 @@ def init() -> None:
 
     if dist.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    from compress.device import check_ranks, current
+
+    available = torch.cuda.is_available()
+    chosen = check_ranks(world_size(), device, cuda_available=available,
+                         device_count=torch.cuda.device_count() if available else 0)
+    if chosen == "nccl":
+        torch.cuda.set_device(torch.device(current(device)))  # collectives and barriers use this rank's GPU
+    dist.init_process_group(backend=chosen, timeout=TIMEOUT)
+
+
+def backend() -> str | None:
+    """The process group's backend ("nccl", "gloo"), None when not distributed."""
+    if not enabled():
+        return None
+    import torch.distributed as dist
+
+    return str(dist.get_backend())
+
+
+def _collective_device():
+    """Where tensors that cross ranks live: this rank's GPU under NCCL, the CPU under gloo."""
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if backend() == "nccl" else torch.device("cpu")
 
 
 def barrier() -> None:
     if enabled():
         import torch.distributed as dist
 
-        dist.barrier()
+        if backend() == "nccl":
+            dist.barrier(device_ids=[_collective_device().index])
+        else:
+            dist.barrier()
 
 
 def mean_across_ranks(values: list[float]) -> list[float]:
@@ -58,9 +85,9 @@ def mean_across_ranks(values: list[float]) -> list[float]:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return [v / world_size() for v in t.tolist()]
+    return [v / world_size() for v in t.cpu().tolist()]
 
 
 def shutdown() -> None:

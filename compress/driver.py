@@ -138,15 +138,17 @@ def declared_key(name: str, inputs: tuple) -> str:
 
 
 OMIT_DEFAULT = "key_omits_default"  # field metadata: a setting added later leaves the keys of earlier runs valid
+IGNORED = "key_ignores"  # field metadata: a setting that never changes a result (e.g. train.device) is in no key
 
 
 def plain(value: Any) -> Any:
     """A declared input as it enters the key: sections as dicts (without settings added later while they keep their
-    default, so that an upgrade does not invalidate finished stages), files by name."""
+    default, so that an upgrade does not invalidate finished stages, nor settings that never change a result),
+    files by name."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = dataclasses.asdict(value)
         for f in dataclasses.fields(value):
-            if f.metadata.get(OMIT_DEFAULT) and out[f.name] == _default(f):
+            if f.metadata.get(IGNORED) or (f.metadata.get(OMIT_DEFAULT) and out[f.name] == _default(f)):
                 del out[f.name]
         return out
     if isinstance(value, Path):

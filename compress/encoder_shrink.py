@@ -130,17 +130,26 @@ def prune_heads(model: EncoderClassifier, keep_heads: int | Sequence[int], *,
 
 
 def taylor_scores(model: EncoderClassifier, data: EncodedSplit, *, teacher_logits: np.ndarray | None = None,
-                  batch_size: int = 32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                  batch_size: int = 32, device: str | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """First-order Taylor importance of every attention head and FFN neuron, per layer: summed over the rows of
     `data`, |sum over a row's tokens of activation * d loss / d activation| (Michel et al. 2019 for heads, Molchanov
     et al. 2019 for neurons): the loss change if that head's context or that neuron's output were zeroed.
 
     The loss is KL to `teacher_logits` (one row per data row) when given, so the scores rank what the student
-    needs to reproduce the teacher; cross-entropy to the labels otherwise. Returns (head scores, FFN scores).
+    needs to reproduce the teacher; cross-entropy to the labels otherwise. Returns (head scores, FFN scores), CPU
+    tensors; the passes run on `device` (None: the CPU) and the model is back on the CPU afterwards.
     """
+    from compress.device import placed
+
+    with placed(device, model):
+        return _taylor_scores(model, data, teacher_logits, batch_size, device)
+
+
+def _taylor_scores(model, data, teacher_logits, batch_size, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    from compress.device import to_device
     from compress.distill import teacher_logits_tensor
 
-    soft = None if teacher_logits is None else teacher_logits_tensor(teacher_logits, len(data))
+    soft = None if teacher_logits is None else to_device(teacher_logits_tensor(teacher_logits, len(data)), device)
     layers = model.encoder.layer
     heads = [torch.zeros(layer.attention.self.num_heads, dtype=torch.float64) for layer in layers]
     ffn = [torch.zeros(layer.output.dense.in_features, dtype=torch.float64) for layer in layers]
@@ -160,11 +169,13 @@ def taylor_scores(model: EncoderClassifier, data: EncodedSplit, *, teacher_logit
     try:
         for idx in sorted_chunks(data, batch_size):
             b = data.take(idx)
-            logits = model(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
+            ids, mask, y, rows = (to_device(torch.from_numpy(a), device)
+                                  for a in (b.input_ids, b.attention_mask, b.y, idx))
+            logits = model(ids, mask)
             if soft is None:
-                loss = F.cross_entropy(logits, torch.from_numpy(b.y), reduction="sum")
+                loss = F.cross_entropy(logits, y, reduction="sum")
             else:
-                loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(soft[torch.from_numpy(idx)], 1),
+                loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(soft[rows], 1),
                                 reduction="sum", log_target=True)
             model.zero_grad(set_to_none=True)
             loss.backward()
@@ -173,9 +184,9 @@ def taylor_scores(model: EncoderClassifier, data: EncodedSplit, *, teacher_logit
                     x = captured[("heads", i)]
                     h = layer.attention.self.num_heads
                     contrib = (x * x.grad).view(*x.shape[:2], h, -1).sum((1, 3))  # [batch, heads]
-                    heads[i] += contrib.abs().sum(0).double()
+                    heads[i] += contrib.abs().sum(0).double().cpu()
                     x = captured[("ffn", i)]
-                    ffn[i] += (x * x.grad).sum(1).abs().sum(0).double()
+                    ffn[i] += (x * x.grad).sum(1).abs().sum(0).double().cpu()
             captured.clear()
     finally:
         for handle in handles:
@@ -223,10 +234,11 @@ def prune_vocab(model: EncoderClassifier, keep_ids: np.ndarray, *, unk_id: int) 
 TAYLOR_ROWS = 512  # training texts the Taylor scores are summed over (a 4-layer MiniLM: ~20 s per pass on 2 cores)
 
 
-def shrink_encoder(model, p, train, special, *, seed: int = 0) -> tuple[Any, dict[str, Any], np.ndarray | None]:
+def shrink_encoder(model, p, train, special, *, seed: int = 0,
+                   device: str | None = None) -> tuple[Any, dict[str, Any], np.ndarray | None]:
     """The student: evenly spaced layers, then the most important heads and FFN neurons (by weight magnitude, or
     with `prune.importance: taylor` by how much the student's match to the teacher's logits depends on them,
-    each scored on the student as pruned so far), then the used vocabulary."""
+    each scored on the student as pruned so far, on `device`), then the used vocabulary."""
     cfg = model.config
     student = model
     if p.layers and p.layers < cfg.layers:
@@ -235,10 +247,10 @@ def shrink_encoder(model, p, train, special, *, seed: int = 0) -> tuple[Any, dic
     if p.importance == "taylor" and (p.heads_ratio > 0 or p.ratio > 0):
         rows = np.sort(np.random.default_rng(seed).permutation(len(train))[:TAYLOR_ROWS])
         scoring = train.take(rows, crop=False)
-        teacher_logits = predict_text_logits(model, scoring)
+        teacher_logits = predict_text_logits(model, scoring, device=device)
 
         def scores(m, which: int):
-            return taylor_scores(m, scoring, teacher_logits=teacher_logits)[which]
+            return taylor_scores(m, scoring, teacher_logits=teacher_logits, device=device)[which]
     if p.heads_ratio > 0:
         student = prune_heads(student, max(1, round(cfg.heads * (1 - p.heads_ratio))),
                               scores=scores(student, 0) if scoring is not None else None)

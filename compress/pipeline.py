@@ -44,7 +44,7 @@ def run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     """The whole train-then-shrink pipeline; returns the report (also written to out_dir).
 
     Under torchrun, ranks other than 0 return None once the training stages are done."""
-    distributed.init()
+    distributed.init(recipe.train.device)
     try:
         return _run(recipe, out_dir)
     finally:

@@ -48,17 +48,19 @@ def _classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
 
 def prune(model: nn.Module, cfg: PruneConfig, example_inputs: torch.Tensor, num_classes: int, *,
           taylor_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-          between_steps: Callable[[nn.Module, int], None] | None = None) -> PruneResult:
+          between_steps: Callable[[nn.Module, int], None] | None = None,
+          device: str | None = None) -> PruneResult:
     """Return a pruned copy of `model` (the input is left untouched).
 
     With `cfg.iterative_steps` > 1 the ratio is reached in steps and `between_steps(model, step)` runs after
-    every step but the last (the pipeline fine-tunes there).
+    every step but the last (the pipeline fine-tunes there). Taylor importance's forward and backward pass runs on
+    `device` (None: the CPU); the dependency graph and the pruning itself stay on the CPU.
     """
     pruned = copy.deepcopy(model).eval()
     before = conv_widths(pruned)
     params_before = count_params(pruned)
     if cfg.method == "channels":
-        _prune_channels(pruned, cfg, example_inputs, num_classes, taylor_batch, between_steps)
+        _prune_channels(pruned, cfg, example_inputs, num_classes, taylor_batch, between_steps, device)
     else:
         _prune_unstructured(pruned, cfg, num_classes)
     pruned.zero_grad(set_to_none=True)
@@ -66,7 +68,7 @@ def prune(model: nn.Module, cfg: PruneConfig, example_inputs: torch.Tensor, num_
                        weight_sparsity(pruned))
 
 
-def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, between_steps) -> None:
+def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, between_steps, device=None) -> None:
     import torch_pruning as tp
 
     if cfg.importance == "taylor":
@@ -84,12 +86,21 @@ def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, betwe
         if cfg.importance == "taylor":
             if taylor_batch is None:
                 raise ValueError("Taylor importance needs a batch of training data")
-            x, y = taylor_batch
-            model.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
+            _taylor_gradients(model, taylor_batch, device)
         pruner.step()
         if between_steps is not None and step < cfg.iterative_steps - 1:
             between_steps(model, step)
+
+
+def _taylor_gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: str | None) -> None:
+    """The gradients Taylor importance reads (weight x gradient), from one batch's loss; computed on `device`, the
+    model (gradients included) back on the CPU afterwards."""
+    from compress.device import placed, to_device
+
+    x, y = batch
+    model.zero_grad()
+    with placed(device, model):
+        nn.functional.cross_entropy(model(to_device(x, device)), to_device(y, device)).backward()
 
 
 def _floor_at_round_to(model: nn.Module, cfg: PruneConfig, ignored: list[nn.Module]) -> dict[nn.Module, float]:

@@ -61,24 +61,29 @@ def _wrap(module: nn.Module) -> None:
             _wrap(child)
 
 
-def prepare(model: nn.Module, calib: np.ndarray) -> nn.Module:
+def prepare(model: nn.Module, calib: np.ndarray, *, device: str | None = None) -> nn.Module:
     """Fold batchnorm, insert fake quantization and calibrate its input ranges (min/max) on `calib`."""
     qat = fold_batchnorm(model)
     _wrap(qat)
-    calibrate(qat, calib)
+    calibrate(qat, calib, device=device)
     return qat
 
 
 @torch.no_grad()
-def calibrate(qat: nn.Module, calib: np.ndarray, batch_size: int = 64) -> None:
+def calibrate(qat: nn.Module, calib: np.ndarray, batch_size: int = 64, *, device: str | None = None) -> None:
+    """Input ranges (min/max) of every fake-quantized layer over `calib`, observed on `device` (None: the CPU);
+    the model stays on the CPU. Training itself runs through `compress.train.fit(..., device=)`."""
+    from compress.device import placed, to_device
+
     fakes = [m for m in qat.modules() if isinstance(m, _FakeQuant)]
     for m in fakes:
         m.lo.fill_(float("inf"))
         m.hi.fill_(float("-inf"))
         m.observing = True
     qat.eval()
-    for i in range(0, len(calib), batch_size):
-        qat(torch.from_numpy(calib[i : i + batch_size]))
+    with placed(device, qat):
+        for i in range(0, len(calib), batch_size):
+            qat(to_device(torch.from_numpy(calib[i : i + batch_size]), device))
     for m in fakes:
         m.observing = False
 

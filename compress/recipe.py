@@ -158,10 +158,16 @@ class TrainConfig:
     # bf16: the baseline's convolutions and matmuls under bfloat16 autocast on CPUs with native bf16 (AVX512-BF16,
     # AMX): 1.75x per step for the default CNN, validation within seed noise after one epoch; elsewhere float32
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"key_omits_default": True})
+    # where every training stage runs (compress.device): auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda,
+    # cuda:N; under torchrun rank r uses GPU LOCAL_RANK. In no cache key: a GPU's figures match the CPU's within noise
+    device: str = field(default="auto", metadata={"key_omits_default": True, "key_ignores": True})
 
     def __post_init__(self) -> None:
+        from compress.device import check_setting
+
         _positive("train", batch_size=self.batch_size, lr=self.lr)  # epochs 0: the (pretrained) model as given
         _non_negative("train", epochs=self.epochs, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing)
+        check_setting(self.device)
 
 
 @dataclass(frozen=True)

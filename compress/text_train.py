@@ -97,15 +97,24 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def fit_text(model: EncoderClassifier, data: EncodedSplit, cfg: TextLoopConfig, *, seed: int = 0,
              teacher_logits: np.ndarray | None = None, teacher_hidden: "HiddenTargets | None" = None,
-             hidden_weight: float = 0.0, label: str = "train") -> list[float]:
+             hidden_weight: float = 0.0, label: str = "train", device: str | None = None) -> list[float]:
     """Train in place with AdamW and linear warm-up/decay over length-bucketed, dynamically padded batches.
 
     With `teacher_logits` (one row per training row, e.g. from `predict_text_logits(teacher, data)`), the loss
     is distillation (`compress.distill.kd_loss`); precomputing them saves a teacher forward per step.
-    Returns the mean loss of each tenth of training.
+    Returns the mean loss of each tenth of training. The steps run on `device` (None or "cpu": the CPU, as
+    before; batches from pinned memory on CUDA); the model is back on the CPU afterwards.
     """
-    from compress.distill import kd_loss, teacher_logits_tensor
+    from compress.device import placed
+
+    with placed(device, model):
+        return _fit_text(model, data, cfg, seed, teacher_logits, teacher_hidden, hidden_weight, label, device)
+
+
+def _fit_text(model, data, cfg, seed, teacher_logits, teacher_hidden, hidden_weight, label, device) -> list[float]:
     from common.progress import progress_bar
+    from compress.device import to_device
+    from compress.distill import kd_loss, teacher_logits_tensor
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -116,7 +125,7 @@ def fit_text(model: EncoderClassifier, data: EncodedSplit, cfg: TextLoopConfig, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     lengths = data.lengths
-    soft = None if teacher_logits is None else teacher_logits_tensor(teacher_logits, len(data))
+    soft = None if teacher_logits is None else to_device(teacher_logits_tensor(teacher_logits, len(data)), device)
     model.train()
     losses: list[float] = []
     batches: list[np.ndarray] = []
@@ -126,17 +135,19 @@ def fit_text(model: EncoderClassifier, data: EncodedSplit, cfg: TextLoopConfig, 
                 batches = length_batches(lengths, cfg.batch_size, rng)
             idx = batches.pop()
             b = data.take(idx)
-            ids, mask = torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask)
+            ids, mask = (to_device(torch.from_numpy(a), device) for a in (b.input_ids, b.attention_mask))
             if teacher_hidden is not None and hidden_weight > 0:
                 logits, hidden = model.forward_with_hidden(ids, mask)
-                extra = hidden_weight * hidden_loss(hidden, teacher_hidden.batch(idx, ids.shape[1]), mask)
+                target = to_device(teacher_hidden.batch(idx, ids.shape[1]), device)
+                extra = hidden_weight * hidden_loss(hidden, target, mask)
             else:
                 logits, extra = model(ids, mask), 0.0
-            y = torch.from_numpy(b.y)
+            y = to_device(torch.from_numpy(b.y), device)
             if soft is None:
                 loss = F.cross_entropy(logits, y)
             else:
-                loss = kd_loss(logits, y, soft[torch.from_numpy(idx)], temperature=cfg.temperature, alpha=cfg.alpha)
+                rows = to_device(torch.from_numpy(idx), device)
+                loss = kd_loss(logits, y, soft[rows], temperature=cfg.temperature, alpha=cfg.alpha)
             loss = loss + extra
             if not torch.isfinite(loss):
                 raise CompressError(f"{label}: loss became {loss.item()} at step {step}; lower the learning rate")
@@ -189,27 +200,39 @@ def hidden_loss(student: list[torch.Tensor], target: torch.Tensor, mask: torch.T
 
 @torch.no_grad()
 def teacher_outputs(teacher: EncoderClassifier, data: EncodedSplit, layers: Sequence[int], *,
-                    batch_size: int = 64) -> tuple[np.ndarray, HiddenTargets]:
-    """The teacher's logits and its hidden states at `layers` for every row (one pass, before distillation)."""
+                    batch_size: int = 64, device: str | None = None) -> tuple[np.ndarray, HiddenTargets]:
+    """The teacher's logits and its hidden states at `layers` for every row (one pass, before distillation),
+    computed on `device` (None: the CPU), returned as CPU arrays."""
+    from compress.device import placed, to_device
+
     teacher.eval()
     logits = np.zeros((len(data), teacher.config.num_classes), np.float32)
     rows: list[np.ndarray | None] = [None] * len(data)
-    for idx in sorted_chunks(data, batch_size):
-        b = data.take(idx)
-        out, hidden = teacher.forward_with_hidden(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
-        logits[idx] = out.numpy()
-        stacked = torch.stack([hidden[k] for k in layers], dim=2).to(torch.float16).numpy()
-        for j, i in enumerate(idx):
-            rows[int(i)] = stacked[j, : int(b.attention_mask[j].sum())].copy()
+    with placed(device, teacher):
+        for idx in sorted_chunks(data, batch_size):
+            b = data.take(idx)
+            ids, mask = (to_device(torch.from_numpy(a), device) for a in (b.input_ids, b.attention_mask))
+            out, hidden = teacher.forward_with_hidden(ids, mask)
+            logits[idx] = out.cpu().numpy()
+            stacked = torch.stack([hidden[k] for k in layers], dim=2).to(torch.float16).cpu().numpy()
+            for j, i in enumerate(idx):
+                rows[int(i)] = stacked[j, : int(b.attention_mask[j].sum())].copy()
     return logits, HiddenTargets(tuple(layers), tuple(rows))
 
 
 @torch.no_grad()
-def predict_text_logits(model: nn.Module, data: EncodedSplit, *, batch_size: int = 64) -> np.ndarray:
-    """Logits in the rows' order; batches of similar length, each padded to its longest row."""
+def predict_text_logits(model: nn.Module, data: EncodedSplit, *, batch_size: int = 64,
+                        device: str | None = None) -> np.ndarray:
+    """Logits in the rows' order as CPU numpy, computed on `device` (None: the CPU); batches of similar length,
+    each padded to its longest row."""
+    from compress.device import placed, to_device
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return model(to_device(torch.from_numpy(ids), device), to_device(torch.from_numpy(mask), device)).cpu().numpy()
+
     model.eval()
-    return logits_by_length(data, batch_size,
-                            lambda ids, mask: model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+    with placed(device, model):
+        return logits_by_length(data, batch_size, run)
 
 
 def accuracy_of(logits: np.ndarray, y: np.ndarray) -> float:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.datasets import Split
+from compress.device import is_cuda, placed, to_device
 from compress.distill import teacher_logits_tensor
 from common.errors import CompressError
 from common.progress import progress_bar
@@ -50,12 +51,48 @@ def native_bf16() -> bool:
                ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def _autocast(cfg: LoopConfig) -> contextlib.AbstractContextManager:
+def _autocast(cfg: LoopConfig, device: str | None = None) -> contextlib.AbstractContextManager:
     if cfg.precision not in ("fp32", "bf16"):
         raise CompressError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+    if cfg.precision == "bf16" and is_cuda(device):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
     if cfg.precision == "bf16" and native_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+RESIDENT_BYTES = 2 << 30  # training sets up to this size are copied to the GPU once; larger ones go batch by batch
+
+
+def _batch_source(x_all: torch.Tensor, y_all: torch.Tensor, device: str | None):
+    """`take(idx) -> (x, y)` on `device`. On CUDA a training set that fits (Fashion-MNIST: 190 MB) is copied to the
+    GPU once, so a step moves no data; a larger one is gathered per batch into pinned memory and copied without
+    blocking. On the CPU (or None): plain indexing, as before."""
+    if not is_cuda(device):
+        return lambda idx: (x_all[idx], y_all[idx])
+    if x_all.nbytes + y_all.nbytes <= RESIDENT_BYTES:
+        x_dev, y_dev = to_device(x_all, device), to_device(y_all, device)
+
+        def take(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = to_device(idx, device)
+            return x_dev[idx], y_dev[idx]
+
+        return take
+    return lambda idx: (to_device(x_all[idx], device), to_device(y_all[idx], device))
+
+
+def _data_parallel(model: nn.Module, device: str | None) -> nn.Module:
+    """DistributedDataParallel over the ranks (gradients averaged), on this rank's GPU when it has one."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if is_cuda(device):
+        return DistributedDataParallel(model, device_ids=[torch.device(device).index])
+    from compress import distributed
+
+    if distributed.backend() == "nccl":
+        raise CompressError("the process group is NCCL but training runs on the CPU; use --device cuda, or "
+                            "--device cpu for both (gloo)")
+    return DistributedDataParallel(model)
 
 
 def _batches(n: int, batch_size: int, steps: int, seed: int, rank: int, world: int) -> Iterator[torch.Tensor]:
@@ -109,6 +146,7 @@ def fit(
     teacher: nn.Module | None = None,
     teacher_logits: np.ndarray | None = None,
     loss_fn: LossFn | None = None,
+    device: str | None = None,
 ) -> list[float]:
     """Train `model` in place for `cfg.epochs` (fractions allowed) with a one-cycle schedule.
 
@@ -116,40 +154,48 @@ def fit(
     teacher's logits come from `teacher_logits` (one row per training row, computed once beforehand: the loop
     shows no image twice in different forms, so they are the same each epoch) or else from running `teacher` on
     every batch. Returns the mean loss of each tenth of training, so callers can check that it decreased.
+
+    `device` ("cuda:0" ...; None or "cpu": the CPU, exactly as before) is where the steps run: the model and the
+    teacher go there for the loop and come back to the CPU after it, so checkpoints hold CPU tensors.
     """
+    from compress import distributed
+
+    with placed(device, model, teacher):
+        if is_cuda(device):
+            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
+        return _fit(model, data, cfg, seed, label, teacher, teacher_logits, loss_fn, device, distributed)
+
+
+def _fit(model, data, cfg, seed, label, teacher, teacher_logits, loss_fn, device, distributed) -> list[float]:
     n = len(data)
     total_steps = max(1, math.ceil(cfg.epochs * max(1, n // cfg.batch_size)))
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos"
     )
-    from compress import distributed
-
     world, rank = (distributed.world_size(), distributed.rank()) if distributed.enabled() else (1, 0)
     if distributed.enabled() and cfg.batch_size % world:
         raise CompressError(f"batch_size {cfg.batch_size} does not split evenly over {world} processes; "
                             f"use a multiple of {world}")
-    soft_all = None if teacher_logits is None else teacher_logits_tensor(teacher_logits, n)
+    soft_all = None if teacher_logits is None else to_device(teacher_logits_tensor(teacher_logits, n), device)
     torch.manual_seed(seed)
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    take = _batch_source(x_all, y_all, device)
     modules = [model] if teacher is None else [model, teacher]
-    channels_last = _channels_last(modules, x_all[:2])  # layouts are restored afterwards
+    channels_last = _channels_last(modules, to_device(x_all[:2], device))  # layouts are restored afterwards
     model.train()
     if teacher is not None:
         teacher.eval()
-    forward = model
-    if distributed.enabled():
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model)  # averages gradients across ranks
+    forward = _data_parallel(model, device) if distributed.enabled() else model
     losses: list[float] = []  # this rank's; averaged over ranks once at the end instead of a collective per step
     with progress_bar(label, total_steps) as advance:
         for step, idx in enumerate(_batches(n, cfg.batch_size, total_steps, seed, rank, world)):
-            x, y = x_all[idx], y_all[idx]
+            x, y = take(idx)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg):
-                loss = _loss(forward(x), y, cfg, loss_fn, None if soft_all is None else soft_all[idx], teacher, x)
+            with _autocast(cfg, device):
+                soft = None if soft_all is None else soft_all[to_device(idx, device)]
+                loss = _loss(forward(x), y, cfg, loss_fn, soft, teacher, x)
             losses.append(loss.item())
             if not math.isfinite(losses[-1]):
                 raise CompressError(f"{label}: loss became {losses[-1]} at step {step}; lower the learning rate")
@@ -168,13 +214,15 @@ def fit(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Logits in float32, `batch_size` rows at a time (128 keeps a CNN's activations in cache: 1.5-1.7x faster per
-    row than 512 on CPU, same numbers)."""
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 128, *, device: str | None = None) -> np.ndarray:
+    """Logits in float32 as CPU numpy, `batch_size` rows at a time (128 keeps a CNN's activations in cache: 1.5-1.7x
+    faster per row than 512 on CPU, same numbers), computed on `device` (None: the CPU)."""
     model.eval()
-    outs = [model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+    with placed(device, model):
+        outs = [model(to_device(torch.from_numpy(x[i : i + batch_size]), device)).float().cpu().numpy()
+                for i in range(0, len(x), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
-def accuracy(model: nn.Module, split: Split) -> float:
-    return float((predict_logits(model, split.x).argmax(1) == split.y).mean())
+def accuracy(model: nn.Module, split: Split, *, device: str | None = None) -> float:
+    return float((predict_logits(model, split.x, device=device).argmax(1) == split.y).mean())

@@ -172,12 +172,18 @@ class TextEncoder:
 
         t, kd = run.recipe.train, {k: teaching.pop(k) for k in ("temperature", "alpha") if k in teaching}
         loop = TextLoopConfig(epochs=epochs, batch_size=t.batch_size, lr=lr, weight_decay=t.weight_decay, **kd)
-        return fit_text(model, split, loop, seed=seed, label=label, **teaching)
+        return fit_text(model, split, loop, seed=seed, label=label, device=self.device(run), **teaching)
+
+    def device(self, run) -> str:
+        """Where this run's training stages compute ("cpu", "cuda:0", ...): the recipe's train.device."""
+        from compress.device import for_run
+
+        return for_run(run)
 
     def accuracy(self, run, model) -> float:
         from compress.text_train import accuracy_of, predict_text_logits
 
-        return accuracy_of(predict_text_logits(model, run.data.val), run.data.val.y)
+        return accuracy_of(predict_text_logits(model, run.data.val, device=self.device(run)), run.data.val.y)
 
     def chance(self, data) -> float:
         return 1.2 / data.num_classes
@@ -191,7 +197,8 @@ class TextEncoder:
         curve = [] if r.train.epochs == 0 else self.fit(run, model, run.data.train, r.train.epochs, r.train.lr,
                                                            seed=r.seed, label="fine-tune")
         self.save(model, out)
-        return {"val_accuracy": self.accuracy(run, model), "loss_curve": curve, "params": count_parameters(model)}
+        return {"val_accuracy": self.accuracy(run, model), "loss_curve": curve, "params": count_parameters(model),
+                "device": self.device(run)}
 
     def shrinks(self, recipe) -> bool:
         p = recipe.prune
@@ -203,7 +210,8 @@ class TextEncoder:
         from compress.encoder_shrink import oov_rate, shrink_encoder
 
         r, data, p = run.recipe, run.data, run.recipe.prune
-        raw, info, keep_ids = shrink_encoder(run.teacher, p, data.train, data.tokenizer.special, seed=r.seed + 6)
+        raw, info, keep_ids = shrink_encoder(run.teacher, p, data.train, data.tokenizer.special, seed=r.seed + 6,
+                                             device=self.device(run))
         info["vocab"]["oov_token_rate"] = {name: oov_rate(split, keep_ids)
                                            for name, split in (("val", data.val), ("test", data.test))}
         info["val_accuracy_pruned"] = self.accuracy(run, raw)
@@ -213,7 +221,7 @@ class TextEncoder:
             curve = self.fit(run, raw, data.train, p.finetune_epochs, p.lr, seed=r.seed + 1, label="fine-tune pruned")
             accuracy = self.accuracy(run, raw)
         self.save(raw, pruned_out)
-        return {**info, "val_accuracy": accuracy, "loss_curve": curve}
+        return {**info, "val_accuracy": accuracy, "loss_curve": curve, "device": self.device(run)}
 
     def distill(self, run, source: Path, out: Path) -> dict[str, Any]:
         """Logit distillation from the fine-tuned model, on the training texts plus `distill.augment` cropped
@@ -231,11 +239,11 @@ class TextEncoder:
             kept = run.done["prune"].metrics["layers_kept"] if "prune" in run.done else teacher.config.layers
             keep = list(range(kept)) if isinstance(kept, int) else kept
             targets = tt.skip_layer_targets(keep, teacher.config.layers)
-            soft, hidden = tt.teacher_outputs(teacher, train, targets)
+            soft, hidden = tt.teacher_outputs(teacher, train, targets, device=self.device(run))
             extra["hidden_state_targets"] = {"student_layers_from": keep, "teacher_layers_taught": list(targets),
                                              "loss": "1 - cosine", "weight": d.feature_weight}
         else:
-            soft = tt.predict_text_logits(teacher, train)
+            soft = tt.predict_text_logits(teacher, train, device=self.device(run))
         if d.augment:
             train.y[len(data.train):] = soft[len(data.train):].argmax(1)
         curve = self.fit(run, student, train, d.epochs, d.lr, temperature=d.temperature, alpha=d.alpha,
@@ -243,7 +251,7 @@ class TextEncoder:
                          label="distill")
         self.save(student, out)
         return {"val_accuracy_before": before, "val_accuracy": self.accuracy(run, student), "loss_curve": curve,
-                **extra}
+                "device": self.device(run), **extra}
 
     # -- export and INT8 --------------------------------------------------------------------------
     def export(self, run, model, path: Path) -> dict[str, Any]:

@@ -49,16 +49,20 @@ class ImageClassifier:
         except ValueError as e:
             raise CompressError(str(e)) from None
 
+    def check_given(self, run) -> None:
+        """Unlabelled data need a model that is complete as given: pretrained weights."""
+        if not run.recipe.model.weights:
+            raise CompressError(f"{run.data.name} has no labels: a model trained from scratch has nothing to agree "
+                                "with; give pretrained weights (--weights FILE) or labelled data")
+
     def given_logits(self, run, splits: dict) -> dict:
         """The pretrained model as given on unlabelled rows (split name -> logits); its classes from its weights."""
         from compress import train
         from compress.checkpoints import classes_in_weights, load_pretrained
 
         weights = run.recipe.model.weights
-        if not weights:
-            raise CompressError(f"{run.data.name} has no labels: a model trained from scratch has nothing to agree "
-                                "with; give pretrained weights (--weights FILE) or labelled data")
-        model = load_pretrained(self.new_model(run, classes_in_weights(Path(weights))), Path(weights)).eval()
+        classes = classes_in_weights(Path(weights), self.new_model(run, 2))
+        model = load_pretrained(self.new_model(run, classes), Path(weights)).eval()
         return {name: train.predict_logits(model, x) for name, x in splits.items()}
 
     def load(self, run, path: Path):
@@ -77,12 +81,18 @@ class ImageClassifier:
 
         t = run.recipe.train
         loop = train.LoopConfig(epochs, t.batch_size, lr, t.weight_decay, t.optimizer, t.label_smoothing, precision)
-        return train.fit(model, run.data.train, loop, seed=seed, label=label, **teaching)
+        return train.fit(model, run.data.train, loop, seed=seed, label=label, device=self.device(run), **teaching)
+
+    def device(self, run) -> str:
+        """Where this run's training stages compute ("cpu", "cuda:0", ...): the recipe's train.device."""
+        from compress.device import for_run
+
+        return for_run(run)
 
     def accuracy(self, run, model) -> float:
         from compress.train import accuracy
 
-        return accuracy(model, run.data.val)
+        return accuracy(model, run.data.val, device=self.device(run))
 
     def chance(self, data) -> float:
         return 1.5 / data.num_classes
@@ -101,7 +111,8 @@ class ImageClassifier:
         curve = [] if r.train.epochs == 0 else self.fit(run, model, r.train.epochs, r.train.lr, seed=r.seed,
                                                            label="train", precision=r.train.precision)
         self.save(model, out)
-        return {"val_accuracy": self.accuracy(run, model), "loss_curve": curve, "params": prune.count_params(model)}
+        return {"val_accuracy": self.accuracy(run, model), "loss_curve": curve, "params": prune.count_params(model),
+                "device": self.device(run)}
 
     def shrinks(self, recipe) -> bool:
         return recipe.prune.enabled and recipe.prune.ratio > 0
@@ -123,7 +134,7 @@ class ImageClassifier:
             self.fit(run, model, step_epochs, p.lr, seed=r.seed + 10 + step, label=f"prune step {step + 1}")
 
         result = prune.prune(run.teacher, p, example, data.num_classes, taylor_batch=batch,
-                             between_steps=between_steps if step_epochs > 0 else None)
+                             between_steps=between_steps if step_epochs > 0 else None, device=self.device(run))
         acc_pruned = self.accuracy(run, result.model)
         raw = copy.deepcopy(result.model)
         prune.make_sparsity_permanent(raw)
@@ -138,6 +149,7 @@ class ImageClassifier:
             "channels_before": result.channels_before, "channels_after": result.channels_after,
             "weight_sparsity": prune.weight_sparsity(result.model),
             "val_accuracy_pruned": acc_pruned, "val_accuracy": self.accuracy(run, result.model), "loss_curve": curve,
+            "device": self.device(run),
         }
         if p.method != "channels":
             metrics["note"] = prune.SPARSITY_NOTE
@@ -162,14 +174,15 @@ class ImageClassifier:
             distiller = FeatureDistiller(student, run.teacher, torch.from_numpy(run.data.train.x[:2]))
             trainee = distiller
         else:  # one teacher pass instead of one per epoch: distillation then costs what fine-tuning does
-            soft = train.predict_logits(run.teacher, run.data.train.x)
+            soft = train.predict_logits(run.teacher, run.data.train.x, device=self.device(run))
         curve = self.fit(run, trainee, d.epochs, d.lr, seed=r.seed + 2, label="distill", teacher=run.teacher,
                          teacher_logits=soft, loss_fn=make_kd_loss(d, distiller))
         if distiller is not None:
             distiller.detach_hooks()
         prune.make_sparsity_permanent(student)
         self.save(student, out)
-        return {"val_accuracy_before": before, "val_accuracy": self.accuracy(run, student), "loss_curve": curve}
+        return {"val_accuracy_before": before, "val_accuracy": self.accuracy(run, student), "loss_curve": curve,
+                "device": self.device(run)}
 
     # -- export and INT8 --------------------------------------------------------------------------
     def export(self, run, model, path: Path) -> dict[str, Any]:
@@ -193,11 +206,14 @@ class ImageClassifier:
         data, q = run.data, run.recipe.quantize
         extra = {}
         if tuned:
+            def qat(workdir):
+                extra["qat_device"] = self.device(run)  # where quantization-aware fine-tuning ran, when it did
+                return self.qat(run, run.fp32_checkpoints[source], workdir)
+
             with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX, dir=run.out_dir) as work:
                 result = search_int8(fp32, out, data.calib.x, data.val.x, data.val.y, q, Path(work),
-                                     threads=run.recipe.bench.threads,
-                                     qat=lambda workdir: self.qat(run, run.fp32_checkpoints[source], workdir))
-            extra = {"search": result.to_dict()}
+                                     threads=run.recipe.bench.threads, qat=qat)
+            extra["search"] = result.to_dict()
         else:
             quantize.quantize_static_qdq(fp32, out, data.calib.x, q)
         with load(fp32) as a, load(out) as b:
@@ -212,10 +228,10 @@ class ImageClassifier:
         r = run.recipe
         log("[quantize] PTQ missed the bar: quantization-aware fine-tuning")
         train.seed_everything(r.seed)
-        model = qat.prepare(self.load(run, checkpoint), run.data.calib.x)
+        model = qat.prepare(self.load(run, checkpoint), run.data.calib.x, device=self.device(run))
         self.fit(run, model, r.quantize.qat_epochs, r.quantize.qat_lr, seed=r.seed + 3, label="qat",
                  teacher=run.teacher, loss_fn=make_kd_loss(r.distill))
-        qat.calibrate(model, run.data.calib.x)
+        qat.calibrate(model, run.data.calib.x, device=self.device(run))
         path = workdir / "qat.fp32.onnx"
         export.export_onnx(qat.strip(model), run.data.calib.x, path)
         return path
