@@ -26,6 +26,27 @@ UNLABELLED = ", unlabelled: agreement = top-1 agreement with the baseline"
 ACCURACY_METRIC = {"labels": "accuracy", "baseline": "top1_agreement_vs_baseline"}
 
 RUNTIME_NAMES = {"tflite": "litert"}  # a runner's backend -> the runtime the report names
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def provider_fields(runner, wanted) -> dict[str, Any]:
+    """A row's `provider` (the first the session really used; "CPU" for a runtime without providers, LiteRT) and,
+    when the bench asked for another provider than the CPU (`wanted`, the target's), whether it fell back to it."""
+    used = list(getattr(runner, "providers", None) or [])
+    out: dict[str, Any] = {"provider": used[0] if used else "CPU", "providers": used or ["CPU"]}
+    if used and wanted and wanted[0] != CPU_PROVIDER:
+        out["fell_back_to_cpu"] = used[0] == CPU_PROVIDER
+    return out
+
+
+def runtime_label(backend: str, fields: dict[str, Any]) -> str:
+    """The row's runtime: "onnxruntime" on the CPU as always; with a GPU provider asked for, the provider that ran
+    it ("onnxruntime-cuda", or "onnxruntime-cpu" for a row that fell back), never the GPU's name for a CPU figure."""
+    name = RUNTIME_NAMES.get(backend, backend)
+    if "fell_back_to_cpu" not in fields:
+        return name
+    return f"{name}-{fields['provider'].removesuffix('ExecutionProvider').lower()}"
 
 
 @dataclass(frozen=True)
@@ -49,8 +70,13 @@ class Variant:
 
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
                    rounds: int, threads: int, seq_length: int | None = None,
-                   run_noise_pct: float = 0.0, heldout_extra=None) -> list[dict[str, Any]]:
+                   run_noise_pct: float = 0.0, heldout_extra=None,
+                   providers: tuple[str, ...] | list[str] | None = None) -> list[dict[str, Any]]:
     """Accuracy on `split` and interleaved latency of every variant, in one run.
+
+    `providers`: ONNX Runtime's providers the target runs on (the gpu target's CUDA first); the .onnx variants are
+    scored and timed on those this onnxruntime has (CPU with a warning otherwise), each row records the provider it
+    really ran on, and rows on CUDA are timed with I/O binding (inputs and outputs stay on the GPU).
 
     `split` holds images (`x`) or token ids (`input_ids`, `attention_mask`); text is timed on real rows cut or
     padded to `seq_length`. `heldout_extra` (the validation split) adds each row's `heldout` accuracy and
@@ -59,21 +85,34 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
 
     from runtime import load
 
+    use = None
+    if providers:
+        from runtime.onnx_backend import ProviderFallbackWarning, providers_for
+
+        use, why = providers_for(providers)
+        if why:
+            import warnings
+
+            warnings.warn(f"bench: {why}; every row says so (fell_back_to_cpu)", ProviderFallbackWarning, stacklevel=2)
+
+    def open_variant(path: Path):
+        return load(path, threads=threads, **({"providers": use} if use and Path(path).suffix == ".onnx" else {}))
+
     rows: dict[str, dict[str, Any]] = {}
     logits, extra_logits = {}, {}
     input_specs = {}
     fixed: dict[str, int | None] = {}
     for v in variants:
-        with load(v.path, threads=threads) as runner:
+        with open_variant(v.path) as runner:
             acc, logits[v.name] = accuracy(runner, split)
             if heldout_extra is not None:
                 extra_logits[v.name] = predict_split(runner, heldout_extra)
             input_specs[v.name] = runner.inputs
             fixed[v.name] = fixed_batch(runner)
-            backend = runner.backend
+            backend, where = runner.backend, provider_fields(runner, providers)
         rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
-                        "runtime": RUNTIME_NAMES.get(backend, backend), "precision": v.precision, "accuracy": acc,
-                        "size_bytes": v.path.stat().st_size, "latency_ms": {}}
+                        "runtime": runtime_label(backend, where), "precision": v.precision, "accuracy": acc,
+                        "size_bytes": v.path.stat().st_size, **where, "latency_ms": {}}
     reference = logits.get(BASELINE, next(iter(logits.values())))
     for v in variants:
         rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
@@ -89,7 +128,7 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
 
     def feeds_of(v: Variant, batch: int) -> dict:
         if v.path_at(batch) != v.path and (v.name, batch) not in input_specs:  # its own specs (and quantization)
-            with load(v.path_at(batch), threads=threads) as runner:
+            with open_variant(v.path_at(batch)) as runner:
                 input_specs[(v.name, batch)] = runner.inputs
         specs = input_specs.get((v.name, batch), input_specs[v.name])  # by position: a .tflite names them args_0..
         arrays = latency_feeds(split, batch, specs[0].name, seq_length).values()
@@ -100,8 +139,11 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
 
         @contextlib.contextmanager
         def open_run():
-            with load(v.path_at(batch), threads=threads) as runner:
-                yield lambda: runner.run_raw(feeds)
+            with open_variant(v.path_at(batch)) as runner:
+                if runner.providers and runner.providers[0] == CUDA_PROVIDER:  # no host copies in the timed runs
+                    yield runner.bound_run(feeds)
+                else:
+                    yield lambda: runner.run_raw(feeds)
 
         return open_run
 
@@ -116,8 +158,12 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
                 rows[name]["latency_ms"][str(b)] = s.to_dict()
     top = max(batch_sizes)  # the largest batch holds the most activations; the tables show it
     for v in variants:  # after timing, so the child processes never share the cores with a timed block
-        peak = measure_peak_rss(v.path_at(top), feeds_of(v, top), threads=threads) if v in timed[top] else None
+        on_cpu = rows[v.name]["provider"] in ("CPU", CPU_PROVIDER)  # the child runs on the CPU: no GPU figure
+        peak = measure_peak_rss(v.path_at(top), feeds_of(v, top), threads=threads) if on_cpu and v in timed[top] \
+            else None
         rows[v.name]["memory_mib"] = {str(top): peak} if peak else {}
+        if rows[v.name]["provider"] == CUDA_PROVIDER:
+            rows[v.name]["io_binding"] = "inputs copied to the GPU once, outputs left there: no host copies timed"
     return [rows[v.name] for v in variants]
 
 
@@ -125,12 +171,16 @@ CONFIDENT = 0.5  # the baseline's top softmax probability at or above which a ro
 
 
 def confident_agreement(reference, logits) -> dict[str, Any]:
-    """Top-1 agreement with the baseline on the rows the baseline is confident about (softmax max >= CONFIDENT):
-    flips there matter more than on rows the baseline itself hesitates on."""
+    """Top-1 agreement with the baseline on the rows the baseline is confident about (softmax max >= CONFIDENT; the
+    outputs themselves when they are probabilities already): flips there matter more than on rows the baseline
+    itself hesitates on."""
     import numpy as np
 
-    ref = reference - reference.max(1, keepdims=True)
-    probability = np.exp(ref).max(1) / np.exp(ref).sum(1)
+    if (reference >= 0).all() and np.allclose(reference.sum(1), 1.0, atol=1e-3):  # a model that ends in Softmax
+        probability = reference.max(1)
+    else:
+        ref = reference - reference.max(1, keepdims=True)
+        probability = np.exp(ref).max(1) / np.exp(ref).sum(1)
     sure = probability >= CONFIDENT
     agreement = float((reference[sure].argmax(1) == logits[sure].argmax(1)).mean()) if sure.any() else None
     return {"min_probability": CONFIDENT, "rows": int(sure.sum()), "agreement": agreement}
@@ -181,12 +231,14 @@ def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str
     }
 
 
-def measure_variants(recipe, data, variants: list[Variant], out_dir: Path) -> list[dict[str, Any]]:
-    """Bench every variant on the test split (accuracy and latency) and score it on every held-out row."""
+def measure_variants(recipe, data, variants: list[Variant], out_dir: Path,
+                     providers: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Bench every variant on the test split (accuracy and latency) and score it on every held-out row;
+    `providers`: the target's ONNX Runtime providers (None: the CPU)."""
     b = recipe.bench
     rows = bench_variants(variants, data.test, batch_sizes=b.batch_sizes, warmup=b.warmup, runs=b.runs,
                           rounds=b.rounds, threads=b.threads, seq_length=getattr(data, "max_length", None),
-                          run_noise_pct=b.run_noise_pct, heldout_extra=data.val)
+                          run_noise_pct=b.run_noise_pct, heldout_extra=data.val, providers=providers)
     for row in rows:
         row["artifact"] = str(Path(row["artifact"]).relative_to(out_dir))
     return rows
@@ -206,7 +258,8 @@ def assemble_report(recipe, data, rows: list[dict[str, Any]], stages: list[dict]
         # what `accuracy` means in every row and in the budget: the data's labels, or (unlabelled data) top-1
         # agreement with the baseline, whose predictions stand in for labels
         "accuracy_metric": ACCURACY_METRIC[getattr(data, "truth", "labels")],
-        "environment": {**environment.describe(b.threads), "timing": "blocks of runs cycled per variant",
+        "environment": {**environment.describe(b.threads, providers_used(rows)),
+                        "timing": "blocks of runs cycled per variant",
                         "run_noise_pct": b.run_noise_pct,
                         **({"sequence_length": seq_length} if seq_length else {})},
         "variants": rows,
@@ -214,6 +267,11 @@ def assemble_report(recipe, data, rows: list[dict[str, Any]], stages: list[dict]
         "stages": stages,
         **extra,
     }
+
+
+def providers_used(rows: list[dict[str, Any]]) -> list[str]:
+    """Every execution provider the rows' sessions really used (ONNX Runtime's names; LiteRT rows add none)."""
+    return sorted({p for r in rows for p in r.get("providers", []) if p.endswith("ExecutionProvider")})
 
 
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -249,6 +307,7 @@ def to_markdown(report: dict) -> str:
         f"Dataset {report['dataset']['name']} ({report['dataset']['samples']} {report['dataset']['split']} samples"
         f"{UNLABELLED if metric_word(report) == 'agreement' else ''}); "
         f"{env['cpu']} ({env.get('int8_class', '?')}), {env['threads']} threads; onnxruntime {env['versions'].get('onnxruntime', '?')}.",
+        *([f"Latency measured on: {report['latency_measured_on']}."] if report.get("latency_measured_on") else []),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -20,9 +20,9 @@ class BudgetMissed(GateFailed):
 
 
 def onnx_candidates(onnx_paths: dict[str, Path], int8_paths: dict[str, Path], student_name: str,
-                    int8_kind: str, described: dict[str, str]) -> list:
+                    int8_kind: str, described: dict[str, str], fp16_paths: dict[str, Path] | None = None) -> list:
     """The ONNX files that may ship: the FP32 baseline and students, the baseline's INT8 (`int8`) and the
-    student's (`<student>-int8`)."""
+    student's (`<student>-int8`), and (GPU targets) the float16 copies `baseline-fp16` / `<student>-fp16`."""
     from bench.report import Variant
 
     variants = [Variant("baseline", onnx_paths["baseline"], "fp32", described["baseline"])]
@@ -33,7 +33,47 @@ def onnx_candidates(onnx_paths: dict[str, Path], int8_paths: dict[str, Path], st
     if "compressed" in int8_paths:
         variants.append(Variant(f"{student_name}-int8", int8_paths["compressed"], "int8",
                                 f"{described[student_name]} + {int8_kind} (searched)"))
+    for name, path in (fp16_paths or {}).items():
+        source = name.removesuffix("-fp16")
+        variants.append(Variant(name, path, "fp16", f"{described.get(source, source)}, float16 (FP32 inputs/outputs)"))
     return variants
+
+
+TENSORRT_RULE = ("TensorRT target: the student's Q/DQ INT8 graph when it meets the budget, else the baseline's; only "
+                 "when no Q/DQ graph does, the FP32 student, else the baseline. No latency decides: TensorRT picks its "
+                 "kernels on the device, and the bench's timings were taken elsewhere")
+
+
+def tensorrt_choice(rows: list[dict[str, Any]], student_name: str) -> str | None:
+    """What a TensorRT target ships, by TENSORRT_RULE (rows: the eligible ones, judged); None when nothing meets."""
+    meets = {r["name"] for r in rows if r["budget"]["meets"]}
+    order = (f"{student_name}-int8", "int8", student_name, "baseline")
+    return next((name for name in order if name in meets), None)
+
+
+def ships_tensorrt(run) -> bool:
+    """Whether the run's target compiles for TensorRT (jetson; gpu where TensorRT exists)."""
+    from targets import TargetSpec
+
+    decide = getattr(run.target, "ships_tensorrt", None)
+    return bool(decide and decide(TargetSpec(run.recipe.target.name, threads=run.recipe.bench.threads)))
+
+
+def latency_measured_on(run, rows: list[dict[str, Any]], environment: dict[str, Any]) -> str:
+    """One line for the report: which processor the latencies come from, and what only the device can measure."""
+    from targets import TargetSpec
+
+    note = getattr(run.target, "latency_note", None)
+    note = note(TargetSpec(run.recipe.target.name, threads=run.recipe.bench.threads)) if note else None
+    if "CUDAExecutionProvider" in {r.get("provider") for r in rows}:
+        gpu = (environment.get("gpu") or {}).get("name", "a GPU whose name was not reported")
+        where = f"{gpu} (ONNX Runtime CUDAExecutionProvider, I/O binding)"
+    else:
+        runtimes = " / ".join(sorted({"LiteRT" if r.get("runtime") == "litert" else "ONNX Runtime" for r in rows}))
+        where = f"build host CPU, {environment.get('cpu', '?')} ({runtimes})"
+        if any(r.get("fell_back_to_cpu") for r in rows):
+            where += "; the target's GPU provider is not available here, so no GPU latency was measured"
+    return f"{where}; {note}" if note else where
 
 
 def compile_stage(run, source: Path, metadata: dict[str, Any], *, upstream_key: str, check=None,
@@ -123,10 +163,14 @@ def other_runtime(recipe, rows: list[dict[str, Any]], batch: str, shipped: str |
                     f"budget): {how}"}
 
 
-def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str, str], Path], out_dir: Path) -> dict[str, Any]:
+def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str, str], Path], out_dir: Path, *,
+                 tensorrt_student: str | None = None, as_given: bool = False) -> dict[str, Any]:
     """Judge every row, ship the fastest eligible one within the budget through `ship(name, batch) -> artifact
     path` (`batch`: the latency batch it was chosen at) and
-    add the shipped row as `compressed`; returns report.json's `budget`."""
+    add the shipped row as `compressed`; returns report.json's `budget`. `tensorrt_student`: the run's student
+    when the target builds a TensorRT engine (then TENSORRT_RULE chooses, not the timings). `as_given`: the run made
+    no student (a pretrained or ONNX model, nothing pruned or distilled), so when no INT8 file beats the original
+    the original ships, compiled for the target: the shipped file is never slower than it."""
     from bench import budget as rule
 
     cfg = recipe.budget
@@ -137,14 +181,18 @@ def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str, str], 
     wanted = str(cfg.latency_batch) if cfg.latency_batch else None
     batch = wanted if wanted in base["latency_ms"] else next(iter(base["latency_ms"]))  # fixed-batch artifacts
     pool = [r for r in rows if r["name"] in eligible]
-    chosen = rule.choose(pool, batch)
-    ships = chosen is not None and (chosen != "baseline" or cfg.allow_baseline)
+    chosen = rule.choose(pool, batch) if tensorrt_student is None else tensorrt_choice(pool, tensorrt_student)
+    ships = chosen is not None and (chosen != "baseline" or cfg.allow_baseline or as_given)
     info = {"metric": "accuracy", "max_accuracy_drop_pt": cfg.max_accuracy_drop, "allow_baseline": cfg.allow_baseline,
             "judged_on": {"splits": ["test", "val"], "rows": base["heldout"]["rows"],
                           "excludes": "training and calibration rows"},
-            "baseline_heldout_accuracy": base["heldout"]["accuracy"], "latency_batch": int(batch), "rule": rule.RULE,
+            "baseline_heldout_accuracy": base["heldout"]["accuracy"], "latency_batch": int(batch),
+            "rule": rule.RULE if tensorrt_student is None else TENSORRT_RULE,
             "meets": [r["name"] for r in rows if r["budget"]["meets"]], "chosen": chosen,
             "shipped": chosen if ships else None}
+    if as_given and ships and chosen == "baseline":
+        info["note"] = ("no compressed variant within the budget ran faster than the model as given: the original "
+                        "ships")
     hint = other_runtime(recipe, rows, batch, info["shipped"])
     if hint is not None:
         info["other_runtime"] = hint
@@ -189,10 +237,12 @@ def finish_report(run, variants: list, parity: dict[str, Any], quantize: dict[st
 
     student_name = run.student_name
     start = time.perf_counter()
-    rows = measure_variants(run.recipe, run.data, variants, run.out_dir)
+    rows = measure_variants(run.recipe, run.data, variants, run.out_dir, getattr(run.target, "PROVIDERS", None))
     bench = {"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2), "metrics": {}}
     before_ship = len(run.records)
-    budget = apply_budget(run.recipe, rows, ship, run.out_dir)
+    budget = apply_budget(run.recipe, rows, ship, run.out_dir,
+                          tensorrt_student=student_name if ships_tensorrt(run) else None,
+                          as_given=student_name == "baseline")
     if not getattr(run.data, "labelled", True):  # unlabelled: the baseline's predictions are the labels
         budget["metric"] = "top1_agreement_vs_baseline"
     shipped = budget["shipped"]
@@ -206,6 +256,7 @@ def finish_report(run, variants: list, parity: dict[str, Any], quantize: dict[st
     report = assemble_report(run.recipe, run.data, rows, stage_info,
                              {"parity": parity, "quantize": quantize, "budget": budget})
     report.update(extra or {})
+    report["latency_measured_on"] = latency_measured_on(run, rows, report["environment"])
     report["distillation"] = distillation_effect(rows)
     report["student"] = {"chosen": student_name, "val_accuracy": run.student_val,
                          "rule": "higher validation accuracy of the pruned students; ties go to the distilled one"}

@@ -33,9 +33,13 @@ def load(path: str | os.PathLike, *, isolate: bool = False, **options: Any) -> R
     """Open an artifact: .onnx (ONNX Runtime) or .tflite (LiteRT / tflite-runtime).
 
     Options: threads (int); for .onnx also providers (list of ONNX Runtime providers), optimization
-    ("none" | "basic" | "extended" | "all") and spinning (bool). With isolate=True the artifact is first
-    loaded and run once on zeros in a child process, so that a file that crashes the native library raises
-    ArtifactError here instead of killing this process (costs one extra process start and load).
+    ("none" | "basic" | "extended" | "all") and spinning (bool). Without `providers`, an .onnx runs on the providers
+    its sidecar names, in order (CUDA first for the gpu target), where this onnxruntime has them; when the first
+    one is missing it runs on the CPU with a `ProviderFallbackWarning` saying why (`runner.providers`: what the
+    session really uses, `runner.fallback_reason`). An explicit `providers` wins and must exist here.
+    With isolate=True the artifact is first loaded and run once on zeros in a child process, so that a file that
+    crashes the native library raises ArtifactError here instead of killing this process (costs one extra process
+    start and load).
     """
     p = Path(path)
     if not p.exists():

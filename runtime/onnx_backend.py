@@ -27,6 +27,31 @@ def disabled_optimizers(providers: Sequence[str]) -> list[str] | None:
     """The `disabled_optimizers` every session of this project passes to ONNX Runtime for these providers."""
     return list(CPU_DISABLED_OPTIMIZERS) if list(providers) == ["CPUExecutionProvider"] else None
 OPTIONS = ("threads", "providers", "optimization", "spinning")
+CPU = "CPUExecutionProvider"
+
+
+class ProviderFallbackWarning(RuntimeWarning):
+    """An artifact's preferred execution provider (its sidecar's `providers`) cannot run here; it runs on the CPU."""
+
+
+def resolve_providers(wanted: Sequence[str], available: Sequence[str], device: str = "",
+                      version: str = "") -> tuple[list[str], str | None]:
+    """The providers of `wanted` that this onnxruntime build has, in order (CPU appended when none is left), and
+    why the first one wanted is not among them (None when it is). `device`, `version`: onnxruntime's
+    get_device() and __version__, for the message."""
+    use = [p for p in wanted if p in available] or [CPU]
+    if not wanted or use[0] == wanted[0]:
+        return use, None
+    kind = ", CPU only" if device.upper() == "CPU" else f", {device}" if device else ""
+    build = f"onnxruntime {version}".strip() + kind
+    return use, (f"{wanted[0]} is not available in this onnxruntime build ({build}); running on {use[0]}"
+                 + (" (install onnxruntime-gpu for CUDA)" if wanted[0] == "CUDAExecutionProvider" else ""))
+
+
+def providers_for(wanted: Sequence[str]) -> tuple[list[str], str | None]:
+    """`resolve_providers` against the installed onnxruntime."""
+    ort = _import_ort()
+    return resolve_providers(list(wanted), ort.get_available_providers(), ort.get_device(), ort.__version__)
 
 
 def _import_ort():
@@ -103,10 +128,18 @@ class OnnxRunner(Runner):
         }[optimization]
         opts.log_severity_level = 3
         available = ort.get_available_providers()
-        wanted = list(providers or ["CPUExecutionProvider"])
-        missing = [p for p in wanted if p not in available]
-        if missing:
-            raise BackendMissing(f"ONNX Runtime provider(s) {missing} not available here; available: {available}")
+        self.fallback_reason: str | None = None  # why the first provider asked for is not the one running
+        if providers is None and self.metadata.get("providers"):  # the sidecar's; fall back to the CPU, warning
+            named = self.metadata["providers"]
+            self.requested_providers = [named] if isinstance(named, str) else [str(p) for p in named]
+            wanted, self.fallback_reason = resolve_providers(self.requested_providers, available, ort.get_device(),
+                                                             ort.__version__)
+        else:  # an explicit argument wins, and every provider in it must exist
+            wanted = list(providers or [CPU])
+            self.requested_providers = list(wanted)
+            missing = [p for p in wanted if p not in available]
+            if missing:
+                raise BackendMissing(f"ONNX Runtime provider(s) {missing} not available here; available: {available}")
         # Load the very bytes that were checked; a model with external weights must be loaded from its path.
         source = str(self.path) if info["external_data"] else data
         try:
@@ -115,7 +148,15 @@ class OnnxRunner(Runner):
         except Exception as e:  # onnxruntime raises its own exception types for bad models
             raise ArtifactError(f"artifact {self.path} cannot be loaded by ONNX Runtime: {_first_line(e)}") from None
         del data
-        self.providers = self._session.get_providers()
+        self.providers = self._session.get_providers()  # what the session really uses, in order
+        if self.fallback_reason is None and self.providers[0] != self.requested_providers[0]:
+            # in the build, but it failed to start (no driver, a missing CUDA library): ONNX Runtime fell back
+            self.fallback_reason = (f"{self.requested_providers[0]} could not be started by ONNX Runtime (no GPU, "
+                                    f"driver or CUDA libraries?); running on {self.providers[0]}")
+        if self.fallback_reason:
+            import warnings
+
+            warnings.warn(f"{self.path.name}: {self.fallback_reason}", ProviderFallbackWarning, stacklevel=3)
         self.inputs = tuple(self._spec(i) for i in self._session.get_inputs())
         self.outputs = tuple(self._spec(o) for o in self._session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
@@ -141,6 +182,30 @@ class OnnxRunner(Runner):
     def run_raw(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """No validation: for benchmarks that measure the session itself."""
         return self._session.run(self._output_names, feeds)
+
+    def bound_run(self, feeds: dict[str, np.ndarray], device: str | None = None):
+        """A callable that runs the session on `feeds` through I/O binding: the inputs copied once to `device`
+        ("cuda" when the session runs on CUDA, else "cpu"), the outputs left there. What a GPU bench times: the
+        model, not a host-to-device copy per run. No validation."""
+        ort = _import_ort()
+        session = self._session
+        if session is None:
+            raise self._closed_error()
+        device = device or ("cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu")
+        binding = session.io_binding()
+        on_device = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), device, 0) for v in feeds.values()]
+        for name, value in zip(feeds, on_device):
+            binding.bind_ortvalue_input(name, value)
+        for name in self._output_names:
+            binding.bind_output(name, device, 0)
+
+        def run() -> None:
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        run.inputs = on_device  # the device copies live as long as the callable
+        run.outputs = binding.get_outputs
+        return run
 
     def close(self) -> None:
         super().close()

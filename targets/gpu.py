@@ -24,6 +24,25 @@ OPTIONS = ("backend", "precision", "strongly_typed", "min_batch", "opt_batch", "
            "builder_optimization_level", "min_agreement", "max_abs_diff", "check_samples")
 # engine vs ONNX Runtime CPU on the same QDQ graph: INT8/FP16 kernels round differently, so logits move a little
 DEFAULT_MIN_AGREEMENT = 0.97
+# ONNX Runtime's providers for this target, in order: the sidecar of an "ort-cuda" artifact names them (runtime.load
+# uses them, falling back to the CPU with a warning), and the bench times every candidate on them
+PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+FP16_CANDIDATES = True  # the pipeline adds float16 copies (keep_io_types) of the baseline and the student
+
+
+def ships_tensorrt(spec: TargetSpec) -> bool:
+    """Whether `compile` will build a TensorRT engine here (then the Q/DQ graph ships whenever it meets the budget:
+    TensorRT picks its kernels on the GPU, so no ONNX Runtime timing decides the precision)."""
+    wanted = spec.options.get("backend", "auto")
+    return wanted == "tensorrt" or (wanted == "auto" and backend()[0] == "tensorrt")
+
+
+def latency_note(spec: TargetSpec) -> str | None:
+    """What the report's latencies do not cover, or None when they are the artifact's own (ONNX Runtime CUDA)."""
+    if not ships_tensorrt(spec):
+        return None
+    return ("these are ONNX Runtime's figures, not TensorRT's; engine latency: trtexec --loadEngine=model.engine "
+            "on the GPU")
 
 
 def _ort_cuda() -> tuple[bool, str]:
@@ -111,10 +130,13 @@ def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str
         path, files = result.engine, [result.engine] + ([result.timing_cache] if result.timing_cache else [])
     else:
         path = out_dir / "model.onnx"
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = list(PROVIDERS)
         with atomic_path(path) as tmp:
             shutil.copyfile(onnx_path, tmp)
         with load(path, providers=providers) as runner:
+            if runner.providers[0] != providers[0]:  # in the build, but ONNX Runtime could not start it
+                path.unlink(missing_ok=True)
+                raise TargetError(f"gpu target: {runner.fallback_reason}; the check would run on the CPU, not shipped")
             got = [next(iter(runner.infer(x[i : i + 16]).values())) for i in range(0, len(x), 16)]
         parity = trt_build.compare(_concat(got), expected, _bars(opts))
         meta.update({"providers": providers})

@@ -3,9 +3,10 @@
 A TensorRT engine is specific to the GPU / DLA and the TensorRT version it was built with, so the engine
 for a Jetson is built on that Jetson. The bundle directory holds:
 
-    model.onnx        the QDQ INT8 graph (explicit quantization: TensorRT takes the scales from Q/DQ)
-    manifest.json     preset, precision, input shapes and profiles, source sha256, toolkit version,
-                      expected accuracy, the parity tolerance for the on-device check
+    model.onnx        the QDQ INT8 graph (explicit quantization: TensorRT takes the scales from Q/DQ); when the
+                      run's budget let no INT8 graph ship, the FP32 one (built with --fp16 only)
+    manifest.json     preset, precision, what model.onnx holds (its Q/DQ node count), input shapes and profiles,
+                      source sha256, toolkit version, expected accuracy, the parity tolerance for the on-device check
     build_engine.sh   trtexec with the preset's flags (INT8+FP16, DLA core + GPU fallback, min/opt/max
                       shapes, timing cache, workspace limit) -> model.engine
     reference.npz     check inputs and the outputs ONNX Runtime CPU gives on model.onnx
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,39 @@ OPTIONS = ("preset", "min_batch", "opt_batch", "max_batch", "workspace_mib", "dl
 DEFAULTS = {"preset": "orin", "min_batch": 1, "opt_batch": 1, "max_batch": 8, "check_samples": 64,
             "min_agreement": 0.97, "max_abs_diff": None}
 FILES = ("model.onnx", "manifest.json", "build_engine.sh", "reference.npz", "README.txt", "model.onnx.meta.json")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+NO_QDQ = "none (FP32 graph; TensorRT --fp16 builds float layers in FP16)"
+# what the pipeline's report says about its latencies for this target (compress.shipping reads it)
+LATENCY_NOTE = "device latency: run build_engine.sh and trtexec on the Jetson (the host's figures say nothing of it)"
+
+
+def ships_tensorrt(spec: TargetSpec) -> bool:
+    """Always: the engine is built by TensorRT on the device, so the Q/DQ graph ships whenever it meets the budget."""
+    return True
+
+
+def latency_note(spec: TargetSpec) -> str:
+    return LATENCY_NOTE
+
+
+def count_qdq(onnx_path: Path) -> int:
+    """QuantizeLinear + DequantizeLinear nodes in the graph (subgraphs included): what explicit INT8 rests on."""
+    import onnx
+
+    def count(graph) -> int:
+        n = 0
+        for node in graph.node:
+            n += node.op_type in QDQ_OPS
+            for attr in node.attribute:
+                n += sum(count(g) for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs))
+        return n
+
+    return count(onnx.load(str(onnx_path), load_external_data=False).graph)
+
+
+def quantization(qdq_nodes: int) -> str:
+    """The manifest's `quantization`: what model.onnx really holds."""
+    return f"explicit ({qdq_nodes} Q/DQ nodes)" if qdq_nodes else NO_QDQ
 
 
 def available() -> tuple[bool, str]:
@@ -148,6 +182,9 @@ def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str
     model = out_dir / "model.onnx"
     with atomic_path(model) as tmp:
         shutil.copyfile(onnx_path, tmp)
+    qdq = count_qdq(model)
+    if not qdq and "int8" in config.precision:  # --int8 without Q/DQ scales: trtexec would invent placeholder ones
+        config = replace(config, precision="fp16")
     profiles = trt_build.input_profiles(model, config)
     x, y = trt_build.reference_io(model, check, samples=opts["check_samples"])  # also proves ORT opens it
     with atomic_path(out_dir / "reference.npz") as tmp:
@@ -156,7 +193,7 @@ def compile(onnx_path: Path, spec: TargetSpec, out_dir: Path, metadata: dict[str
     manifest = {
         "format": "edge-compress jetson bundle 1",
         "preset": preset.name, "device": preset.description, "jetpack": preset.jetpack,
-        "precision": preset.precision, "quantization": "explicit (Q/DQ in model.onnx)",
+        "precision": config.precision, "quantization": quantization(qdq), "qdq_nodes": qdq,
         "dla_core": config.dla_core, "gpu_fallback": config.gpu_fallback, "workspace_mib": config.workspace_mib,
         "inputs": profiles, "batch": {"min": config.min_batch, "opt": config.opt_batch, "max": config.max_batch},
         "onnx": "model.onnx", "engine": "model.engine", "timing_cache": config.timing_cache,

@@ -16,7 +16,7 @@ def sidecar(run) -> dict[str, Any]:
 
 
 def finish(run) -> dict[str, Any]:
-    from compress.shipping import compile_stage, finish_report, onnx_candidates
+    from compress.shipping import compile_stage, finish_report, onnx_candidates, ships_tensorrt
     from compress.stages import litert
     from compress.torch_compile import ship_stage
 
@@ -29,12 +29,13 @@ def finish(run) -> dict[str, Any]:
     quantized = "quantize" in run.done
     int8 = {name: run.artifacts[f"int8:{name}"] for name in ("int8", "compressed")
             if quantized and f"int8:{name}" in run.artifacts}
-    variants = onnx_candidates(onnx, int8, run.student_name, family.int8_kind, family.described)
+    fp16, fp16_info = fp16_candidates(run, onnx) if not ships_tensorrt(run) else ({}, {})
+    variants = onnx_candidates(onnx, int8, run.student_name, family.int8_kind, family.described, fp16)
     sources = {v.name: v.path for v in variants}
     upstream = run.keys["quantize" if quantized else "export"]
 
     litert_rec = litert.execute(run)
-    extra = {}
+    extra = {"fp16": fp16_info} if fp16_info else {}
     if litert_rec is not None:
         variants += litert.variants(run, litert_rec)
         extra["litert"] = {k: litert_rec.metrics[k] for k in ("parity", "ops", "per_batch", "skipped")
@@ -49,3 +50,14 @@ def finish(run) -> dict[str, Any]:
 
     return finish_report(run, variants, run.done["export"].metrics["parity"],
                          run.done["quantize"].metrics if quantized else {}, ship, extra)
+
+
+def fp16_candidates(run, onnx: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """For a target that runs float16 well (a GPU: `FP16_CANDIDATES`), float16 copies of the FP32 baseline and
+    student, each checked against its source on the family's check rows; a TensorRT target builds FP16 itself."""
+    if not getattr(run.target, "FP16_CANDIDATES", False):
+        return {}, {}
+    from compress.fp16 import candidates
+
+    names = [n for n in ("baseline", run.student_name) if n in onnx]
+    return candidates({n: onnx[n] for n in names}, run.family.check_inputs(run))
