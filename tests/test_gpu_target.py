@@ -408,7 +408,7 @@ def test_fp16_parity_on_cuda(tiny):
 
 
 @pytest.mark.slow
-def test_pipeline_reports_providers_and_ships_qdq_to_jetson(small_run):
+def test_pipeline_reports_providers_and_ships_qdq_to_jetson(small_run, tmp_path):
     from compress.pipeline import run
     from compress.recipe import TargetConfig
     from compress.shipping import TENSORRT_RULE
@@ -419,6 +419,7 @@ def test_pipeline_reports_providers_and_ships_qdq_to_jetson(small_run):
     assert cpu_report["environment"]["providers_used"] == [CPU] and "gpu" not in cpu_report["environment"]
     assert cpu_report["latency_measured_on"].startswith("build host CPU, ")
 
+    out = Path(shutil.copytree(out, tmp_path / "run"))  # a copy: the shared run's cache stays the cpu target's
     report = run(small_recipe(target=TargetConfig(name="jetson")), out)
     bundle = out / "target" / "jetson"
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -98,6 +98,13 @@ def _shown(shape) -> str:
                            for i, d in enumerate(shape)) + "]"
 
 
+def onnx_targets() -> str:
+    """The registered targets that compile an ONNX graph, joined for a message."""
+    from targets import get_target, names
+
+    return " / ".join(n for n in names() if get_target(n).SOURCE == "onnx")
+
+
 def graph_info(path: str | Path) -> GraphInfo:
     """The graph's one input and output, or a one-line CompressError naming why this path cannot compress it."""
     p = Path(path)
@@ -129,7 +136,7 @@ class OnnxModel:
         target = get_target(recipe.target.name)
         if target.SOURCE != "onnx":
             raise RecipeError(f"target {recipe.target.name!r} converts the torch module ({target.RUNTIME}); an ONNX "
-                              "model has none: use --target cpu, gpu or jetson, or give the PyTorch model "
+                              f"model has none: use --target {onnx_targets()}, or give the PyTorch model "
                               "(--model module:factory --weights)")
         try:
             graph_info(recipe.model.path)
@@ -303,7 +310,7 @@ class OnnxModel:
         return run.data.val.x[:256]
 
     def torch_inputs(self, run):
-        raise CompressError("an ONNX model has no torch module to convert; use --target cpu, gpu or jetson")
+        raise CompressError(f"an ONNX model has no torch module to convert; use --target {onnx_targets()}")
 
     def extra_files(self, run):
         return None
