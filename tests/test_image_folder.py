@@ -22,6 +22,7 @@ data: {dataset: image-folder, calib_size: 64, image: {size: 64, mean: [0.5, 0.5,
 train: {epochs: %s, batch_size: 32, lr: 0.1}
 prune: {ratio: 0.5, round_to: 4, finetune_epochs: 1.0}
 distill: {epochs: 1.0}
+quantize: {latency_search: false}
 bench: {batch_sizes: [1, 8], warmup: 2, runs: 10, rounds: 1}
 budget: {max_accuracy_drop: 5.0, allow_baseline: true, latency_batch: 8}
 target: {litert_candidates: false}
