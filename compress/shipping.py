@@ -191,8 +191,8 @@ def apply_budget(recipe, rows: list[dict[str, Any]], ship: Callable[[str, str], 
             "meets": [r["name"] for r in rows if r["budget"]["meets"]], "chosen": chosen,
             "shipped": chosen if ships else None}
     if as_given and ships and chosen == "baseline":
-        info["note"] = ("no compressed variant within the budget ran faster than the model as given: the original "
-                        "ships")
+        info["note"] = ("no compressed variant is both within the budget and faster than the model as given: the "
+                        "original ships")
     hint = other_runtime(recipe, rows, batch, info["shipped"])
     if hint is not None:
         info["other_runtime"] = hint

@@ -207,5 +207,6 @@ def test_a_model_taken_as_given_ships_itself_when_no_int8_file_beats_it(tmp_path
     recipe = small_recipe()
     given = apply_budget(recipe, rows(), ship, tmp_path, as_given=True)
     assert given["shipped"] == "baseline" and "the original ships" in given["note"]
+    assert "both within the budget and faster" in given["note"]
     trained = apply_budget(recipe, rows(), ship, tmp_path, as_given=False)
     assert trained["shipped"] is None and "allow_baseline" in trained["why"]
