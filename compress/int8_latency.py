@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from compress.quantize import DEPTHWISE, QDQ_OPS, hardswish_pairs, ort_quantizable_op_types
+from compress.quantize import DEPTHWISE, QDQ_OPS, edges, hardswish_pairs, ort_quantizable_op_types
 from compress.search import NOISE, Candidate, latencies
 
 WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -77,11 +77,7 @@ def sandwiched_op_types(pre_path: Path, int8_path: Path) -> dict[str, int]:
     pre = onnx.load(str(pre_path), load_external_data=False).graph
     hardswish = {pre.node[h].name for h in hardswish_pairs(pre)}
     graph = onnx.load(str(int8_path), load_external_data=False).graph
-    producer = {out: n.op_type for n in graph.node for out in n.output}
-    consumers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node.op_type)
+    producer, consumers = edges(graph)
     skip = ort_quantizable_op_types() | set(QDQ_OPS) | {"Constant", "Shape"}
     found = Counter("HardSwish" if n.name in hardswish else n.op_type for n in graph.node if n.op_type not in skip
                     and any(producer.get(i) == "DequantizeLinear" for i in n.input)

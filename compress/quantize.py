@@ -179,16 +179,22 @@ def _quiet():
         yield
 
 
-def op_precision(onnx_path: Path) -> dict[str, dict[str, int]]:
-    """Which compute ops sit between DequantizeLinear inputs and QuantizeLinear outputs (INT8) and which stay float."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+def edges(graph) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(tensor -> the op type producing it, tensor -> the op types consuming it) of an ONNX graph."""
     producer = {out: node.op_type for node in graph.node for out in node.output}
     consumers: dict[str, list[str]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.op_type)
+    return producer, consumers
+
+
+def op_precision(onnx_path: Path) -> dict[str, dict[str, int]]:
+    """Which compute ops sit between DequantizeLinear inputs and QuantizeLinear outputs (INT8) and which stay float."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    producer, consumers = edges(graph)
     initializers = {init.name for init in graph.initializer}
     int8, floating = Counter(), Counter()
     for node in graph.node:
