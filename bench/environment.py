@@ -56,8 +56,8 @@ def int8_class(flags: set[str]) -> str:
 
 
 def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
-    """package -> the `__version__` of its module as imported in this process (package metadata only for a module
-    without `__version__`); packages never imported here are left out."""
+    """package -> its version: the `__version__` of the module as imported in this process (the install that ran,
+    where package metadata can name another one), else its package metadata; packages not installed are left out."""
     import importlib
 
     out = {"python": platform.python_version()}
@@ -68,10 +68,8 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
             try:
                 module = importlib.import_module(module_name)
             except ImportError:
-                continue
-        if module is None:
-            continue
-        version = getattr(module, "__version__", None)
+                module = None
+        version = getattr(module, "__version__", None) if module is not None else None
         if version is None:
             try:
                 version = metadata.version(name)

@@ -40,13 +40,15 @@ def provider_fields(runner, wanted) -> dict[str, Any]:
     return out
 
 
-def runtime_label(backend: str, fields: dict[str, Any]) -> str:
-    """The row's runtime: "onnxruntime" on the CPU as always; with a GPU provider asked for, the provider that ran
-    it ("onnxruntime-cuda", or "onnxruntime-cpu" for a row that fell back), never the GPU's name for a CPU figure."""
-    name = RUNTIME_NAMES.get(backend, backend)
-    if "fell_back_to_cpu" not in fields:
-        return name
-    return f"{name}-{fields['provider'].removesuffix('ExecutionProvider').lower()}"
+def runtime_cell(row: dict[str, Any]) -> str:
+    """The tables' runtime column: the row's runtime, with the provider that ran it when a GPU provider was asked
+    for ("onnxruntime (CUDA)", or "onnxruntime (CPU fallback)"): never the GPU's name for a CPU figure. report.json
+    keeps `runtime` as the runtime's name and says the rest in `provider` / `fell_back_to_cpu`."""
+    runtime = row.get("runtime", "-")
+    if "fell_back_to_cpu" not in row:
+        return runtime
+    return f"{runtime} (CPU fallback)" if row["fell_back_to_cpu"] else \
+        f"{runtime} ({row['provider'].removesuffix('ExecutionProvider')})"
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
             fixed[v.name] = fixed_batch(runner)
             backend, where = runner.backend, provider_fields(runner, providers)
         rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
-                        "runtime": runtime_label(backend, where), "precision": v.precision, "accuracy": acc,
+                        "runtime": RUNTIME_NAMES.get(backend, backend), "precision": v.precision, "accuracy": acc,
                         "size_bytes": v.path.stat().st_size, **where, "latency_ms": {}}
     reference = logits.get(BASELINE, next(iter(logits.values())))
     for v in variants:
@@ -291,7 +293,7 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         lat = [f"{r['latency_ms'][b]['p50']:.3f}" if b in timed else "-" for b in batches]
         speed = [f"{base['latency_ms'][b]['p50'] / r['latency_ms'][b]['p50']:.2f}x" if base and b in timed else "-"
                  for b in batches]
-        rows.append([r["name"], r.get("runtime", "-"), r["precision"], f"{r['accuracy']:.4f}",
+        rows.append([r["name"], runtime_cell(r), r["precision"], f"{r['accuracy']:.4f}",
                      fmt_bytes(r["size_bytes"])] + lat + speed +
                     ([peak_rss(r, top)] if top else []) + ([budget_cell(r)] if judged else []))
     return header, rows

@@ -80,9 +80,14 @@ def candidates(sources: dict[str, Path], check) -> tuple[dict[str, Path], dict[s
     paths, info = {}, {}
     for name, src in sources.items():
         dst = Path(src).with_name(Path(src).stem + ".fp16.onnx")
-        record = convert_file(Path(src), dst)
-        if check is not None:
-            comparison = parity(Path(src), dst, check)
+        try:  # a graph the converter or ONNX Runtime cannot take leaves FP32 and INT8 as the candidates
+            record = convert_file(Path(src), dst)
+            comparison = parity(Path(src), dst, check) if check is not None else None
+        except Exception as e:  # noqa: BLE001 - the converter and onnxruntime raise many types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            info[name + SUFFIX] = {"not_a_candidate": f"FP16 conversion failed: {type(e).__name__}: {first}"}
+            continue
+        if comparison is not None:
             record["parity_vs_fp32_cpu"] = comparison.to_dict()
             if not comparison.ok:
                 record["not_a_candidate"] = comparison.why

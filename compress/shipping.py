@@ -65,9 +65,13 @@ def latency_measured_on(run, rows: list[dict[str, Any]], environment: dict[str, 
 
     note = getattr(run.target, "latency_note", None)
     note = note(TargetSpec(run.recipe.target.name, threads=run.recipe.bench.threads)) if note else None
-    if "CUDAExecutionProvider" in {r.get("provider") for r in rows}:
-        gpu = (environment.get("gpu") or {}).get("name", "a GPU whose name was not reported")
+    providers = {r.get("provider") for r in rows}
+    gpu = (environment.get("gpu") or {}).get("name", "a GPU whose name was not reported")
+    if providers == {"CUDAExecutionProvider"}:
         where = f"{gpu} (ONNX Runtime CUDAExecutionProvider, I/O binding)"
+    elif "CUDAExecutionProvider" in providers:  # never a CPU figure under the GPU's name
+        where = (f"mixed: the rows whose provider is CUDAExecutionProvider on {gpu}, the others on the build host "
+                 f"CPU, {environment.get('cpu', '?')}; compare only rows of one provider")
     else:
         runtimes = " / ".join(sorted({"LiteRT" if r.get("runtime") == "litert" else "ONNX Runtime" for r in rows}))
         where = f"build host CPU, {environment.get('cpu', '?')} ({runtimes})"

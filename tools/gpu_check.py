@@ -12,7 +12,7 @@ Checks (each printed, all written to OUT/gpu_check.json; exit status 1 when one 
 2. FP16 (ONNX Runtime's float16 converter, keep_io_types) on CUDA against FP32 on the CPU: top-1 agreement and max
    abs logit diff on the default CNN (random weights) and a 75 %-narrower student.
 3. bench_variants with the gpu target's providers: every row's provider is CUDA (fell_back_to_cpu false, runtime
-   onnxruntime-cuda, I/O binding), p50 at batch 1 / 32 / 256 of FP32, FP16 and Q/DQ INT8; the environment names
+   provider CUDA, I/O binding), p50 at batch 1 / 32 / 256 of FP32, FP16 and Q/DQ INT8; the environment names
    the GPU, driver and CUDA versions.
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ def check_bench(files: dict[str, Path], quick: bool = False) -> dict:
     base16 = table["baseline-fp16"]["p50_ms"]
     ratios = {name: {b: round(base16[b] / t["p50_ms"][b], 3) for b in base16} for name, t in table.items()}
     env = environment.describe(2, providers_used(rows))
-    ok = all(t["provider"] == CUDA and t["fell_back_to_cpu"] is False and t["runtime"] == "onnxruntime-cuda"
+    ok = all(t["provider"] == CUDA and t["fell_back_to_cpu"] is False
              for t in table.values()) and bool(env.get("gpu", {}).get("name"))
     return {"rows": table, "speedup_vs_fp16_baseline": ratios, "environment": env, "ok": ok}
 
