@@ -333,8 +333,6 @@ def folder_tokenizer(spec: FolderSpec, *, max_length: int):
 
     if spec.model_type == "bert":
         return load_tokenizer(spec.folder, max_length=max_length)  # what the default MiniLM has always used
-    from compress.hf_tokenizer import NamedTokenizer
-
     names = {"pad_token": spec.adapter.pad_token, "unk_token": spec.adapter.unk_token}
     try:
         extra = json.loads((spec.folder / "tokenizer_config.json").read_text())
@@ -345,7 +343,6 @@ def folder_tokenizer(spec: FolderSpec, *, max_length: int):
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        return NamedTokenizer.from_folder(spec.folder, max_length=max_length, pad=names["pad_token"],
-                                          unk=names["unk_token"])
+        return load_tokenizer(spec.folder, max_length=max_length, pad=names["pad_token"], unk=names["unk_token"])
     except ModelFolderError as e:
         raise CompressError(f"{spec.model_type}: {e}") from None

@@ -52,7 +52,9 @@ class SpecialTokens:
 class TextTokenizer:
     """The model's own tokenizer (a `tokenizers.Tokenizer`) turning texts into padded int64 arrays."""
 
-    def __init__(self, tokenizer, *, max_length: int = DEFAULT_MAX_LENGTH) -> None:
+    def __init__(self, tokenizer, *, max_length: int = DEFAULT_MAX_LENGTH, pad: str = "[PAD]",
+                 unk: str = "[UNK]") -> None:
+        """`pad` / `unk`: the padding and unknown tokens' names (BERT's by default; RoBERTa's are <pad> / <unk>)."""
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}")
         self._tok = tokenizer
@@ -61,11 +63,13 @@ class TextTokenizer:
         self._tok.enable_truncation(max_length)
         added = tokenizer.get_added_tokens_decoder()
         special = tuple(sorted(i for i, t in added.items() if t.special))
-        pad = tokenizer.token_to_id("[PAD]")
-        unk = tokenizer.token_to_id("[UNK]")
-        if pad is None or unk is None:
-            raise ModelFolderError("tokenizer has no [PAD] or [UNK] token; a BERT WordPiece/word-level one is expected")
-        self.special = SpecialTokens(pad, unk, special)
+        pad_id, unk_id = tokenizer.token_to_id(pad), tokenizer.token_to_id(unk)
+        if pad_id is None or unk_id is None:
+            if (pad, unk) == ("[PAD]", "[UNK]"):
+                raise ModelFolderError("tokenizer has no [PAD] or [UNK] token; a BERT WordPiece/word-level one is "
+                                       "expected")
+            raise ModelFolderError(f"tokenizer has no padding token {pad!r} or unknown token {unk!r}")
+        self.special = SpecialTokens(pad_id, unk_id, special)
 
     def save(self, path: str | os.PathLike) -> None:
         """The tokenizer as one `tokenizer.json` (what an edge app loads with `tokenizers` alone); atomic."""
@@ -103,15 +107,17 @@ class TextTokenizer:
         return EncodedSplit(ids, mask, split.y)
 
 
-def load_tokenizer(folder: str | os.PathLike, *, max_length: int = DEFAULT_MAX_LENGTH) -> TextTokenizer:
+def load_tokenizer(folder: str | os.PathLike, *, max_length: int = DEFAULT_MAX_LENGTH, pad: str = "[PAD]",
+                   unk: str = "[UNK]") -> TextTokenizer:
     from tokenizers import Tokenizer
 
     path = _require(Path(folder), "tokenizer.json")
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on bad files
-        raise ModelFolderError(f"{path} is not a readable tokenizers file: {e}") from None
-    return TextTokenizer(tok, max_length=max_length)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelFolderError(f"{path} is not a readable tokenizers file: {first}") from None
+    return TextTokenizer(tok, max_length=max_length, pad=pad, unk=unk)
 
 
 def word_level_tokenizer(words: Iterable[str], *, max_length: int = DEFAULT_MAX_LENGTH) -> TextTokenizer:

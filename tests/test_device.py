@@ -178,13 +178,9 @@ def _tiny_model(seed=0):
 
 
 def _toy_split(n=256, seed=0) -> Split:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
-    x = rng.normal(0, 0.3, (n, 1, 16, 16)).astype(np.float32)
-    for i, c in enumerate(y):
-        r, q = divmod(int(c), 2)
-        x[i, 0, r * 8 : r * 8 + 8, q * 8 : q * 8 + 8] += 1.5
-    return Split(x, y.astype(np.int64))
+    from tests.test_techniques import _toy_split as quadrants  # the same four-quadrant images
+
+    return quadrants(n, seed)
 
 
 def test_cpu_training_is_bit_identical_to_the_default_path():

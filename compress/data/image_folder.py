@@ -18,10 +18,11 @@ from common.errors import CompressError
 def trains(recipe) -> bool:
     """Whether the run learns from training rows (fine-tuning, pruning's fine-tuning, distillation); if not, the
     data set keeps only calibration rows for training and holds out the rest."""
+    from compress.families import unsupported
+
     family = recipe.family
-    unsupported = getattr(family, "unsupported", lambda step: None)
-    distills = recipe.distill.enabled and not unsupported("distill")
-    return (recipe.train.epochs > 0 and unsupported("train") is None) or family.shrinks(recipe) or distills
+    distills = recipe.distill.enabled and not unsupported(family, "distill")
+    return (recipe.train.epochs > 0 and unsupported(family, "train") is None) or family.shrinks(recipe) or distills
 
 
 def fingerprint(files: list[Path], root: Path, labels, spec, splits: dict[str, np.ndarray]) -> str:

@@ -39,6 +39,13 @@ class ModelFamily(Protocol):
     def unsupported(self, step: str) -> str | None: ...  # why it cannot run "prune" / "distill" / "litert", or None
 
 
+def unsupported(family, step: str) -> str | None:
+    """Why `family` cannot run `step` ("train", "prune", "distill", "litert"), or None when it can (a family
+    without the hook can run them all)."""
+    hook = getattr(family, "unsupported", None)
+    return hook(step) if hook is not None else None
+
+
 _FAMILIES: dict[str, ModelFamily] = {}
 
 

@@ -21,7 +21,9 @@ def check(run) -> None:
     given = getattr(run.family, "check_given", None)
     if given is not None:  # e.g. a module needs its pretrained weights to be a model at all
         given(run)
-    trains = getattr(run.family, "unsupported", lambda step: None)("train") is None
+    from compress.families import unsupported
+
+    trains = unsupported(run.family, "train") is None
     if trains and run.recipe.train.epochs > 0:
         raise CompressError(f"{run.data.name} has no labels: the baseline must be the pretrained model as given; set "
                             "train.epochs: 0 (training or fine-tuning needs labelled data)")

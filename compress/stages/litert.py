@@ -18,8 +18,9 @@ def sibling_of(recipe, target, family):
         return None, f"target {recipe.target.name!r} times no other runtime"
     if not recipe.target.litert_candidates and recipe.target.runtime == "onnxruntime":
         return None, "target.litert_candidates is false"
-    unsupported = getattr(family, "unsupported", None)
-    why = unsupported("litert") if unsupported is not None else None
+    from compress.families import unsupported
+
+    why = unsupported(family, "litert")
     if why:
         return None, why
     other = get_target(name)

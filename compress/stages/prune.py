@@ -17,8 +17,9 @@ def body(run, out) -> dict:
 def family_skips(run, step: str) -> bool:
     """Whether the run's family cannot run `step` at all ("prune", "distill": an ONNX model has no torch graph);
     one log line says why."""
-    unsupported = getattr(run.family, "unsupported", None)
-    why = unsupported(step) if unsupported is not None else None
+    from compress.families import unsupported
+
+    why = unsupported(run.family, step)
     if why:
         log(f"[{step}] skipped: {why}")
     return bool(why)
