@@ -155,8 +155,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     optimizer: Literal["sgd", "adamw"] = "sgd"
     label_smoothing: float = 0.0
-    # bf16: the baseline's convolutions and matmuls under bfloat16 autocast on CPUs with native bf16 (AVX512-BF16,
-    # AMX): 1.75x per step for the default CNN, validation within seed noise after one epoch; elsewhere float32
+    # bf16: convolutions and matmuls of every training stage but QAT (train, fine-tune, distill) under bfloat16
+    # autocast on CPUs with native bf16 (AVX512-BF16, AMX) or on CUDA: 1.75x per step for the default CNN;
+    # elsewhere (AVX2 ...) float32, as fp32 does
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"key_omits_default": True})
     # where every training stage runs (compress.device): auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda,
     # cuda:N; under torchrun rank r uses GPU LOCAL_RANK. In no cache key: a GPU's figures match the CPU's within noise

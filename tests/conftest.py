@@ -32,7 +32,9 @@ def small_recipe(**sections):
         # the ONNX-on-photos run in test_image_folder (two extra interleaved latency runs per search)
         # a 16-wide student after one epoch sits 2-4 pt under its baseline on 1,500 held-out rows: wide enough that
         # the structure tests see a run that ships; the budget itself is tested in test_budget
-        budget=BudgetConfig(max_accuracy_drop=5.0, latency_batch=8),  # at batch 1 this tiny net is launch-bound
+        # which file ships is decided on timings, and under load the baseline can be the fastest: allow_baseline
+        # keeps such a run at exit 0, so no test's verdict hangs on which file was faster
+        budget=BudgetConfig(max_accuracy_drop=5.0, latency_batch=8, allow_baseline=True),  # b1: launch-bound
         # LiteRT's candidates cost ~50 s of conversions per run: tests/test_runtime_choice.py turns them on
         target=TargetConfig(litert_candidates=False),
     )

@@ -204,7 +204,9 @@ def test_a_model_taken_as_given_ships_itself_when_no_int8_file_beats_it(tmp_path
         path.write_bytes(b"x")
         return path
 
-    recipe = small_recipe()
+    from compress.recipe import BudgetConfig
+
+    recipe = small_recipe(budget=BudgetConfig(max_accuracy_drop=5.0, allow_baseline=False))
     given = apply_budget(recipe, rows(), ship, tmp_path, as_given=True)
     assert given["shipped"] == "baseline" and "the original ships" in given["note"]
     assert "both within the budget and faster" in given["note"]

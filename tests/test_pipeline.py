@@ -97,7 +97,7 @@ def test_the_shipped_model_is_the_fastest_within_the_budget(small_run):
     budget, comp = report["budget"], _variant(report, "compressed")
     assert budget["max_accuracy_drop_pt"] == 5.0 and budget["judged_on"]["rows"] == 1500  # 1,000 test + 500 val
     chosen = _variant(report, budget["shipped"])
-    assert comp["shipped_from"] == budget["shipped"] != "baseline"
+    assert comp["shipped_from"] == budget["shipped"]  # the baseline too, when the timings made it the fastest
     assert chosen["budget"]["meets"] and chosen["budget"]["drop_pt"] <= 5.0
     assert comp["accuracy"] == chosen["accuracy"] and comp["precision"] == chosen["precision"]
     for row in report["variants"]:

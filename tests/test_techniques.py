@@ -109,19 +109,23 @@ def test_distillation_with_feature_matching_decreases_the_loss_and_learns():
 
 def test_distilling_from_precomputed_teacher_logits_matches_running_the_teacher():
     """The pipeline computes the teacher's logits once; training from them must follow the same path as running
-    the teacher on every batch: after 2 epochs every student weight within 1e-4 (abs) of the other run's."""
+    the teacher on every batch. In float32 the two paths need not agree bit for bit: the teacher runs at another
+    batch size and memory layout (oneDNN picks other kernels on AVX-512 / AMX than on AVX2, reassociating sums),
+    and two epochs amplify that rounding past any fixed bound. In float64 the reassociation is ~1e-16 relative and
+    the logits' one rounding to float32 ~6e-8, so after 2 epochs every student weight stays within 1e-5 (abs)."""
     data = _toy_split()
-    teacher = _model(width=16, seed=1)
+    data = Split(data.x.astype(np.float64), data.y)
+    teacher = _model(width=16, seed=1).double()
     train.fit(teacher, data, train.LoopConfig(1.0, 32, 0.05), seed=0, label="teacher")
     loss = make_kd_loss(DistillConfig(temperature=2.0, alpha=0.5))
     students = []
     for source, soft in ((teacher, None), (None, train.predict_logits(teacher, data.x))):
-        student = _model(width=8, seed=2)
+        student = _model(width=8, seed=2).double()
         train.fit(student, data, train.LoopConfig(2.0, 32, 0.05), seed=0, label="distill", teacher=source,
                   teacher_logits=soft, loss_fn=loss)
         students.append(student.state_dict())
     worst = max(float((students[0][k].double() - students[1][k].double()).abs().max()) for k in students[0])
-    assert worst <= 1e-4, worst
+    assert worst <= 1e-5, worst
     with pytest.raises(CompressError, match="teacher_logits has 3 rows for 512"):
         train.fit(_model(width=8), data, train.LoopConfig(0.1, 32, 0.05), seed=0, teacher=teacher,
                   teacher_logits=np.zeros((3, 4), np.float32), loss_fn=loss)

@@ -75,12 +75,14 @@ class ImageClassifier:
 
         save_checkpoint(model, path)
 
-    def fit(self, run, model, epochs: float, lr: float, *, seed: int, label: str, precision: str = "fp32",
+    def fit(self, run, model, epochs: float, lr: float, *, seed: int, label: str, precision: str | None = None,
             **teaching) -> list[float]:
+        """`precision` None: the recipe's train.precision, which every training stage but QAT follows."""
         from compress import train
 
         t = run.recipe.train
-        loop = train.LoopConfig(epochs, t.batch_size, lr, t.weight_decay, t.optimizer, t.label_smoothing, precision)
+        loop = train.LoopConfig(epochs, t.batch_size, lr, t.weight_decay, t.optimizer, t.label_smoothing,
+                                precision or t.precision)
         return train.fit(model, run.data.train, loop, seed=seed, label=label, device=self.device(run), **teaching)
 
     def device(self, run) -> str:
@@ -109,7 +111,7 @@ class ImageClassifier:
 
             load_pretrained(model, Path(r.model.weights))
         curve = [] if r.train.epochs == 0 else self.fit(run, model, r.train.epochs, r.train.lr, seed=r.seed,
-                                                           label="train", precision=r.train.precision)
+                                                           label="train")
         self.save(model, out)
         return {"val_accuracy": self.accuracy(run, model), "loss_curve": curve, "params": prune.count_params(model),
                 "device": self.device(run)}
@@ -229,7 +231,7 @@ class ImageClassifier:
         log("[quantize] PTQ missed the bar: quantization-aware fine-tuning")
         train.seed_everything(r.seed)
         model = qat.prepare(self.load(run, checkpoint), run.data.calib.x, device=self.device(run))
-        self.fit(run, model, r.quantize.qat_epochs, r.quantize.qat_lr, seed=r.seed + 3, label="qat",
+        self.fit(run, model, r.quantize.qat_epochs, r.quantize.qat_lr, seed=r.seed + 3, label="qat", precision="fp32",
                  teacher=run.teacher, loss_fn=make_kd_loss(r.distill))
         qat.calibrate(model, run.data.calib.x, device=self.device(run))
         path = workdir / "qat.fp32.onnx"
