@@ -3,55 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.measure import (as_float_output, as_model_input, fixed_batch, image_feeds, model_feeds,  # noqa: F401
+                             predict, predict_arrays)
+
 TEXT_INPUTS = ("input_ids", "attention_mask")
-
-
-def fixed_batch(runner) -> int | None:
-    """The batch size the artifact is fixed to (a .tflite from litert-torch), or None when it is dynamic."""
-    return runner.inputs[0].shape[0] if runner.inputs and runner.inputs[0].shape else None
-
-
-def as_model_input(spec, x: np.ndarray) -> np.ndarray:
-    """`x` in the dtype the model takes: float inputs (normalised as in training) of a full-integer model are
-    quantized with its own (scale, zero point), exactly as `Runner.preprocess` does for an app; integer inputs
-    (token ids) are cast to the artifact's integer type (int32 in a .tflite, int64 in an ONNX)."""
-    if x.dtype == spec.dtype:
-        return x
-    if spec.quantization is not None and np.issubdtype(spec.dtype, np.integer) and np.issubdtype(x.dtype, np.floating):
-        from runtime.runner import quantize_input
-
-        return quantize_input(x, spec.dtype, *spec.quantization)
-    if np.issubdtype(x.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer):
-        return x.astype(spec.dtype)
-    return x
-
-
-def as_float_output(spec, y: np.ndarray) -> np.ndarray:
-    if spec.quantization is None or not np.issubdtype(y.dtype, np.integer):
-        return y
-    scale, zero = spec.quantization
-    return (y.astype(np.float32) - zero) * scale
-
-
-def model_feeds(runner, arrays: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
-    """One array per model input, in the runner's input order, converted with `as_model_input`."""
-    return {spec.name: as_model_input(spec, a) for spec, a in zip(runner.inputs, arrays)}
-
-
-def predict_arrays(runner, arrays: tuple[np.ndarray, ...], batch_size: int = 256) -> np.ndarray:
-    """Float logits for every row of `arrays` (one per model input), in batches; a fixed-batch artifact gets its
-    own batch size (`Runner.first_output` pads the last one)."""
-    size = fixed_batch(runner) or batch_size
-    outs = []
-    for i in range(0, len(arrays[0]), size):
-        feeds = model_feeds(runner, tuple(a[i : i + size] for a in arrays))
-        outs.append(as_float_output(runner.outputs[0], runner.first_output(feeds)))
-    return np.concatenate(outs)
-
-
-def predict(runner, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Float logits of a one-input model (images) for every row of `x`."""
-    return predict_arrays(runner, (x,), batch_size)
 
 
 def fixed_length(runner) -> int | None:

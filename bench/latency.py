@@ -1,15 +1,12 @@
 """Latency like hyperfine / trtexec: warm-up, timed runs in blocks cycled A, B, A, B so drift cancels."""
 from __future__ import annotations
 
-import contextlib
-import gc
-import time
 from dataclasses import asdict, dataclass
-from typing import Callable, ContextManager, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
-RunFn = Callable[[], object]
+from runtime.measure import OpenFn, interleaved_blocks
 
 
 @dataclass(frozen=True)
@@ -103,21 +100,6 @@ def summarize(samples_ms: np.ndarray, batch_size: int, blocks: list[np.ndarray] 
                         batch_size * 1000.0 / p50 if p50 > 0 else float("inf"), block_p50, pi)
 
 
-def time_block(run: RunFn, warmup: int, runs: int) -> np.ndarray:
-    for _ in range(warmup):
-        run()
-    out = np.empty(runs)
-    clock = time.perf_counter_ns
-    for i in range(runs):
-        start = clock()
-        run()
-        out[i] = clock() - start
-    return out / 1e6
-
-
-OpenFn = Callable[[], ContextManager[RunFn]]
-
-
 def measure_interleaved(open_by_variant: Mapping[str, OpenFn], batch_size: int, *, warmup: int, runs: int,
                         rounds: int, on_block: Callable[[], None] | None = None,
                         run_noise: float = 0.0) -> dict[str, LatencyStats]:
@@ -129,26 +111,6 @@ def measure_interleaved(open_by_variant: Mapping[str, OpenFn], batch_size: int, 
     samples = interleaved_blocks(open_by_variant, warmup=warmup, runs=runs, rounds=rounds, on_block=on_block)
     return {name: summarize(np.concatenate(s), batch_size, blocks=s, run_noise=run_noise)
             for name, s in samples.items()}
-
-
-def interleaved_blocks(open_by_variant, *, warmup: int, runs: int, rounds: int, on_block=None) -> dict[str, list[np.ndarray]]:
-    """Per variant, `rounds` blocks of per-call times (ms), the variants' blocks cycled round by round."""
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in open_by_variant}
-    per_block = max(1, runs // rounds)
-    for _ in range(rounds):
-        for name, open_run in open_by_variant.items():
-            with open_run() as run:
-                samples[name].append(time_block(run, warmup, per_block))
-            gc.collect()
-            if on_block:
-                on_block()
-    return samples
-
-
-def measure_callables(runs_by_variant: Mapping[str, RunFn], batch_size: int, **kwargs) -> dict[str, LatencyStats]:
-    """`measure_interleaved` for plain callables that need no opening (e.g. a raw session vs a runner)."""
-    opens = {name: (lambda run=run: contextlib.nullcontext(run)) for name, run in runs_by_variant.items()}
-    return measure_interleaved(opens, batch_size, **kwargs)
 
 
 def paired_ratio_stats(cand: dict, base: dict, *, resamples: int = 2000,

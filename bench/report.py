@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 
-from bench import environment
-from bench.accuracy import (accuracy, as_model_input, discordant_counts, fixed_batch, latency_feeds,
-                            paired_drop_interval, predict_split)
+from runtime import environment
+from bench.accuracy import (as_model_input, discordant_counts, fixed_batch, latency_feeds, paired_drop_interval,
+                            predict_split)
 from bench.formatting import (budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, metric_word,
                               peak_rss)
-from bench.latency import measure_interleaved
-from bench.memory import measure_peak_rss
+from bench.latency import summarize
+from runtime.measure import interleaved_blocks, timed_batches
+from runtime.memory import measure_peak_rss
 from common.compare import sqnr_db, top1_agreement
 
 SCHEMA_VERSION = 1
@@ -30,10 +31,10 @@ CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
-def provider_fields(runner, wanted) -> dict[str, Any]:
-    """A row's `provider` (the first the session really used; "CPU" for a runtime without providers, LiteRT) and,
-    when the bench asked for another provider than the CPU (`wanted`, the target's), whether it fell back to it."""
-    used = list(getattr(runner, "providers", None) or [])
+def provider_fields(used: list[str] | None, wanted) -> dict[str, Any]:
+    """A row's `provider` (the first the session really used, `used`; "CPU" for a runtime without providers, LiteRT)
+    and, when the bench asked for another provider than the CPU (`wanted`, the target's), whether it fell back to it."""
+    used = list(used or [])
     out: dict[str, Any] = {"provider": used[0] if used else "CPU", "providers": used or ["CPU"]}
     if used and wanted and wanted[0] != CPU_PROVIDER:
         out["fell_back_to_cpu"] = used[0] == CPU_PROVIDER
@@ -70,10 +71,23 @@ class Variant:
         return fixed is None or fixed == batch
 
 
+@dataclass
+class Measured:
+    """What a bench measured where the variants ran (here, or on a device over SSH), before any statistics."""
+
+    logits: dict[str, Any]  # variant -> float logits on the split's rows
+    extra_logits: dict[str, Any]  # variant -> logits on the held-out extra rows (validation), when given
+    fields: dict[str, dict[str, Any]]  # variant -> runtime, provider(s) and the like, as the row reports them
+    blocks: dict[int, dict[str, list]]  # batch -> variant -> per-round arrays of per-call times (ms)
+    memory: dict[str, dict[str, float] | None]  # variant -> peak RSS at `top`
+    top: int  # the batch the memory was measured at
+    measured_on: dict[str, Any] | None = None  # the device's environment, when not this machine
+
+
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,
                    rounds: int, threads: int, seq_length: int | None = None,
                    run_noise_pct: float = 0.0, heldout_extra=None,
-                   providers: tuple[str, ...] | list[str] | None = None) -> list[dict[str, Any]]:
+                   providers: tuple[str, ...] | list[str] | None = None, device=None) -> list[dict[str, Any]]:
     """Accuracy on `split` and interleaved latency of every variant, in one run.
 
     `providers`: ONNX Runtime's providers the target runs on (the gpu target's CUDA first); the .onnx variants are
@@ -82,7 +96,20 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
 
     `split` holds images (`x`) or token ids (`input_ids`, `attention_mask`); text is timed on real rows cut or
     padded to `seq_length`. `heldout_extra` (the validation split) adds each row's `heldout` accuracy and
-    discordant counts on it and `split` together: what the run's accuracy budget is judged on."""
+    discordant counts on it and `split` together: what the run's accuracy budget is judged on.
+
+    `device` (bench.device.SshDevice): the variants are scored and timed there, with its own runtime, and every
+    row says so in `measured_on`; the statistics are computed here from its raw timings, as for a local bench."""
+    timing = dict(batch_sizes=tuple(batch_sizes), warmup=warmup, runs=runs, rounds=rounds, threads=threads)
+    if device is not None:
+        measured = device.measure(variants, split, heldout_extra, **timing)
+    else:
+        measured = measure_here(variants, split, heldout_extra, seq_length=seq_length, providers=providers, **timing)
+    return assemble_rows(variants, split, heldout_extra, measured, run_noise_pct)
+
+
+def measure_here(variants: list[Variant], split, heldout_extra, *, batch_sizes: tuple[int, ...], warmup: int,
+                 runs: int, rounds: int, threads: int, seq_length: int | None, providers) -> Measured:
     import contextlib
 
     from runtime import load
@@ -100,30 +127,18 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     def open_variant(path: Path):
         return load(path, threads=threads, **({"providers": use} if use and Path(path).suffix == ".onnx" else {}))
 
-    rows: dict[str, dict[str, Any]] = {}
-    logits, extra_logits = {}, {}
+    logits, extra_logits, fields = {}, {}, {}
     input_specs = {}
     fixed: dict[str, int | None] = {}
     for v in variants:
         with open_variant(v.path) as runner:
-            acc, logits[v.name] = accuracy(runner, split)
+            logits[v.name] = predict_split(runner, split)
             if heldout_extra is not None:
                 extra_logits[v.name] = predict_split(runner, heldout_extra)
             input_specs[v.name] = runner.inputs
             fixed[v.name] = fixed_batch(runner)
-            backend, where = runner.backend, provider_fields(runner, providers)
-        rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
-                        "runtime": RUNTIME_NAMES.get(backend, backend), "precision": v.precision, "accuracy": acc,
-                        "size_bytes": v.path.stat().st_size, **where, "latency_ms": {}}
-    reference = logits.get(BASELINE, next(iter(logits.values())))
-    for v in variants:
-        rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
-        sqnr = sqnr_db(reference, logits[v.name])
-        rows[v.name]["logit_sqnr_db_vs_baseline"] = round(sqnr, 2) if math.isfinite(sqnr) else None
-        rows[v.name]["top1_agreement_confident"] = confident_agreement(reference, logits[v.name])
-        rows[v.name]["discordant_vs_baseline"] = discordant_counts(split.y, reference, logits[v.name])
-    if heldout_extra is not None:
-        add_heldout(rows, split.y, heldout_extra.y, logits, extra_logits)
+            fields[v.name] = {"runtime": RUNTIME_NAMES.get(runner.backend, runner.backend),
+                              **provider_fields(getattr(runner, "providers", None), providers)}
 
     if not any(v.per_batch for v in variants):
         batch_sizes = timed_batches(batch_sizes, set(fixed.values()))
@@ -152,20 +167,53 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     from common.progress import progress_bar
 
     timed = {b: [v for v in variants if v.runs_at(b, fixed[v.name])] for b in batch_sizes}
+    blocks: dict[int, dict[str, list]] = {}
     with progress_bar("latency", sum(len(vs) for vs in timed.values()) * rounds) as advance:
         for b, at_b in timed.items():  # one interleaved bench per batch size, of every variant that runs it
-            stats = measure_interleaved({v.name: opener(v, b) for v in at_b}, b, warmup=warmup, runs=runs,
-                                        rounds=rounds, on_block=advance, run_noise=run_noise_pct / 100.0)
-            for name, s in stats.items():
-                rows[name]["latency_ms"][str(b)] = s.to_dict()
+            blocks[b] = interleaved_blocks({v.name: opener(v, b) for v in at_b}, warmup=warmup, runs=runs,
+                                           rounds=rounds, on_block=advance)
     top = max(batch_sizes)  # the largest batch holds the most activations; the tables show it
+    memory = {}
     for v in variants:  # after timing, so the child processes never share the cores with a timed block
-        on_cpu = rows[v.name]["provider"] in ("CPU", CPU_PROVIDER)  # the child runs on the CPU: no GPU figure
-        peak = measure_peak_rss(v.path_at(top), feeds_of(v, top), threads=threads) if on_cpu and v in timed[top] \
-            else None
-        rows[v.name]["memory_mib"] = {str(top): peak} if peak else {}
-        if rows[v.name]["provider"] == CUDA_PROVIDER:
-            rows[v.name]["io_binding"] = "inputs copied to the GPU once, outputs left there: no host copies timed"
+        on_cpu = fields[v.name]["provider"] in ("CPU", CPU_PROVIDER)  # the child runs on the CPU: no GPU figure
+        memory[v.name] = measure_peak_rss(v.path_at(top), feeds_of(v, top), threads=threads) \
+            if on_cpu and v in timed[top] else None
+        if fields[v.name]["provider"] == CUDA_PROVIDER:
+            fields[v.name]["io_binding"] = "inputs copied to the GPU once, outputs left there: no host copies timed"
+    return Measured(logits, extra_logits, fields, blocks, memory, top)
+
+
+def assemble_rows(variants: list[Variant], split, heldout_extra, measured: Measured,
+                  run_noise_pct: float) -> list[dict[str, Any]]:
+    """The report's rows from what was measured: accuracy, agreement, SQNR and discordant rows against the
+    baseline's logits, latency statistics from the raw blocks, memory; the same whichever machine measured."""
+    import numpy as np
+
+    logits = measured.logits
+    rows: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        acc = float((logits[v.name].argmax(1) == split.y).mean())
+        rows[v.name] = {"name": v.name, "description": v.description, "artifact": str(v.path),
+                        "precision": v.precision, "accuracy": acc, "size_bytes": v.path.stat().st_size,
+                        **measured.fields[v.name], "latency_ms": {}}
+        if measured.measured_on is not None:
+            rows[v.name]["measured_on"] = measured.measured_on["host"]
+    reference = logits.get(BASELINE, next(iter(logits.values())))
+    for v in variants:
+        rows[v.name]["top1_agreement_vs_baseline"] = top1_agreement(reference, logits[v.name])
+        sqnr = sqnr_db(reference, logits[v.name])
+        rows[v.name]["logit_sqnr_db_vs_baseline"] = round(sqnr, 2) if math.isfinite(sqnr) else None
+        rows[v.name]["top1_agreement_confident"] = confident_agreement(reference, logits[v.name])
+        rows[v.name]["discordant_vs_baseline"] = discordant_counts(split.y, reference, logits[v.name])
+    if heldout_extra is not None:
+        add_heldout(rows, split.y, heldout_extra.y, logits, measured.extra_logits)
+    for b, by_variant in measured.blocks.items():
+        for name, blocks in by_variant.items():
+            stats = summarize(np.concatenate(blocks), b, blocks=blocks, run_noise=run_noise_pct / 100.0)
+            rows[name]["latency_ms"][str(b)] = stats.to_dict()
+    for v in variants:
+        peak = measured.memory.get(v.name)
+        rows[v.name]["memory_mib"] = {str(measured.top): peak} if peak else {}
     return [rows[v.name] for v in variants]
 
 
@@ -201,20 +249,6 @@ def add_heldout(rows: dict[str, dict[str, Any]], test_y, extra_y, logits: dict, 
                                  "discordant_vs_baseline": discordant_counts(labels, reference, out)}
 
 
-def timed_batches(wanted: tuple[int, ...], fixed: set[int | None]) -> tuple[int, ...]:
-    """The batch sizes every variant can run: all of `wanted` when batches are dynamic; the one fixed batch
-    (a .tflite is converted at one batch size) when an artifact has one."""
-    sizes = {b for b in fixed if b is not None}
-    if len(sizes) > 1:
-        raise ValueError(f"variants are fixed to different batch sizes {sorted(sizes)}; bench them apart")
-    if not sizes:
-        return tuple(wanted)
-    (only,) = sizes
-    if tuple(wanted) != (only,):
-        print(f"  latency at batch {only} only: the artifacts are fixed to that batch", file=sys.stderr)
-    return (only,)
-
-
 def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str = CANDIDATE) -> dict[str, Any]:
     by_name = {r["name"]: r for r in rows}
     if baseline not in by_name or candidate not in by_name:
@@ -234,13 +268,14 @@ def compare(rows: list[dict[str, Any]], baseline: str = BASELINE, candidate: str
 
 
 def measure_variants(recipe, data, variants: list[Variant], out_dir: Path,
-                     providers: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+                     providers: tuple[str, ...] | None = None, device=None) -> list[dict[str, Any]]:
     """Bench every variant on the test split (accuracy and latency) and score it on every held-out row;
-    `providers`: the target's ONNX Runtime providers (None: the CPU)."""
+    `providers`: the target's ONNX Runtime providers (None: the CPU); `device`: a bench.device.SshDevice that
+    scores and times them instead of this machine."""
     b = recipe.bench
     rows = bench_variants(variants, data.test, batch_sizes=b.batch_sizes, warmup=b.warmup, runs=b.runs,
                           rounds=b.rounds, threads=b.threads, seq_length=getattr(data, "max_length", None),
-                          run_noise_pct=b.run_noise_pct, heldout_extra=data.val, providers=providers)
+                          run_noise_pct=b.run_noise_pct, heldout_extra=data.val, providers=providers, device=device)
     for row in rows:
         row["artifact"] = str(Path(row["artifact"]).relative_to(out_dir))
     return rows

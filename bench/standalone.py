@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench import environment
+from runtime import environment
 from bench.datasets import Split, holds_images
 from bench.formatting import drop_interval, fmt_bytes, memory_batch, metric_word, peak_rss
 from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare
@@ -160,14 +160,14 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
                     limit: int | None = None, batch_sizes: Sequence[int] = (1, 32), threads: int = 2,
                     runs: int = 200, warmup: int = 10, rounds: int = 8, baseline: str | None = None,
                     candidate: str | None = None, run_noise_pct: float = 0.0,
-                    inputs: str | os.PathLike | None = None) -> dict[str, Any]:
+                    inputs: str | os.PathLike | None = None, device=None) -> dict[str, Any]:
     """Accuracy (with `data`) and interleaved latency of every artifact in one run, as a schema-1 report.
 
     The baseline (default: the first artifact) is timed in the same run, so `comparison.speedup_p50` is a
     within-run ratio; the candidate (default: the last other artifact) is what `compress check` gates.
     `data` may be an .npz (`x`, optional `y`): without `y`, accuracy is top-1 agreement with the baseline, and each
     row has its logit SQNR against it. `inputs`: an .npz with one array per model input, named like them (models
-    with several inputs or state): latency only.
+    with several inputs or state): latency only. `device` (bench.device.SshDevice): scored and timed there instead.
     """
     from runtime import load
 
@@ -197,12 +197,14 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
                   run_noise_pct=run_noise_pct)
     start = time.perf_counter()
     if inputs is not None:
+        if device is not None:
+            raise BenchError("--on benches on data (--data or random inputs), not on --inputs, in this version")
         if data is not None:
             raise BenchError("--inputs times models on given inputs (latency only); leave out --data with it")
         rows, dataset = bench_on_inputs(variants, Path(inputs), **timing)
         has_accuracy = False
     else:
-        rows, dataset, has_accuracy = _bench_on_data(variants, data, limit, timing)
+        rows, dataset, has_accuracy = _bench_on_data(variants, data, limit, timing, device)
     wall = round(time.perf_counter() - start, 2)
     if not has_accuracy:  # random inputs: right and wrong mean nothing
         for r in rows:
@@ -215,6 +217,11 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
         else:
             comparison = compare([{**r, "accuracy": 0.0} for r in rows], baseline, candidate)
             comparison["accuracy_drop_pt"] = None
+    where = {}
+    if device is not None:
+        from bench.device import device_line
+
+        where = {"latency_measured_on": device_line(device.environment)}
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "edge-compress", "command": "compress bench"},
@@ -223,14 +230,17 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
         "dataset": dataset,
         "accuracy_metric": "top1_agreement_vs_baseline" if dataset.get("metric") == "agreement" else "accuracy",
         "environment": {**environment.describe(threads), "timing": f"blocks of runs cycled per variant, "
-                        f"{rounds} rounds, {warmup} warm-up runs per block", "run_noise_pct": run_noise_pct},
+                        f"{rounds} rounds, {warmup} warm-up runs per block", "run_noise_pct": run_noise_pct,
+                        **({"device": device.environment} if device is not None else {})},
+        **where,
         "variants": rows,
         "comparison": comparison,
         "stages": [{"name": "bench", "cached": False, "wall_s": wall, "metrics": {}}],
     }
 
 
-def _bench_on_data(variants: list, data: str | None, limit: int | None, timing: dict) -> tuple[list, dict, bool]:
+def _bench_on_data(variants: list, data: str | None, limit: int | None, timing: dict,
+                   device=None) -> tuple[list, dict, bool]:
     from runtime import load
 
     base = variants[0].path
@@ -244,7 +254,7 @@ def _bench_on_data(variants: list, data: str | None, limit: int | None, timing: 
     if data is not None and not has_accuracy:
         split, reference = agreement_split(split, dataset, base, timing["threads"])
         has_accuracy = True
-    return bench_variants(variants, split, **timing), dataset, has_accuracy
+    return bench_variants(variants, split, **timing, device=device), dataset, has_accuracy
 
 
 def read_inputs(path: Path) -> dict[str, np.ndarray]:

@@ -60,6 +60,16 @@ def friendly_errors(fn):
     return wrapper
 
 
+def device_options(fn):
+    """--on, --ssh-config, --remote-python: score and time on an edge device over SSH (bench.device)."""
+    fn = click.option("--remote-python", default=None, metavar="PATH",
+                      help="The device's Python (default: python3 on its PATH).")(fn)
+    fn = click.option("--ssh-config", default=None, metavar="FILE", help="An ssh_config file, passed to ssh -F.")(fn)
+    return click.option("--on", default=None, metavar="[USER@]HOST[:PORT]",
+                        help="Score and time the candidates on this device over SSH (its own runtime; the files go "
+                        "to a temporary folder there, removed afterwards) instead of on this machine.")(fn)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="edge-compress")
@@ -95,10 +105,12 @@ def main(debug: bool) -> None:
 @click.option("--device", default=None, metavar="auto|cpu|cuda|cuda:N",
               help="Where the training stages run (overrides train.device, default auto: CUDA when torch sees a "
                    "GPU); under --nproc each rank uses GPU LOCAL_RANK. Cached stages stay valid across devices.")
+@device_options
 @friendly_errors
 def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: str | None,
         model_factory: str | None, weights: str | None, max_drop: float | None, runtime: str | None,
-        dump_config: bool, nproc: int, device: str | None) -> None:
+        dump_config: bool, nproc: int, device: str | None, on: str | None, ssh_config: str | None,
+        remote_python: str | None) -> None:
     """Run the whole pipeline and write report.json / report.md to --out."""
     import dataclasses
     import os
@@ -123,6 +135,11 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
             recipe = recipe.replace(budget=dataclasses.replace(recipe.budget, max_accuracy_drop=max_drop))
         if device is not None:
             recipe = recipe.replace(train=dataclasses.replace(recipe.train, device=device))
+        if on is not None:
+            recipe = recipe.replace(bench=dataclasses.replace(recipe.bench, on=on, ssh_config=ssh_config,
+                                                              remote_python=remote_python))
+        elif ssh_config or remote_python:
+            raise RecipeError("--ssh-config and --remote-python go with --on HOST (the device to bench on)")
     except (ValueError, TypeError) as e:
         raise RecipeError(str(e)) from None
     if dump_config:

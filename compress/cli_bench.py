@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli import friendly_errors
+from compress.cli import device_options, friendly_errors
 from common.errors import CompressError, GateFailed
 
 
@@ -45,19 +45,22 @@ def _batches(value: str | None) -> tuple[int, ...] | None:
               "widens p50_repeat_pi95 by it.")
 @click.option("--baseline", default=None, help="Name of the baseline artifact (default: the first).")
 @click.option("--candidate", default=None, help="Name of the artifact compared with it (default: the last other one).")
+@device_options
 @friendly_errors
 def bench(artifacts: tuple[str, ...], data: str | None, inputs: str | None, limit: int | None, batch: str,
           out_dir: Path, threads: int, runs: int, warmup: int, rounds: int, run_noise_pct: float, baseline: str | None,
-          candidate: str | None) -> None:
+          candidate: str | None, on: str | None, ssh_config: str | None, remote_python: str | None) -> None:
     """Benchmark existing artifacts (PATH or NAME=PATH), no pipeline: accuracy, latency, size, in one run.
 
     The first artifact (or --baseline) is the baseline; speed-ups are ratios to it measured in the same run.
     """
+    from bench.device import DeviceSpec, SshDevice
     from bench.standalone import bench_artifacts, parse_artifacts, to_markdown, write_all
 
+    device = SshDevice(DeviceSpec.parse(on, ssh_config, remote_python)) if on else None
     report = bench_artifacts(parse_artifacts(artifacts), data=data, limit=limit, batch_sizes=_batches(batch),
                              threads=threads, runs=runs, warmup=warmup, rounds=rounds, baseline=baseline,
-                             candidate=candidate, run_noise_pct=run_noise_pct, inputs=inputs)
+                             candidate=candidate, run_noise_pct=run_noise_pct, inputs=inputs, device=device)
     paths = write_all(report, out_dir)
     click.echo(to_markdown(report), nl=False)
     click.echo("report: " + ", ".join(str(p) for p in paths))

@@ -265,8 +265,17 @@ class BenchConfig:
     rounds: int = 8  # blocks per variant; >= 3 lets the confidence interval resample whole blocks
     threads: int = 2
     run_noise_pct: float = 0.0  # the machine's shift between whole benches (tools.stability's sigma_run)
+    # the device that scores and times the candidates, over SSH ([user@]host[:port]; null: this machine); its
+    # figures decide what ships. ssh_config: a file for `ssh -F`; remote_python: the device's Python (python3)
+    on: str | None = None
+    ssh_config: str | None = None
+    remote_python: str | None = None
 
     def __post_init__(self) -> None:
+        if self.on is not None:
+            from bench.device import DeviceSpec
+
+            DeviceSpec.parse(self.on, self.ssh_config, self.remote_python)  # a bad spec fails before any work
         if not self.batch_sizes:
             raise RecipeError("bench.batch_sizes must list at least one batch size, e.g. [1, 32]")
         _positive("bench", runs=self.runs, rounds=self.rounds, threads=self.threads,

@@ -67,7 +67,11 @@ def latency_measured_on(run, rows: list[dict[str, Any]], environment: dict[str, 
     note = note(TargetSpec(run.recipe.target.name, threads=run.recipe.bench.threads)) if note else None
     providers = {r.get("provider") for r in rows}
     gpu = (environment.get("gpu") or {}).get("name", "a GPU whose name was not reported")
-    if providers == {"CUDAExecutionProvider"}:
+    if environment.get("device"):
+        from bench.device import device_line
+
+        where = device_line(environment["device"])
+    elif providers == {"CUDAExecutionProvider"}:
         where = f"{gpu} (ONNX Runtime CUDAExecutionProvider, I/O binding)"
     elif "CUDAExecutionProvider" in providers:  # never a CPU figure under the GPU's name
         where = (f"mixed: the rows whose provider is CUDAExecutionProvider on {gpu}, the others on the build host "
@@ -239,9 +243,13 @@ def finish_report(run, variants: list, parity: dict[str, Any], quantize: dict[st
     BudgetMissed (exit 1), after writing the reports, when nothing compressed is within the budget."""
     from bench.report import assemble_report, measure_variants, write_reports
 
+    from bench.device import for_bench
+
     student_name = run.student_name
     start = time.perf_counter()
-    rows = measure_variants(run.recipe, run.data, variants, run.out_dir, getattr(run.target, "PROVIDERS", None))
+    device = for_bench(run.recipe.bench)
+    rows = measure_variants(run.recipe, run.data, variants, run.out_dir, getattr(run.target, "PROVIDERS", None),
+                            device)
     bench = {"name": "bench", "cached": False, "wall_s": round(time.perf_counter() - start, 2), "metrics": {}}
     before_ship = len(run.records)
     budget = apply_budget(run.recipe, rows, ship, run.out_dir,
@@ -260,6 +268,8 @@ def finish_report(run, variants: list, parity: dict[str, Any], quantize: dict[st
     report = assemble_report(run.recipe, run.data, rows, stage_info,
                              {"parity": parity, "quantize": quantize, "budget": budget})
     report.update(extra or {})
+    if device is not None:
+        report["environment"]["device"] = device.environment
     report["latency_measured_on"] = latency_measured_on(run, rows, report["environment"])
     report["distillation"] = distillation_effect(rows)
     report["student"] = {"chosen": student_name, "val_accuracy": run.student_val,

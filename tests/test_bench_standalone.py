@@ -88,7 +88,7 @@ def test_bench_report_has_the_pipeline_schema(models):
 
 def test_peak_rss_counts_the_weights_the_runtime_holds(models, tmp_path):
     """A 64 MB weight matrix must show in the child's peak RSS; a 40 KB model must not come near it."""
-    from bench.memory import measure_peak_rss
+    from runtime.memory import measure_peak_rss
 
     fat = mlp(tmp_path / "fat.onnx", 4096)  # w2 alone: 4096 x 4096 float32 = 64 MiB
     x = {"input": np.zeros((32, FEATURES), np.float32)}
@@ -99,7 +99,7 @@ def test_peak_rss_counts_the_weights_the_runtime_holds(models, tmp_path):
 
 
 def test_peak_rss_probe_ignores_a_runtime_package_in_the_working_directory(models, tmp_path, monkeypatch):
-    from bench.memory import measure_peak_rss
+    from runtime.memory import measure_peak_rss
 
     (tmp_path / "runtime").mkdir()
     (tmp_path / "runtime" / "__init__.py").write_text("raise ImportError('the wrong runtime')\n")

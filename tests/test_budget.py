@@ -143,7 +143,7 @@ def test_the_failure_line_says_why_nothing_ships():
 
 
 def test_every_report_names_the_cpus_int8_class():
-    from bench.environment import describe, int8_class
+    from runtime.environment import describe, int8_class
 
     assert int8_class({"avx2", "avx512f", "avx512_vnni"}) == "AVX-512 VNNI"
     assert int8_class({"avx2", "fma"}) == "AVX2"

@@ -321,7 +321,7 @@ def test_a_gpu_bench_that_fell_back_says_so_on_every_row(tiny):
 def test_environment_versions_are_the_running_modules(monkeypatch):
     import onnxruntime
 
-    from bench import environment
+    from runtime import environment
 
     assert environment.versions()["onnxruntime"] == onnxruntime.__version__
     assert environment.versions()["numpy"] == np.__version__
@@ -336,7 +336,7 @@ def test_environment_versions_are_the_running_modules(monkeypatch):
 
 
 def test_environment_names_the_gpu_only_from_what_reports_it(monkeypatch, tmp_path):
-    from bench import environment
+    from runtime import environment
 
     plain = environment.describe(2, [CPU])
     assert plain["providers_used"] == [CPU] and "gpu" not in plain
@@ -386,7 +386,7 @@ def test_gpu_sidecar_runs_on_cuda(tiny, tmp_path):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_bench_rows_run_on_cuda_with_io_binding(tiny):
-    from bench import environment
+    from runtime import environment
     from bench.report import providers_used
 
     rows = _bench(tiny, providers=(CUDA, CPU))

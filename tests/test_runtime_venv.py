@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 
 from tests.test_runtime_helpers import LABELS, PREPROCESS, small_cnn
-
-REPO = Path(__file__).resolve().parent.parent
-DIST = "edge-compress-runtime"
+from tests.venvs import REPO, runtime_venv
 
 _SCRIPT = textwrap.dedent("""
     import importlib.metadata, importlib.util, json, sys, sysconfig
@@ -70,29 +68,8 @@ def test_runtime_distribution_installs_and_runs_without_torch(tmp_path):
         shutil.rmtree(venv, ignore_errors=True)  # a few hundred MB; do not leave it to pytest's tmp rotation
 
 
-def _source_copy(tmp_path: Path) -> Path:
-    """runtime/ as committed, minus build leftovers. pip builds a local project in place, which would leave
-    build/ and *.egg-info/ in the source tree (and setuptools packs whatever stale modules build/lib holds)."""
-    src = tmp_path / "src" / "runtime"
-    shutil.copytree(REPO / "runtime", src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "dist"))
-    return src
-
-
 def _check_in_venv(venv: Path, model: Path, tmp_path: Path, reference: np.ndarray) -> None:
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)  # no system site-packages
-    python = venv / "bin" / "python"
-    # pip keeps the caller's configuration (index, certificates), but nothing from the source tree is on any path
-    pip_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    pip = subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-                          str(_source_copy(tmp_path))], capture_output=True, text=True, env=pip_env, cwd=tmp_path,
-                         timeout=900)
-    if pip.returncode != 0:
-        text = pip.stdout + pip.stderr
-        if any(s in text for s in ("Could not find a version", "No matching distribution", "connection",
-                                   "Network is unreachable", "Temporary failure in name resolution")):
-            pytest.skip(f"cannot install {DIST}'s build and runtime dependencies from the package index: "
-                        f"{text.strip().splitlines()[-1]}")
-        pytest.fail(f"pip install failed: {text[-2000:]}")
+    python = runtime_venv(venv, tmp_path)
 
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}  # no PYTHONPATH; cwd outside the repository
     (tmp_path / "check.py").write_text(_SCRIPT)

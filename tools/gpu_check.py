@@ -99,7 +99,7 @@ def check_fp16(files: dict[str, Path]) -> dict:
 def check_bench(files: dict[str, Path], quick: bool = False) -> dict:
     import numpy as np
 
-    from bench import environment
+    from runtime import environment
     from bench.datasets import Split
     from bench.report import Variant, bench_variants, providers_used
     from targets import get_target

@@ -38,7 +38,7 @@ def _inputs(runner, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _median_us(run, warmup: int, runs: int) -> float:
-    from bench.latency import time_block
+    from runtime.measure import time_block
 
     return float(np.median(time_block(run, warmup, runs)) * 1000.0)
 
@@ -49,7 +49,7 @@ def measure_overhead(model: str | os.PathLike, *, threads: int = 1, batch: int =
     import onnxruntime as ort
 
     import runtime
-    from bench.environment import describe
+    from runtime.environment import describe
     from runtime.onnx_backend import disabled_optimizers
     from bench.latency import measure_interleaved
 

@@ -85,7 +85,7 @@ def _compare(sources: dict[str, tuple[Any, list[str]]], feeds: dict[str, np.ndar
 
 def measure(*, model: str | None = None, threads: int = 1, seq: int = 128, hidden: int = 384, runs: int = 2000,
             rounds: int = 8, warmup: int = 50) -> dict[str, Any]:
-    from bench.environment import describe
+    from runtime.environment import describe
 
     rng = np.random.default_rng(0)
     fused, apart = _op_models(hidden)

@@ -133,6 +133,7 @@ def describe(threads: int, providers_used: list[str] | None = None) -> dict:
     used = sorted(set(providers_used or []))
     gpu = gpu_info() if CUDA in used else {}
     return {
+        "host": platform.node(),
         "cpu": cpu_model(),
         "int8_class": int8_class(flags := cpu_flags()),
         "cpu_flags": sorted(flags & set(INT8_FLAGS)),

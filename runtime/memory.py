@@ -1,7 +1,7 @@
 """Peak host memory (RSS, MiB) of inference through runtime/, each artifact in a fresh child process, so one
 variant's allocations (or the parent's torch) cannot hide another's. Linux only (VmHWM).
 
-    python -m bench.memory ARTIFACT FEEDS.npz [--threads 2] [--runs 10]     (prints one JSON line)
+    python -m runtime.memory ARTIFACT FEEDS.npz [--threads 2] [--runs 10]     (prints one JSON line)
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def measure_peak_rss(path: Path, feeds: Mapping[str, np.ndarray], *, threads: in
         np.savez(feeds_path, **{f"f{i}": np.asarray(feeds[n]) for i, n in enumerate(names)})
         (Path(tmp) / "names.json").write_text(json.dumps(names))
         out = Path(tmp) / "result.json"
-        cmd, env = child_python("bench.memory", str(Path(path).resolve()), str(feeds_path), "--threads", str(threads),
+        cmd, env = child_python("runtime.memory", str(Path(path).resolve()), str(feeds_path), "--threads", str(threads),
                                 "--runs", str(runs), "--out", str(out))
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
