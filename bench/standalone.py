@@ -348,7 +348,7 @@ def to_markdown(report: dict) -> str:
     batches = list(variants[0]["latency_ms"])
     c = report.get("comparison") or {}
     base = next((v for v in variants if v["name"] == c.get("baseline")), variants[0])
-    env = report["environment"]
+    env = {**report["environment"], **report["environment"].get("device", {})}  # --on: the device's figures
     agreement = metric_word(report) == "agreement"
     sqnr = any("logit_sqnr_db_vs_baseline" in v for v in variants)
     header = ["variant", "precision", "agreement" if agreement else "accuracy", "top-1 agreement", "size"] + \
@@ -359,7 +359,8 @@ def to_markdown(report: dict) -> str:
     lines = [f"# {report.get('title', 'compress bench')}", "",
              f"Data: {_data_line(report['dataset'])}; {env['cpu']}, "
              f"{env['cores']} cores, {env['threads']} threads; onnxruntime {env['versions'].get('onnxruntime', '?')}; "
-             f"{env.get('timing', '')}.", "",
+             f"{env.get('timing', '')}.", *([f"Measured on: {report['latency_measured_on']}."]
+                                             if report.get("latency_measured_on") else []), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v in variants:
         acc = "-" if v.get("accuracy") is None else f"{v['accuracy']:.4f}"
