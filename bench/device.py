@@ -46,6 +46,8 @@ except Exception:
     out["runtime"] = None
 print("EDGE-COMPRESS-PROBE " + json.dumps(out))
 """
+RESULTS_MARKER = b"EDGE-COMPRESS-RESULTS\n"  # what a login shell's rc files print to stdout comes before it
+MIN_PYTHON = (3, 11)
 # One session: unpack the job into a fresh folder, bench, send the results back; the folder goes on any exit.
 JOB_SCRIPT = """set -e
 d=$(mktemp -d "${{TMPDIR:-/tmp}}/edge-compress-bench.XXXXXX")
@@ -54,7 +56,8 @@ trap 'exit 129' HUP INT TERM PIPE
 echo "edge-compress-dir $d" >&2
 tar -xzf - -C "$d"
 cd "$d"
-{pythonpath}{python} -m runtime.device_bench run "$d"
+{pythonpath}{python} -m runtime.device_bench run "$d" >&2
+printf 'EDGE-COMPRESS-RESULTS\\n'
 tar -czf - -C "$d/out" result.json result.npz
 """
 
@@ -73,7 +76,8 @@ class DeviceSpec:
 
     @classmethod
     def parse(cls, spec: str, ssh_config: str | None = None, remote_python: str | None = None) -> "DeviceSpec":
-        match = re.fullmatch(r"(?:([^@\s:]+)@)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(?::(\d{1,5}))?", spec.strip())
+        match = re.fullmatch(r"(?:([^@\s:-][^@\s:]*)@)?([A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:]+\])(?::(\d{1,5}))?",
+                             spec.strip())  # nothing that ssh could read as an option
         if not match:
             raise DeviceError(f"--on {spec!r} is not [user@]host[:port], e.g. pi@raspberrypi.local or jetson:2222")
         user, host, port = match.groups()
@@ -86,13 +90,14 @@ class DeviceSpec:
         return f"{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
 
     def ssh_argv(self, command: str) -> list[str]:
-        argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
-                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o",
+                f"ConnectTimeout={CONNECT_TIMEOUT_S}", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
         if self.ssh_config:
             argv += ["-F", self.ssh_config]
         if self.port:
             argv += ["-p", str(self.port)]
-        return argv + [f"{self.user}@{self.host}" if self.user else self.host, "--", command]
+        # the device's login shell may be any shell: the script runs under POSIX sh
+        return argv + ["--", f"{self.user}@{self.host}" if self.user else self.host, f"sh -c {shlex.quote(command)}"]
 
 
 def ssh_failure(device: DeviceSpec, stderr: str) -> str:
@@ -140,7 +145,7 @@ class SshDevice:
 
     def probe(self) -> dict[str, Any]:
         """What the device has: its Python, numpy, onnxruntime and edge-compress-runtime (None where missing)."""
-        done = _ssh(self.spec, f"{shlex.quote(self.python)} -", PROBE_SCRIPT.encode())
+        done = _ssh(self.spec, f"exec {shlex.quote(self.python)} -", PROBE_SCRIPT.encode())
         err = done.stderr.decode(errors="replace")
         if done.returncode == 255:
             raise DeviceError(ssh_failure(self.spec, err))
@@ -161,6 +166,9 @@ class SshDevice:
         from runtime.device_bench import PROTOCOL
 
         where = f"{self.spec.name} ({self.python}, Python {found['python']})"
+        if _version(found["python"]) < MIN_PYTHON:
+            raise DeviceError(f"Python {found['python']} ({self.python}) on {self.spec.name} is older than the "
+                              f"runtime's {'.'.join(map(str, MIN_PYTHON))}: give a newer one with --remote-python PATH")
         if found.get("runtime"):
             if _version(found["runtime"]) < _version(runtime.__version__) or found.get("protocol") != PROTOCOL:
                 raise DeviceError(f"edge-compress-runtime {found['runtime']} on {where} is older than this toolkit's "
@@ -179,6 +187,10 @@ class SshDevice:
         print(f"  on {where}: {self.runtime_source}", file=sys.stderr)
         return copy
 
+    def check(self) -> None:
+        """Before any work: the device answers and can run the bench (each failure one line)."""
+        self.choose_runtime(self.probe())
+
     def measure(self, variants: list, split, heldout_extra, *, batch_sizes: tuple[int, ...], warmup: int,
                 runs: int, rounds: int, threads: int):
         """bench.report.Measured for `variants`, scored on `split` (+ `heldout_extra`) and timed on the device."""
@@ -187,7 +199,7 @@ class SshDevice:
         if hasattr(split, "input_ids"):
             raise DeviceError("--on benches one-input models (images, model-ready rows) in this version; bench text "
                               "models on this machine")
-        copy_runtime = self.choose_runtime(self.probe())
+        copy_runtime = self.choose_runtime(self.probe())  # again: the device may have changed since check()
         job = {"protocol": 1, "threads": threads, "warmup": warmup, "runs": runs, "rounds": rounds,
                "batch_sizes": list(batch_sizes), "variants": []}
         with tempfile.TemporaryDirectory(prefix="edge-compress-job-") as tmp:
@@ -216,25 +228,35 @@ class SshDevice:
         script = JOB_SCRIPT.format(pythonpath=pythonpath, python=shlex.quote(self.python))
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(self.spec.ssh_argv(script), stdin=subprocess.PIPE, stdout=out, stderr=err)
+            timed_out = False
             try:
                 proc.communicate(payload, timeout=JOB_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+                timed_out = True
             err.seek(0)
             stderr = err.read().decode(errors="replace")
             out.seek(0)
             returned = out.read()
         remote_dir = next((line.split(" ", 1)[1].strip() for line in stderr.splitlines()
                            if line.startswith("edge-compress-dir ")), None)
+        if timed_out:
+            if remote_dir:
+                _ssh_quietly(self.spec, f"rm -rf -- {shlex.quote(remote_dir)}")
+            raise DeviceError(f"the bench on {self.spec.name} did not finish within {JOB_TIMEOUT_S} s; no figures "
+                              "reported (fewer --runs, or fewer variants)")
         if proc.returncode != 0:
             raise DeviceError(self._failure(proc.returncode, stderr, remote_dir))
+        _, marker, returned = returned.partition(RESULTS_MARKER)
         try:
+            if not marker:
+                raise EOFError
             with tarfile.open(fileobj=io.BytesIO(returned), mode="r:gz") as tar:
                 result = json.load(tar.extractfile("result.json"))
                 with np.load(io.BytesIO(tar.extractfile("result.npz").read()), allow_pickle=False) as z:
                     arrays = {k: z[k] for k in z.files}
-        except (tarfile.TarError, KeyError, OSError, ValueError, EOFError):
+        except (tarfile.TarError, KeyError, OSError, ValueError, EOFError, AttributeError):
             raise DeviceError(f"the results from {self.spec.name} came back incomplete; no figures reported") from None
         return result, arrays
 

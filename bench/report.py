@@ -102,6 +102,11 @@ def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ..
     row says so in `measured_on`; the statistics are computed here from its raw timings, as for a local bench."""
     timing = dict(batch_sizes=tuple(batch_sizes), warmup=warmup, runs=runs, rounds=rounds, threads=threads)
     if device is not None:
+        if providers and providers[0] != CPU_PROVIDER:
+            from bench.device import DeviceError
+
+            raise DeviceError(f"--on benches on the device's CPU (ONNX Runtime's CPU provider, LiteRT) in this "
+                              f"version; a target that runs on {providers[0]} is benched on this machine")
         measured = device.measure(variants, split, heldout_extra, **timing)
     else:
         measured = measure_here(variants, split, heldout_extra, seq_length=seq_length, providers=providers, **timing)
@@ -122,7 +127,7 @@ def measure_here(variants: list[Variant], split, heldout_extra, *, batch_sizes: 
         if why:
             import warnings
 
-            warnings.warn(f"bench: {why}; every row says so (fell_back_to_cpu)", ProviderFallbackWarning, stacklevel=2)
+            warnings.warn(f"bench: {why}; every row says so (fell_back_to_cpu)", ProviderFallbackWarning, stacklevel=3)
 
     def open_variant(path: Path):
         return load(path, threads=threads, **({"providers": use} if use and Path(path).suffix == ".onnx" else {}))

@@ -135,11 +135,12 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
             recipe = recipe.replace(budget=dataclasses.replace(recipe.budget, max_accuracy_drop=max_drop))
         if device is not None:
             recipe = recipe.replace(train=dataclasses.replace(recipe.train, device=device))
-        if on is not None:
-            recipe = recipe.replace(bench=dataclasses.replace(recipe.bench, on=on, ssh_config=ssh_config,
-                                                              remote_python=remote_python))
-        elif ssh_config or remote_python:
-            raise RecipeError("--ssh-config and --remote-python go with --on HOST (the device to bench on)")
+        if on is not None or ssh_config or remote_python:
+            b = recipe.bench
+            if not (on or b.on):
+                raise RecipeError("--ssh-config and --remote-python go with --on HOST (the device to bench on)")
+            recipe = recipe.replace(bench=dataclasses.replace(b, on=on or b.on, ssh_config=ssh_config or b.ssh_config,
+                                                              remote_python=remote_python or b.remote_python))
     except (ValueError, TypeError) as e:
         raise RecipeError(str(e)) from None
     if dump_config:

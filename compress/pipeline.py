@@ -61,6 +61,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     source = data_sources.get(recipe.data.dataset)
     target = usable_target(recipe.target.name, family.kind)
     require_runtime(recipe, target, family)
+    check_bench_device(recipe, family)
     out_dir = prepare_out_dir(out_dir)
     data = family.prepare(recipe, source.load(recipe))
     log(family.describe_data(data))
@@ -69,3 +70,16 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     if not run_stages(run_state, PIPELINE):
         return None
     return ship.finish(run_state)
+
+
+def check_bench_device(recipe: Recipe, family) -> None:
+    """bench.on: the device is reached and can bench this run's candidates, before any training (one line if not)."""
+    from bench.device import DeviceError, for_bench
+
+    device = for_bench(recipe.bench)
+    if device is None or distributed.rank() != 0:
+        return
+    if family.kind == "text":
+        raise DeviceError("bench.on benches one-input models (images, model-ready rows) in this version; bench text "
+                          "models on this machine")
+    device.check()

@@ -31,8 +31,16 @@ def describe(threads: int = 1, providers_used: list[str] | None = None) -> dict:
     return out
 
 
-def run_job(folder: Path) -> None:
+def _open(path: Path, threads: int):
+    """The artifact on this device's CPU: an .onnx on ONNX Runtime's CPU provider whatever its sidecar names."""
     from runtime import load
+
+    if path.suffix == ".onnx":
+        return load(path, threads=threads, providers=["CPUExecutionProvider"])
+    return load(path, threads=threads)
+
+
+def run_job(folder: Path) -> None:
     from runtime.measure import fixed_batch, image_feeds, interleaved_blocks, predict, timed_batches
     from runtime.memory import measure_peak_rss
 
@@ -46,7 +54,7 @@ def run_job(folder: Path) -> None:
     arrays: dict[str, np.ndarray] = {}
     info, specs, fixed = [], {}, {}
     for i, v in enumerate(variants):
-        with load(folder / v["path"], threads=threads) as runner:
+        with _open(folder / v["path"], threads) as runner:
             arrays[f"logits/{i}"] = predict(runner, x)
             if extra is not None:
                 arrays[f"extra/{i}"] = predict(runner, extra)
@@ -62,7 +70,7 @@ def run_job(folder: Path) -> None:
     def feeds_at(i: int, batch: int) -> dict:
         v = variants[i]
         if v.get("per_batch"):
-            with load(path_at(v, batch), threads=threads) as runner:
+            with _open(path_at(v, batch), threads) as runner:
                 return image_feeds(runner.inputs, x, batch)
         return image_feeds(specs[i], x, batch)
 
@@ -71,7 +79,7 @@ def run_job(folder: Path) -> None:
 
         @contextlib.contextmanager
         def open_run():
-            with load(path_at(variants[i], batch), threads=threads) as runner:
+            with _open(path_at(variants[i], batch), threads) as runner:
                 yield lambda: runner.run_raw(feeds)
 
         return open_run

@@ -2,8 +2,8 @@
 ssh_config naming it `device` with its known host key, and TMPDIR of its sessions set to a folder the test sees."""
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -75,7 +75,7 @@ def start(folder: Path) -> LoopbackSshd | str:
     authorized.chmod(0o600)
     remote_tmp = folder / "remote-tmp"
     remote_tmp.mkdir()
-    port, user = free_port(), getpass.getuser()
+    port, user = free_port(), pwd.getpwuid(os.getuid()).pw_name
     config = folder / "sshd_config"
     config.write_text(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nAuthorizedKeysFile {authorized}\n"
                       "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"

@@ -180,8 +180,10 @@ def test_a_connection_dropped_mid_bench_reports_nothing_and_cleans_the_device(ss
 
     def bench():
         try:
+            # blocks of 1,000 runs (well under a second each): after the drop the device's bench dies at its next
+            # progress write instead of timing on for minutes
             outcome["report"] = bench_artifacts(_pairs(files, "baseline", "student"), data=str(files["rows"]),
-                                                batch_sizes=(1,), runs=400_000, warmup=0, rounds=4, threads=1,
+                                                batch_sizes=(1,), runs=400_000, warmup=0, rounds=400, threads=1,
                                                 device=device)
         except DeviceError as e:
             outcome["error"] = str(e)
@@ -189,8 +191,10 @@ def test_a_connection_dropped_mid_bench_reports_nothing_and_cleans_the_device(ss
     worker = threading.Thread(target=bench)
     worker.start()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any((d / "job.json").exists() for d in _left_on_device(sshd)):
+    while time.monotonic() < deadline and not any((d / "out").exists() or (d / "job.json").exists()
+                                                  for d in _left_on_device(sshd)):
         time.sleep(0.2)
+    assert _left_on_device(sshd), "the bench never started on the device"
     time.sleep(2.0)  # the device is timing now
     sshd.drop_connections()
     worker.join(timeout=120)
@@ -227,3 +231,20 @@ def test_a_run_benched_on_the_device_ships_by_its_figures(small_run, sshd, devic
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["latency_measured_on"] == remote["latency_measured_on"]
     assert _left_on_device(sshd) == []
+
+
+@pytest.mark.parametrize("spec", ["-oProxyCommand=touch x", "pi@-oProxyCommand=x", "-l@host", "host:123456",
+                                  "pi@host:port", "two words"])
+def test_a_device_spec_that_ssh_could_read_as_an_option_is_refused(spec):
+    from bench.device import DeviceError, DeviceSpec
+
+    with pytest.raises(DeviceError, match=r"is not \[user@\]host\[:port\]"):
+        DeviceSpec.parse(spec)
+
+
+def test_the_ssh_command_line_checks_host_keys_and_ends_options_before_the_host():
+    from bench.device import DeviceSpec
+
+    argv = DeviceSpec.parse("pi@raspberrypi.local:2222").ssh_argv("true")
+    assert argv[argv.index("--") + 1] == "pi@raspberrypi.local" and "StrictHostKeyChecking=yes" in argv
+    assert argv[-1] == "sh -c true" and argv[argv.index("-p") + 1] == "2222"
