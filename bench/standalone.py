@@ -217,11 +217,8 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
         else:
             comparison = compare([{**r, "accuracy": 0.0} for r in rows], baseline, candidate)
             comparison["accuracy_drop_pt"] = None
-    where = {}
-    if device is not None:
-        from bench.device import device_line
+    from bench.device import device_line
 
-        where = {"latency_measured_on": device_line(device.environment)}
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "edge-compress", "command": "compress bench"},
@@ -232,7 +229,7 @@ def bench_artifacts(artifacts: Sequence[tuple[str, str | os.PathLike]], *, data:
         "environment": {**environment.describe(threads), "timing": f"blocks of runs cycled per variant, "
                         f"{rounds} rounds, {warmup} warm-up runs per block", "run_noise_pct": run_noise_pct,
                         **({"device": device.environment} if device is not None else {})},
-        **where,
+        **({"latency_measured_on": device_line(device.environment)} if device is not None else {}),
         "variants": rows,
         "comparison": comparison,
         "stages": [{"name": "bench", "cached": False, "wall_s": wall, "metrics": {}}],
@@ -250,9 +247,8 @@ def _bench_on_data(variants: list, data: str | None, limit: int | None, timing: 
         raise BenchError(f"{base.name} takes {len(specs)} inputs ({', '.join(s.name for s in specs)}): pass "
                          "--inputs inputs.npz with one array per input, named like them (latency only)")
     split, dataset, has_accuracy = load_split(data, limit, specs[0].shape, specs[0].dtype, metadata)
-    reference = None
     if data is not None and not has_accuracy:
-        split, reference = agreement_split(split, dataset, base, timing["threads"])
+        split, _ = agreement_split(split, dataset, base, timing["threads"])
         has_accuracy = True
     return bench_variants(variants, split, **timing, device=device), dataset, has_accuracy
 

@@ -81,13 +81,12 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 def gpu_info() -> dict[str, str]:
     """The GPU ONNX Runtime's CUDA provider ran on (device 0 of those visible): name, driver and CUDA versions, from
-    torch.cuda where torch is importable with CUDA, the rest from nvidia-smi; {} when neither can tell (never
-    guessed)."""
+    torch.cuda where the calling process has already imported torch with CUDA (the runtime never imports it), the
+    rest from nvidia-smi; {} when neither can tell (never guessed)."""
     out: dict[str, str] = {}
+    torch = sys.modules.get("torch")
     try:
-        import torch
-
-        if torch.cuda.is_available():
+        if torch is not None and torch.cuda.is_available():
             out["name"] = torch.cuda.get_device_name(0)
             out["cuda_torch"] = str(torch.version.cuda)
     except Exception:  # noqa: BLE001 - no torch, or a torch whose CUDA cannot start: fall through to nvidia-smi
