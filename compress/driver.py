@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common.errors import CompressError
-from compress import distributed
+from compress.training import distributed
 from compress.cache import StageCache, StageRecord, stage_key
 
 WORKDIR_PREFIX = ".work-"

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import CompressError
-from compress import distributed
+from compress.training import distributed
 from compress.driver import Run, log, prepare_out_dir, run_stages
 from compress.recipe import Recipe
 

@@ -2,7 +2,7 @@
 
 Nothing here fetches: `tokenizer.json` is read with `tokenizers` alone (transformers is not needed; it *is*
 the model's own fast tokenizer, normaliser and WordPiece included). A folder's config and weights are read
-into the reference encoder by `compress.hf_adapters` (one adapter per model type), which also writes and reads
+into the reference encoder by `compress.families.encoder.hf_adapters` (one adapter per model type), which also writes and reads
 the checkpoints of (possibly shrunk) encoders.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Parameter names follow Hugging Face's `BertModel` (``embeddings.word_embeddings.weight``,
 ``encoder.layer.0.attention.self.query.weight``, ...), so a BERT checkpoint's safetensors load into it
-directly (see `compress.hf_adapters`), and its forward equals `transformers.BertModel`'s to float precision (a test
+directly (see `compress.families.encoder.hf_adapters`), and its forward equals `transformers.BertModel`'s to float precision (a test
 checks this on all-MiniLM-L6-v2). It is written out rather than wrapped because compression needs what
 transformers 5 no longer offers or makes hard to export: per-layer head and FFN widths after pruning
 (`prune_heads` is gone in transformers 5), a vocabulary remap baked in front of the embedding, and a plain
@@ -131,7 +131,7 @@ class SelfAttention(nn.Module):
             return t.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        # divide, not multiply by the inverse: the form ONNX Runtime's optimizer fuses (compress.ort_fusion)
+        # divide, not multiply by the inverse: the form ONNX Runtime's optimizer fuses (compress.families.encoder.ort_fusion)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + mask_bias
         probs = self.dropout(torch.softmax(scores, dim=-1))
         return torch.matmul(probs, v).transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)

@@ -61,7 +61,7 @@ DEFAULTS = {"preset": "orin", "min_batch": 1, "opt_batch": 1, "max_batch": 8, "c
 FILES = ("model.onnx", "manifest.json", "build_engine.sh", "reference.npz", "README.txt", "model.onnx.meta.json")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 NO_QDQ = "none (FP32 graph; TensorRT --fp16 builds float layers in FP16)"
-# what the pipeline's report says about its latencies for this target (compress.shipping reads it)
+# what the pipeline's report says about its latencies for this target (compress.shipping.budget reads it)
 LATENCY_NOTE = "device latency: run build_engine.sh and trtexec on the Jetson (the host's figures say nothing of it)"
 
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.datasets import FASHION_MNIST_LABELS, DatasetError, read_idx, split_image_dataset
-from compress.cli import main
+from compress.cli.main import main
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -78,7 +78,7 @@ def test_bad_idx_files(tmp_path, content, message):
 
 def test_nan_calibration_data_is_refused(tmp_path):
     from common.errors import CompressError
-    from compress.quantize import quantize_static_qdq
+    from compress.quantization.static import quantize_static_qdq
     from compress.recipe import QuantConfig
 
     calib = np.full((4, 1, 28, 28), np.nan, np.float32)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from compress.cli import main
+from compress.cli.main import main
 
 FEATURES, CLASSES = 64, 10
 FAST = dict(runs=60, warmup=5, rounds=3, batch_sizes=(32,), threads=2)

@@ -62,7 +62,7 @@ def _small_data_run(tmp_path, **budget):
 
 @needs_fashion_mnist
 def test_a_broken_student_never_ships_with_exit_0(tmp_path):
-    from compress.cli import main
+    from compress.cli.main import main
 
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", "--recipe", str(_small_data_run(tmp_path)), "--out", str(out),
@@ -86,7 +86,7 @@ def test_a_broken_student_never_ships_with_exit_0(tmp_path):
 
 @needs_fashion_mnist
 def test_only_the_baseline_within_the_budget_exits_1_unless_allowed(tmp_path):
-    from compress.cli import main
+    from compress.cli.main import main
 
     recipe = _small_data_run(tmp_path, max_accuracy_drop=0.0, allow_baseline=True)
     recipe.write_text(recipe.read_text().replace("enabled: true\n  mode: static", "enabled: false\n  mode: static"))
@@ -187,7 +187,7 @@ def test_a_model_taken_as_given_ships_itself_when_no_int8_file_beats_it(tmp_path
     """An ONNX or pretrained model with nothing pruned: when its INT8 files are no faster, the original ships
     (compiled for the target) with a note, instead of a run that ships nothing; a trained run still needs
     budget.allow_baseline for that."""
-    from compress.shipping import apply_budget
+    from compress.shipping.budget import apply_budget
 
     def rows():
         def row(name, p50, precision):

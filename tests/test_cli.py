@@ -6,7 +6,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from compress.cli import main
+from compress.cli.main import main
 
 
 def invoke(*args):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from compress.cli import main
+from compress.cli.main import main
 from tests.conftest import needs_fashion_mnist
 
 
@@ -66,7 +66,7 @@ def _pretrained_convnet(tmp_path, suffix: str):
     import torch
 
     from bench.datasets import load_fashion_mnist
-    from compress.train import LoopConfig, fit, seed_everything
+    from compress.training.loop import LoopConfig, fit, seed_everything
     from tests.toy_models import small_convnet
 
     data = load_fashion_mnist(limit_train=3000, val_size=500, limit_test=1000)
@@ -92,7 +92,7 @@ def test_pretrained_weights_are_the_baseline_as_given(tmp_path, suffix):
 
     from compress.pipeline import run
     from compress.recipe import ModelConfig, TrainConfig
-    from compress.train import accuracy
+    from compress.training.loop import accuracy
     from tests.conftest import small_recipe
 
     model, weights = _pretrained_convnet(tmp_path, suffix)
@@ -117,7 +117,7 @@ def test_weights_that_do_not_fit_or_are_not_tensors_are_one_line_errors(tmp_path
     import torch
 
     from common.errors import CompressError
-    from compress.checkpoints import load_pretrained
+    from compress.training.checkpoints import load_pretrained
     from tests.toy_models import small_convnet
 
     model = small_convnet((1, 28, 28), 10)

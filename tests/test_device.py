@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.datasets import Split
-from compress import device as dev
+from compress.training import device as dev
 from compress.recipe import Recipe, RecipeError, TrainConfig
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -92,7 +92,7 @@ def test_distributed_init_checks_ranks_and_uses_gloo_for_cpu(monkeypatch):
     the GPUs do not suffice."""
     import torch.distributed as dist
 
-    from compress import distributed
+    from compress.training import distributed
 
     joined = []
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -113,7 +113,7 @@ def test_distributed_init_checks_ranks_and_uses_gloo_for_cpu(monkeypatch):
 
 
 def test_tensors_that_cross_ranks_live_on_the_rank_gpu_under_nccl(monkeypatch):
-    from compress import distributed
+    from compress.training import distributed
 
     monkeypatch.setattr(distributed, "backend", lambda: "nccl")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
@@ -127,7 +127,7 @@ def test_cli_refuses_a_missing_gpu_in_one_line(tmp_path):
         pytest.skip("this machine has 8 GPUs")
     from click.testing import CliRunner
 
-    from compress.cli import main
+    from compress.cli.main import main
 
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", "--device", "cuda", "--nproc", "8", "--out", str(out)])
@@ -184,7 +184,7 @@ def _toy_split(n=256, seed=0) -> Split:
 
 
 def test_cpu_training_is_bit_identical_to_the_default_path():
-    from compress import train
+    from compress.training import loop as train
 
     data, cfg = _toy_split(), train.LoopConfig(1.0, 32, 0.05)
     runs = []
@@ -200,7 +200,7 @@ def test_cpu_training_is_bit_identical_to_the_default_path():
 
 
 def test_cpu_text_training_is_bit_identical_to_the_default_path():
-    from compress import text_train as tt
+    from compress.families.encoder import training as tt
     from models.transformer import build_encoder
     from tests.test_transformer import TINY, TOKENIZER, _texts
 
@@ -227,7 +227,7 @@ def test_cpu_placement_is_a_no_op():
 
 
 def test_image_family_records_the_device_per_stage(tmp_path):
-    from compress.families.image import IMAGE
+    from compress.families.image.family import IMAGE
 
     data = types.SimpleNamespace(train=_toy_split(128), val=_toy_split(64, seed=1), input_shape=(1, 16, 16),
                                  num_classes=4)
@@ -245,7 +245,7 @@ def test_image_family_records_the_device_per_stage(tmp_path):
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_training_matches_the_cpu_within_a_point():
-    from compress import train
+    from compress.training import loop as train
 
     # noisy enough that one epoch is not perfect: on the CPU 99.5-99.7 % over seeds 0-2, spread 0.2 pt
     data, val = _toy_split(4096, seed=0), _toy_split(2048, seed=1)
@@ -264,9 +264,9 @@ def test_cuda_training_matches_the_cpu_within_a_point():
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_bf16_distillation_and_text_training_run():
-    from compress import text_train as tt
-    from compress import train
-    from compress.distill import kd_loss
+    from compress.families.encoder import training as tt
+    from compress.training import loop as train
+    from compress.distillation.losses import kd_loss
     from tests.test_transformer import TINY, TOKENIZER, _texts
     from models.transformer import build_encoder
 

@@ -142,7 +142,7 @@ FAILURES = {  # case -> (what the case changes, the start of the one line)
 
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_each_device_failure_is_one_line_and_leaves_nothing(case, sshd, device_python, files, tmp_path):
-    from compress.cli import main
+    from compress.cli.main import main
 
     config, python, names = {}, device_python, ["baseline", "student"]
     if case == "unreachable":

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.gate import ReportError, check_reports, ratio_stats, regressed
-from compress.cli import main
+from compress.cli.main import main
 
 
 def _lat(p50: float, ci_rel: float = 0.03) -> dict:

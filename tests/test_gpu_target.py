@@ -48,9 +48,9 @@ def tiny(tmp_path_factory) -> SimpleNamespace:
     """A tiny ResNet-style CNN (1 x 12 x 12 -> 3 classes): FP32 ONNX, its QDQ INT8 and its FP16 copy, with rows."""
     import torch
 
-    from compress import fp16
-    from compress.export import export_onnx
-    from compress.quantize import quantize_static_qdq
+    from compress.quantization import fp16
+    from compress.export.onnx_export import export_onnx
+    from compress.quantization.static import quantize_static_qdq
     from compress.recipe import QuantConfig
     from models import build_model
 
@@ -157,7 +157,7 @@ def test_fp16_copy_keeps_float32_io_and_matches_fp32_on_the_cpu_provider(tiny):
     of weights; float16 arithmetic on CUDA is test_fp16_parity_on_cuda's (marked gpu)."""
     import onnx
 
-    from compress import fp16
+    from compress.quantization import fp16
 
     half = onnx.load(str(tiny.fp16))
     f32 = onnx.TensorProto.FLOAT
@@ -181,7 +181,7 @@ def test_fp16_copy_keeps_float32_io_and_matches_fp32_on_the_cpu_provider(tiny):
 def test_to_fp16_is_pure(tiny):
     import onnx
 
-    from compress.fp16 import to_fp16
+    from compress.quantization.fp16 import to_fp16
 
     model = onnx.load(str(tiny.fp32))
     before = model.SerializeToString()
@@ -190,8 +190,8 @@ def test_to_fp16_is_pure(tiny):
 
 
 def test_fp16_candidates_for_the_baseline_and_the_student(tiny, tmp_path):
-    from compress.fp16 import candidates
-    from compress.shipping import onnx_candidates
+    from compress.quantization.fp16 import candidates
+    from compress.shipping.budget import onnx_candidates
 
     student = shutil.copyfile(tiny.fp32, tmp_path / "distilled.onnx")
     base = shutil.copyfile(tiny.fp32, tmp_path / "baseline.onnx")
@@ -251,7 +251,7 @@ def _row(name: str, p50: float, meets: bool, precision: str = "fp32") -> dict:
 
 
 def test_tensorrt_targets_ship_the_qdq_graph_whatever_the_host_timed():
-    from compress.shipping import tensorrt_choice
+    from compress.shipping.budget import tensorrt_choice
 
     rows = [_row("baseline", 1.0, True), _row("distilled", 0.2, True), _row("int8", 3.0, True, "int8"),
             _row("distilled-int8", 5.0, True, "int8")]
@@ -271,7 +271,7 @@ def _fake_run(target_name: str) -> SimpleNamespace:
 
 
 def test_reports_say_where_latency_was_measured():
-    from compress.shipping import latency_measured_on
+    from compress.shipping.budget import latency_measured_on
 
     env = {"cpu": "Some CPU"}
     cpu_rows = [{"name": "baseline", "runtime": "onnxruntime", "provider": CPU}]
@@ -356,7 +356,7 @@ def test_environment_names_the_gpu_only_from_what_reports_it(monkeypatch, tmp_pa
 
 
 def test_cli_header_names_the_device_that_ran_the_bench():
-    from compress.cli import bench_device
+    from compress.cli.main import bench_device
 
     env = {"cpu": "Some CPU", "int8_class": "AVX2", "providers_used": [CPU]}
     assert bench_device({"environment": env, "variants": []}) == "Some CPU, AVX2"
@@ -400,7 +400,7 @@ def test_gpu_bench_rows_run_on_cuda_with_io_binding(tiny):
 @pytest.mark.gpu
 @needs_cuda
 def test_fp16_parity_on_cuda(tiny):
-    from compress import fp16
+    from compress.quantization import fp16
 
     c = fp16.parity(tiny.fp32, tiny.fp16, tiny.rows, providers=[CUDA, CPU])
     assert c.top1_agreement == 1.0 and c.max_abs_diff <= fp16.PARITY_ATOL, c.to_dict()
@@ -413,7 +413,7 @@ def test_fp16_parity_on_cuda(tiny):
 def test_pipeline_reports_providers_and_ships_qdq_to_jetson(small_run, tmp_path):
     from compress.pipeline import run
     from compress.recipe import TargetConfig
-    from compress.shipping import TENSORRT_RULE
+    from compress.shipping.budget import TENSORRT_RULE
     from tests.conftest import small_recipe
 
     cpu_report, out = small_run

@@ -87,7 +87,7 @@ def test_a_folder_reads_into_the_reference_encoder_with_transformers_logits(fold
     """Pretrained head kept: logits equal transformers' own model's (max abs diff <= 1e-5) on padded batches."""
     import torch
 
-    from compress.hf_adapters import folder_tokenizer, load_folder_model, read_folder
+    from compress.families.encoder.hf_adapters import folder_tokenizer, load_folder_model, read_folder
 
     folder, reference, _ = folders[kind]
     spec = read_folder(folder)
@@ -105,7 +105,7 @@ def test_a_folder_reads_into_the_reference_encoder_with_transformers_logits(fold
 
 
 def test_labels_line_up_with_a_kept_head():
-    from compress.hf_adapters import head_label_order
+    from compress.families.encoder.hf_adapters import head_label_order
 
     assert head_label_order(("neg", "pos"), ("NEG", "POS")) == (("neg", "pos"), None)
     assert head_label_order(("neg", "pos"), ("pos", "neg")) == (("pos", "neg"), [1, 0])

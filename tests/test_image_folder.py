@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from compress.cli import main
+from compress.cli.main import main
 from tests.image_folders import write_folder
 
 pytest.importorskip("PIL", reason="image folders need Pillow (pip install 'edge-compress[images]')")
@@ -34,7 +34,7 @@ def _weights(tmp_path, trained_on=None):
     import torch
     from safetensors.torch import save_file
 
-    from compress.train import LoopConfig, fit, seed_everything
+    from compress.training.loop import LoopConfig, fit, seed_everything
     from tests.toy_models import small_convnet
 
     seed_everything(0)
@@ -172,7 +172,7 @@ def test_an_onnx_model_takes_photos_at_its_own_input_size_and_is_judged_by_agree
     import torch
 
     from bench.datasets import Split, find_images, read_pixels
-    from compress.train import LoopConfig, fit, seed_everything
+    from compress.training.loop import LoopConfig, fit, seed_everything
     from runtime import load
     from runtime.images import ImageSpec
     from tests.toy_models import small_convnet
@@ -207,7 +207,7 @@ def test_the_class_count_comes_from_the_modules_own_head_not_the_files_key_order
     from safetensors.torch import save_file
     from torch import nn
 
-    from compress.checkpoints import classes_in_weights
+    from compress.training.checkpoints import classes_in_weights
 
     class Net(nn.Module):  # safetensors sorts keys: "classifier" comes before "encoder.fc" in the file
         def __init__(self, classes):

@@ -24,7 +24,7 @@ def test_import_runtime_is_torch_free():
 
 
 def test_cli_start_up_does_not_import_torch():
-    loaded = _modules_after("import compress.cli")
+    loaded = _modules_after("import compress.cli.main")
     assert "torch" not in loaded and "onnxruntime" not in loaded
 
 

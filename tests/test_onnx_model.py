@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from compress.cli import main
+from compress.cli.main import main
 
 SHAPE, CLASSES, ROWS = (3, 16, 16), 12, 600
 BENCH = ["--runs", "6", "--rounds", "2", "--warmup", "1", "--batch", "1,4"]
@@ -185,7 +185,7 @@ def test_graphs_this_path_cannot_compress_are_refused_with_the_reason(tmp_path):
     from torch import nn
 
     from common.errors import CompressError
-    from compress.families.onnx_model import graph_info
+    from compress.families.onnx_model.family import graph_info
 
     seg = _export(nn.Conv2d(3, 5, 1), (torch.zeros(2, 3, 8, 8),), tmp_path / "seg.onnx", ["image"], ["mask"])
     with pytest.raises(CompressError, match=r"output 'mask' has rank 4 \(\[N, 5, 8, 8\]\), not N x classes"):
@@ -212,7 +212,7 @@ def test_graphs_this_path_cannot_compress_are_refused_with_the_reason(tmp_path):
 
 
 def test_bench_on_unlabelled_npz_reports_agreement_with_the_first_artifact(cnn, tmp_path):
-    from compress.quantize import quantize_static_qdq
+    from compress.quantization.static import quantize_static_qdq
     from compress.recipe import QuantConfig
 
     model, x, _ = cnn

@@ -43,7 +43,7 @@ class Clusters:
 def _mlp_family():
     from torch import nn
 
-    from compress.families.image import ImageClassifier
+    from compress.families.image.family import ImageClassifier
 
     class TinyMLP(ImageClassifier):
         """An MLP family: its own model; training, channel pruning, distillation and static INT8 as for images."""

@@ -12,10 +12,11 @@ def test_qat_export_is_qdq_and_matches_torch_fake_quant(small_run, tmp_path):
     from bench.accuracy import predict
     from bench.datasets import load_fashion_mnist
     from common.compare import sqnr_db
-    from compress import qat, train
-    from compress.checkpoints import load_checkpoint
-    from compress.export import check_parity, export_onnx
-    from compress.quantize import op_precision, quantize_static_qdq
+    from compress.quantization import qat
+    from compress.training import loop as train
+    from compress.training.checkpoints import load_checkpoint
+    from compress.export.onnx_export import check_parity, export_onnx
+    from compress.quantization.static import op_precision, quantize_static_qdq
     from compress.recipe import QuantConfig
     from models import build_model
     from runtime import load

@@ -28,7 +28,7 @@ def _rows(litert_p50: float) -> list[dict]:
 
 def _budget(tmp_path, runtime: str, litert_p50: float) -> tuple[dict, list[str]]:
     from compress.recipe import Recipe, TargetConfig
-    from compress.shipping import apply_budget
+    from compress.shipping.budget import apply_budget
 
     recipe = Recipe(target=TargetConfig(runtime=runtime))
     shipped = []
@@ -72,7 +72,7 @@ def test_no_hint_when_litert_is_slower(tmp_path):
 
 
 def _fake_run(runtime: str):
-    from compress.families.image import IMAGE
+    from compress.families.image.family import IMAGE
     from compress.recipe import Recipe, TargetConfig
     from targets import get_target
 

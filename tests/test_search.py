@@ -6,7 +6,7 @@ import pytest
 
 from common.compare import sqnr_db
 from compress.recipe import QuantConfig
-from compress.search import layer_sensitivity, search_int8
+from compress.quantization.search import layer_sensitivity, search_int8
 from tests.conftest import needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
@@ -28,8 +28,8 @@ def test_sqnr_definition():
 
 
 def test_every_layer_quantized_alone_keeps_sqnr_above_20db(fp32_model, tmp_path):
-    from compress.quantize import preprocess_for_quantization
-    from compress.search import _predict
+    from compress.quantization.static import preprocess_for_quantization
+    from compress.quantization.search import _predict
 
     path, data = fp32_model
     pre = tmp_path / "pre.onnx"
@@ -55,7 +55,7 @@ def test_search_ships_a_candidate_within_the_bar(fp32_model, tmp_path):
     # the shipped INT8 against FP32 on the validation images, by the stated bar: logit SQNR >= 20 dB or top-1
     # agreement >= 0.98, as for single layers above (this 16-wide, 2-epoch student, distilled from precomputed
     # teacher logits, measured 23.0 dB with agreement 0.978 over 500 images)
-    from compress.search import _predict
+    from compress.quantization.search import _predict
 
     sqnr = sqnr_db(_predict(path, data.val.x), _predict(out, data.val.x))
     print(f"chosen {result.chosen.name}: SQNR {sqnr:.1f} dB, agreement {result.chosen.agreement:.3f}")
@@ -64,7 +64,7 @@ def test_search_ships_a_candidate_within_the_bar(fp32_model, tmp_path):
 
 
 def test_strict_bar_triggers_sensitivity_ordered_fallback(fp32_model, tmp_path):
-    from compress.search import SearchFailed
+    from compress.quantization.search import SearchFailed
 
     path, data = fp32_model
     # calibrating on images scaled to 2 % of their range makes every activation range far too narrow
@@ -87,10 +87,11 @@ def test_strict_bar_triggers_sensitivity_ordered_fallback(fp32_model, tmp_path):
 
 
 def test_impossible_bar_tries_qat_then_fails_and_saves_the_most_accurate(fp32_model, small_run, tmp_path):
-    from compress import qat, train
-    from compress.checkpoints import load_checkpoint
-    from compress.export import export_onnx
-    from compress.search import SearchFailed
+    from compress.quantization import qat
+    from compress.training import loop as train
+    from compress.training.checkpoints import load_checkpoint
+    from compress.export.onnx_export import export_onnx
+    from compress.quantization.search import SearchFailed
     from models import build_model
 
     path, data = fp32_model
@@ -117,7 +118,7 @@ def test_impossible_bar_tries_qat_then_fails_and_saves_the_most_accurate(fp32_mo
 
 
 def test_choose_prefers_speed_beyond_noise_and_accuracy_within_it():
-    from compress.search import Candidate, choose
+    from compress.quantization.search import Candidate, choose
 
     def cand(name, acc, p50, ok=True, nodes=()):
         return Candidate(name, "minmax", nodes, "", acc, 0.0, 1.0, p50, ok)
@@ -132,7 +133,7 @@ def test_choose_prefers_speed_beyond_noise_and_accuracy_within_it():
 
 
 def test_fp32_ships_only_when_it_beats_the_chosen_int8_beyond_noise():
-    from compress.search import Candidate, SearchResult
+    from compress.quantization.search import Candidate, SearchResult
 
     def result(int8_p50, fp32_p50, ok=True):
         chosen = Candidate("ptq-minmax", "minmax", (), "", 0.92, 0.1, 0.99, int8_p50, ok)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.quantize import QDQ_OPS, op_precision, quantize_static_qdq
+from compress.quantization.static import QDQ_OPS, op_precision, quantize_static_qdq
 from compress.recipe import QuantConfig
 
 
@@ -68,7 +68,7 @@ def _logits(path, x):
 
 
 def test_input_name_is_read_from_the_graph(hardswish_onnx, tmp_path):
-    from compress.quantize import model_input_name
+    from compress.quantization.static import model_input_name
 
     path, calib, val = hardswish_onnx
     assert model_input_name(path) == "pixel_values"
@@ -103,7 +103,7 @@ def _qdq_on_edges(path, op_type: str) -> int:
 def _qdq_on_hardswish_muls(path) -> int:
     import onnx
 
-    from compress.quantize import hardswish_pairs
+    from compress.quantization.static import hardswish_pairs
 
     graph = onnx.load(str(path)).graph
     nodes = list(graph.node)
@@ -116,7 +116,7 @@ def _qdq_on_hardswish_muls(path) -> int:
 
 
 def test_float_op_types_are_left_without_qdq(hardswish_onnx, tmp_path):
-    from compress.int8_latency import op_groups
+    from compress.quantization.latency import op_groups
 
     path, calib, _ = hardswish_onnx
     plain, hs, ew = tmp_path / "plain.onnx", tmp_path / "hs.onnx", tmp_path / "ew.onnx"
@@ -134,7 +134,7 @@ def test_float_op_types_are_left_without_qdq(hardswish_onnx, tmp_path):
     assert {"Add", "Mul"} <= set(op_precision(plain)["int8"])
     assert not {"Add", "Mul"} & set(op_precision(ew)["int8"]) and {"Add", "Mul"} <= set(op_precision(ew)["float"])
     assert Counter(op_precision(ew)["int8"])["Conv"] == Counter(op_precision(plain)["int8"])["Conv"]
-    from compress.quantize import preprocess_for_quantization
+    from compress.quantization.static import preprocess_for_quantization
 
     preprocess_for_quantization(path, tmp_path / "pre.onnx")
     groups = op_groups(tmp_path / "pre.onnx", plain)
@@ -154,7 +154,7 @@ def _int8_weight_convs(path) -> int:
 
 
 def test_choose_prefers_plain_ptq_on_ties():
-    from compress.search import Candidate, choose
+    from compress.quantization.search import Candidate, choose
 
     def cand(name, acc, p50, changes, ok=True, op_types=()):
         return Candidate(name, "minmax", (), "", acc, 0.0, acc, p50, ok, float_op_types=op_types, changes=changes)
@@ -170,7 +170,7 @@ def test_choose_prefers_plain_ptq_on_ties():
 
 def test_unlabelled_search_judges_by_agreement_with_fp32(hardswish_onnx, tmp_path, capsys):
     from common.compare import sqnr_db, top1_agreement
-    from compress.search import search_int8
+    from compress.quantization.search import search_int8
 
     path, calib, val = hardswish_onnx
     out = tmp_path / "int8.onnx"
@@ -199,7 +199,7 @@ def test_unlabelled_search_judges_by_agreement_with_fp32(hardswish_onnx, tmp_pat
 
 
 def test_latency_probe_off_keeps_the_recipes_flavour(hardswish_onnx, tmp_path):
-    from compress.search import search_int8
+    from compress.quantization.search import search_int8
 
     path, calib, val = hardswish_onnx
     cfg = QuantConfig(max_accuracy_drop=100.0, latency_search=False, activation_type="int8")

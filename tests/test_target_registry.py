@@ -76,7 +76,7 @@ def toy():
 
 
 def _cli_targets() -> list[str]:
-    from compress.cli import main
+    from compress.cli.main import main
 
     result = CliRunner().invoke(main, ["targets"], catch_exceptions=False)
     assert result.exit_code == 0, result.output

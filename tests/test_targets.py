@@ -26,8 +26,8 @@ def tiny_onnx(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
     """A tiny ResNet-style CNN (1 x 12 x 12 -> 3 classes): FP32 ONNX with a dynamic batch, and its QDQ INT8."""
     import torch
 
-    from compress.export import export_onnx
-    from compress.quantize import quantize_static_qdq
+    from compress.export.onnx_export import export_onnx
+    from compress.quantization.static import quantize_static_qdq
     from compress.recipe import QuantConfig
     from models import build_model
 

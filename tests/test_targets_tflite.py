@@ -129,6 +129,36 @@ def test_compile_module_writes_artifact_and_sidecar(tiny, tmp_path):
         assert r.predict(test_x[:1, 0]) in (["tl"], ["tr"], ["bottom"])
 
 
+def test_check_parity_on_zero_rows_is_skipped_with_its_reason(tiny, tmp_path):
+    from targets import tflite
+
+    model, _, test_x = tiny
+    path = tflite.convert_fp32(model, test_x[:1], tmp_path / "m.tflite")
+    parity = tflite.check_parity(model, path, test_x[:0])  # was: ValueError: need at least one array to concatenate
+    assert parity.ok and parity.samples == 0
+    recorded = parity.to_dict()
+    assert recorded["skipped"] == "parity not checked: no input rows to compare on"
+    assert recorded["max_abs_diff"] is None and recorded["top1_agreement"] is None and recorded["ok"] is True
+
+
+def test_compile_module_checks_on_the_rows_there_are(tiny, tmp_path):
+    """`check` without rows: parity on the calibration samples (real inputs); fewer rows than the fixed batch: on
+    those rows; check_samples 0: nothing to compare on, and the sidecar says parity was skipped."""
+    model, calib, test_x = tiny
+    target = get_target("mobile")
+    spec = TargetSpec("mobile", threads=1, options={"precision": "fp32", "batch": 4})
+    art = target.compile_module(model, spec, tmp_path / "empty", {}, calib=calib, check=test_x[:0])
+    assert art.metadata["parity_vs_torch"]["samples"] == len(calib)
+    art = target.compile_module(model, spec, tmp_path / "short", {}, calib=calib, check=test_x[:3])
+    assert art.metadata["parity_vs_torch"]["samples"] == 3 and art.metadata["parity_vs_torch"]["ok"]
+    spec = TargetSpec("mobile", threads=1, options={"precision": "fp32", "check_samples": 0})
+    art = target.compile_module(model, spec, tmp_path / "none", {}, calib=calib, check=test_x)
+    assert art.path.is_file()
+    side = json.loads((tmp_path / "none" / "model.tflite.meta.json").read_text())
+    assert side["parity_vs_torch"]["skipped"] == "parity not checked: no input rows to compare on"
+    assert side["parity_vs_torch"]["samples"] == 0
+
+
 @pytest.mark.parametrize("options, match", [
     ({"precision": "int4"}, r"mobile precision 'int4' unknown; known: fp32, fp16, dynamic-int8, int8"),
     ({"threads": 2}, r"unknown option\(s\) \['threads'\]; known: precision, "),

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from bench.datasets import Split
-from compress import prune, train
-from compress.distill import FeatureDistiller, kd_loss, make_kd_loss
+from compress.pruning import structured as prune
+from compress.training import loop as train
+from compress.distillation.losses import FeatureDistiller, kd_loss, make_kd_loss
 from common.errors import CompressError
 from compress.recipe import DistillConfig, PruneConfig
 from models import build_model

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from bench.text_data import EncodedSplit, TextSplit
-from compress import encoder_shrink as es, text_export as tx, text_quantize as tq, text_train as tt
-from compress.hf_adapters import load_checkpoint, save_checkpoint
+from compress.families.encoder import shrink as es
+from compress.families.encoder import export as tx
+from compress.families.encoder import quantize as tq
+from compress.families.encoder import training as tt
+from compress.families.encoder.hf_adapters import load_checkpoint, save_checkpoint
 from common.errors import CompressError, GateFailed
 from models.hf import word_level_tokenizer
 from models.transformer import EncoderConfig, build_encoder, count_parameters
@@ -225,7 +228,7 @@ def test_onnxruntime_fusion_fuses_every_attention_and_keeps_parity(trained, data
     dynamic INT8 runs the attention as QAttention and agrees with the fused FP32."""
     import onnx
 
-    from compress import ort_fusion
+    from compress.families.encoder import ort_fusion
 
     train, test = data
     student = es.prune_heads(trained, [3, 2])
@@ -255,7 +258,7 @@ def test_cpu_sessions_keep_residual_add_and_layernorm_apart(trained, tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from compress import ort_fusion
+    from compress.families.encoder import ort_fusion
     from runtime.onnx_backend import CPU_DISABLED_OPTIMIZERS
 
     raw, fused = tmp_path / "raw.onnx", tmp_path / "fused.onnx"
@@ -311,9 +314,9 @@ def test_the_int8_search_refuses_a_model_whose_outlier_features_collapse_int8(tr
     import copy
 
     from compress.recipe import QuantConfig
-    from compress.search import SearchFailed
-    from compress.families.encoder import TextData
-    from compress.text_quantize import search_dynamic_int8
+    from compress.quantization.search import SearchFailed
+    from compress.families.encoder.family import TextData
+    from compress.families.encoder.quantize import search_dynamic_int8
 
     _, test = data
     model = copy.deepcopy(trained)
@@ -400,7 +403,7 @@ def test_split_unsqueezes_gives_the_same_tensor_in_single_axis_steps():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from compress.ort_fusion import split_unsqueezes
+    from compress.families.encoder.ort_fusion import split_unsqueezes
 
     axes = numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes")
     neg = numpy_helper.from_array(np.array([-1, 0], dtype=np.int64), "neg")  # not ascending non-negative: kept

@@ -106,7 +106,7 @@ def test_two_csvs_split_as_before(tmp_path):
 def test_compress_run_with_one_csv_dumps_a_csv_recipe(tmp_path):
     from click.testing import CliRunner
 
-    from compress.cli import main
+    from compress.cli.main import main
 
     path = _one_csv(tmp_path)
     result = CliRunner().invoke(main, ["run", "--data", str(path), "--dump-config"], catch_exceptions=False)

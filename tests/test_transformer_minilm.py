@@ -29,7 +29,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def minilm():
-    from compress.hf_adapters import folder_tokenizer, load_folder_model, read_folder
+    from compress.families.encoder.hf_adapters import folder_tokenizer, load_folder_model, read_folder
     from models.hf import minilm_path
 
     spec = read_folder(minilm_path())
@@ -54,7 +54,7 @@ def test_encoder_matches_transformers_bertmodel(minilm):
 
 def test_minilm_onnx_parity_at_two_batches_and_two_lengths(minilm, tmp_path):
     from bench.text_data import EncodedSplit
-    from compress import text_export as tx
+    from compress.families.encoder import export as tx
 
     _, model, tok = minilm
     ids, mask = tok.encode(TEXTS * 2, pad_to="max_length")

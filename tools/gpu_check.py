@@ -35,9 +35,9 @@ def build(out: Path) -> dict[str, Path]:
     import numpy as np
     import torch
 
-    from compress.export import export_onnx
-    from compress.fp16 import convert_file
-    from compress.quantize import quantize_static_qdq
+    from compress.export.onnx_export import export_onnx
+    from compress.quantization.fp16 import convert_file
+    from compress.quantization.static import quantize_static_qdq
     from compress.recipe import QuantConfig
     from models import build_model
 

@@ -112,10 +112,10 @@ def ort_ops(path: Path) -> dict:
 
 
 def onnx_export(model, example: np.ndarray, path: Path) -> None:
-    """The toolkit's export settings (compress.export): dynamo, batch-2 example, dynamic batch, opset 18."""
+    """The toolkit's export settings (compress.export.onnx_export): dynamo, batch-2 example, dynamic batch, opset 18."""
     import torch
 
-    from compress.export import INPUT_NAME, OPSET, OUTPUT_NAME
+    from compress.export.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     with _quiet():
@@ -127,7 +127,7 @@ def onnx_export(model, example: np.ndarray, path: Path) -> None:
 
 
 def parity(model, path: Path, x: np.ndarray) -> dict:
-    """compress.export.check_parity's measure, against the torch model the ONNX came from (batch 1, 4, 64)."""
+    """compress.export.onnx_export.check_parity's measure, against the torch model the ONNX came from (batch 1, 4, 64)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.datasets import load_fashion_mnist
-    from compress.checkpoints import load_checkpoint
+    from compress.training.checkpoints import load_checkpoint
     from models import build_model
 
     torch.set_num_threads(2)

@@ -1,7 +1,7 @@
 """Labelled texts: the fine-food reviews shipped with the toolkit, or a user's CSV (one file, whose test rows are a
 seeded stratified 20 %, or train and test files).
 
-They arrive as text; the model family tokenizes them with its own tokenizer (compress.families.encoder)."""
+They arrive as text; the model family tokenizes them with its own tokenizer (compress.families.encoder.family)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -72,9 +72,9 @@ def for_arch(arch: str) -> ModelFamily:
 
 def _builtins() -> None:
     if "resnet-cnn" not in _FAMILIES:
-        from compress.families.encoder import ENCODER
-        from compress.families.image import IMAGE
-        from compress.families.onnx_model import ONNX_MODEL
+        from compress.families.encoder.family import ENCODER
+        from compress.families.image.family import IMAGE
+        from compress.families.onnx_model.family import ONNX_MODEL
 
         register(IMAGE)
         register(ENCODER)

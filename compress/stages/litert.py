@@ -43,7 +43,7 @@ def sibling(run):
 def conversions(run) -> list:
     """The sibling's candidates: baseline and student in FP32, both in the family's INT8 flavour, and for a
     static-INT8 family also the student's dynamic-range INT8."""
-    from compress.torch_compile import Conversion, plan
+    from compress.shipping.torch_compile import Conversion, plan
 
     q = run.recipe.quantize
     rows = plan(run.student_name, run.fp32_checkpoints, q.mode if q.enabled else None)
@@ -61,7 +61,7 @@ def enabled(run) -> bool:
 def execute(run):
     """Convert (cached like every stage) and return the record, or None when the stage is off."""
     from compress.stages.ship import sidecar
-    from compress.torch_compile import compile_stage
+    from compress.shipping.torch_compile import compile_stage
 
     other = sibling(run)
     if other is None:
@@ -75,7 +75,7 @@ def execute(run):
 def variants(run, record) -> list:
     import dataclasses
 
-    from compress.torch_compile import variants as rows_of
+    from compress.shipping.torch_compile import variants as rows_of
 
     return [dataclasses.replace(v, description=f"{v.description}, on LiteRT")
             for v in rows_of(conversions(run), record, run.out_dir, prefix=PREFIX)]

@@ -1,6 +1,6 @@
 """The tail of every run: bench the candidates, compile the fastest one within the run's accuracy budget for the
 target, write the reports. Targets that compile from an ONNX graph take the exported and INT8 files; those that
-convert the torch module themselves (mobile) convert each candidate first (compress.torch_compile)."""
+convert the torch module themselves (mobile) convert each candidate first (compress.shipping.torch_compile)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,12 +16,12 @@ def sidecar(run) -> dict[str, Any]:
 
 
 def finish(run) -> dict[str, Any]:
-    from compress.shipping import compile_stage, finish_report, onnx_candidates, ships_tensorrt
+    from compress.shipping.budget import compile_stage, finish_report, onnx_candidates, ships_tensorrt
     from compress.stages import litert
-    from compress.torch_compile import ship_stage
+    from compress.shipping.torch_compile import ship_stage
 
     if run.target.SOURCE == "torch":
-        from compress.torch_compile import run_torch_target
+        from compress.shipping.torch_compile import run_torch_target
 
         return run_torch_target(run, sidecar(run))
     family = run.family
@@ -57,7 +57,7 @@ def fp16_candidates(run, onnx: dict[str, Path]) -> tuple[dict[str, Path], dict[s
     student, each checked against its source on the family's check rows; a TensorRT target builds FP16 itself."""
     if not getattr(run.target, "FP16_CANDIDATES", False):
         return {}, {}
-    from compress.fp16 import candidates
+    from compress.quantization.fp16 import candidates
 
     names = [n for n in ("baseline", run.student_name) if n in onnx]
     return candidates({n: onnx[n] for n in names}, run.family.check_inputs(run))

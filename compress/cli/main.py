@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from common.errors import CompressError
-from compress.cli_options import RANK_ERRORS_ENV, device_options, friendly_errors
+from compress.cli.options import RANK_ERRORS_ENV, device_options, friendly_errors
 from targets import names as target_names  # not `import targets`: the `targets` command below takes that name
 
 
@@ -57,7 +57,7 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
 
     from compress.recipe import RecipeError, dump_recipe, load_recipe
 
-    from compress import cli_inputs
+    from compress.cli import inputs as cli_inputs
 
     recipe = load_recipe(cli_inputs.base_recipe(recipe_ref, model_factory, data_path))
     if target is not None and target not in target_names():  # the flag's message; a recipe's names target.name
@@ -93,7 +93,7 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
         return launch_distributed(nproc, recipe, target, out_dir, data_path)
     check_device(recipe.train.device, int(os.environ.get("WORLD_SIZE", "1")))
     from compress.pipeline import run as run_pipeline
-    from compress.shipping import BudgetMissed
+    from compress.shipping.budget import BudgetMissed
 
     try:
         report = run_pipeline(recipe, out_dir)
@@ -111,7 +111,7 @@ def check_device(setting: str, nproc: int) -> None:
 
     import torch
 
-    from compress import device, distributed
+    from compress.training import device, distributed
 
     available = torch.cuda.is_available()
     count = torch.cuda.device_count() if available else 0
@@ -127,7 +127,7 @@ def launch_distributed(nproc: int, recipe, target: str | None, out_dir: Path, da
     import subprocess
 
     from common.atomic import write_text
-    from compress.distributed import launch_command
+    from compress.training.distributed import launch_command
     from compress.driver import prepare_out_dir
     from compress.recipe import dump_recipe
 
@@ -220,7 +220,7 @@ def recipes() -> None:
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (bench and the CI gate)."""
     try:
-        from compress.cli_bench import bench, check
+        from compress.cli.bench import bench, check
     except ImportError:
         return
     main.add_command(bench)

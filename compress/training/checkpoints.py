@@ -13,7 +13,7 @@ from models import resize_to_state_dict
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     """Only rank 0 writes under torchrun; the other ranks hold the same weights."""
-    from compress import distributed
+    from compress.training import distributed
 
     if not distributed.is_main():
         return

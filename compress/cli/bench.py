@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli_options import device_options, friendly_errors
+from compress.cli.options import device_options, friendly_errors
 from common.errors import CompressError, GateFailed
 
 

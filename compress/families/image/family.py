@@ -57,8 +57,8 @@ class ImageClassifier:
 
     def given_logits(self, run, splits: dict) -> dict:
         """The pretrained model as given on unlabelled rows (split name -> logits); its classes from its weights."""
-        from compress import train
-        from compress.checkpoints import classes_in_weights, load_pretrained
+        from compress.training import loop as train
+        from compress.training.checkpoints import classes_in_weights, load_pretrained
 
         weights = run.recipe.model.weights
         classes = classes_in_weights(Path(weights), self.new_model(run, 2))
@@ -66,19 +66,19 @@ class ImageClassifier:
         return {name: train.predict_logits(model, x) for name, x in splits.items()}
 
     def load(self, run, path: Path):
-        from compress.checkpoints import load_checkpoint
+        from compress.training.checkpoints import load_checkpoint
 
         return load_checkpoint(self.new_model(run), path)
 
     def save(self, model, path: Path) -> None:
-        from compress.checkpoints import save_checkpoint
+        from compress.training.checkpoints import save_checkpoint
 
         save_checkpoint(model, path)
 
     def fit(self, run, model, epochs: float, lr: float, *, seed: int, label: str, precision: str | None = None,
             **teaching) -> list[float]:
         """`precision` None: the recipe's train.precision, which every training stage but QAT follows."""
-        from compress import train
+        from compress.training import loop as train
 
         t = run.recipe.train
         loop = train.LoopConfig(epochs, t.batch_size, lr, t.weight_decay, t.optimizer, t.label_smoothing,
@@ -87,12 +87,12 @@ class ImageClassifier:
 
     def device(self, run) -> str:
         """Where this run's training stages compute ("cpu", "cuda:0", ...): the recipe's train.device."""
-        from compress.device import for_run
+        from compress.training.device import for_run
 
         return for_run(run)
 
     def accuracy(self, run, model) -> float:
-        from compress.train import accuracy
+        from compress.training.loop import accuracy
 
         return accuracy(model, run.data.val, device=self.device(run))
 
@@ -101,13 +101,14 @@ class ImageClassifier:
 
     # -- train, shrink, distill -------------------------------------------------------------------
     def train(self, run, out: Path) -> dict[str, Any]:
-        from compress import prune, train
+        from compress.pruning import structured as prune
+        from compress.training import loop as train
 
         r = run.recipe
         train.seed_everything(r.seed)
         model = self.new_model(run)
         if r.model.weights:
-            from compress.checkpoints import load_pretrained
+            from compress.training.checkpoints import load_pretrained
 
             load_pretrained(model, Path(r.model.weights))
         curve = [] if r.train.epochs == 0 else self.fit(run, model, r.train.epochs, r.train.lr, seed=r.seed,
@@ -124,7 +125,9 @@ class ImageClassifier:
         ablation's "pruned" row. `raw_out` keeps the weights before that fine-tuning, where distillation starts."""
         import torch
 
-        from compress import prune, train
+        from compress.pruning import structured as prune
+
+        from compress.training import loop as train
 
         r, data, p = run.recipe, run.data, run.recipe.prune
         train.seed_everything(r.seed)
@@ -162,8 +165,10 @@ class ImageClassifier:
         `distill.feature_weight` > 0)."""
         import torch
 
-        from compress import prune, train
-        from compress.distill import FeatureDistiller, make_kd_loss
+        from compress.pruning import structured as prune
+
+        from compress.training import loop as train
+        from compress.distillation.losses import FeatureDistiller, make_kd_loss
 
         r, d = run.recipe, run.recipe.distill
         train.seed_everything(r.seed)
@@ -188,7 +193,7 @@ class ImageClassifier:
 
     # -- export and INT8 --------------------------------------------------------------------------
     def export(self, run, model, path: Path) -> dict[str, Any]:
-        from compress import export
+        from compress.export import onnx_export as export
 
         export.export_onnx(model, run.data.calib.x, path)
         return export.check_parity(model, path, run.data.val.x[:512], atol=run.recipe.target.parity_atol).to_dict()
@@ -200,9 +205,9 @@ class ImageClassifier:
 
         from bench.accuracy import predict
         from common.compare import top1_agreement
-        from compress import quantize
+        from compress.quantization import static as quantize
         from compress.driver import WORKDIR_PREFIX
-        from compress.search import search_int8
+        from compress.quantization.search import search_int8
         from runtime import load
 
         data, q = run.data, run.recipe.quantize
@@ -223,8 +228,10 @@ class ImageClassifier:
         return {"source": source, "val_top1_agreement_vs_fp32": agreement, "ops": quantize.op_precision(out), **extra}
 
     def qat(self, run, checkpoint: Path, workdir: Path) -> Path:
-        from compress import export, qat, train
-        from compress.distill import make_kd_loss
+        from compress.export import onnx_export as export
+        from compress.quantization import qat
+        from compress.training import loop as train
+        from compress.distillation.losses import make_kd_loss
         from compress.driver import log
 
         r = run.recipe

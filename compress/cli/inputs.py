@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from compress.recipe_loading import RecipeError
+from compress.recipe.loading import RecipeError
 
 TEXT_RECIPE = "minilm-sentiment"
 
@@ -62,7 +62,7 @@ def sets_epochs(recipe_ref: str | None) -> bool:
     """Whether the user's own recipe file names train.epochs (a built-in recipe's epochs are for training from
     scratch, not for fine-tuning a model that comes trained)."""
     from compress.recipe import builtin_recipes
-    from compress.recipe_loading import parse_yaml
+    from compress.recipe.loading import parse_yaml
 
     if recipe_ref is None or recipe_ref in builtin_recipes() or not Path(recipe_ref).is_file():
         return False

@@ -101,11 +101,11 @@ def fit_text(model: EncoderClassifier, data: EncodedSplit, cfg: TextLoopConfig, 
     """Train in place with AdamW and linear warm-up/decay over length-bucketed, dynamically padded batches.
 
     With `teacher_logits` (one row per training row, e.g. from `predict_text_logits(teacher, data)`), the loss
-    is distillation (`compress.distill.kd_loss`); precomputing them saves a teacher forward per step.
+    is distillation (`compress.distillation.losses.kd_loss`); precomputing them saves a teacher forward per step.
     Returns the mean loss of each tenth of training. The steps run on `device` (None or "cpu": the CPU, as
     before; batches from pinned memory on CUDA); the model is back on the CPU afterwards.
     """
-    from compress.device import placed
+    from compress.training.device import placed
 
     with placed(device, model):
         return _fit_text(model, data, cfg, seed, teacher_logits, teacher_hidden, hidden_weight, label, device)
@@ -113,8 +113,8 @@ def fit_text(model: EncoderClassifier, data: EncodedSplit, cfg: TextLoopConfig, 
 
 def _fit_text(model, data, cfg, seed, teacher_logits, teacher_hidden, hidden_weight, label, device) -> list[float]:
     from common.progress import progress_bar
-    from compress.device import to_device
-    from compress.distill import kd_loss, teacher_logits_tensor
+    from compress.training.device import to_device
+    from compress.distillation.losses import kd_loss, teacher_logits_tensor
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -203,7 +203,7 @@ def teacher_outputs(teacher: EncoderClassifier, data: EncodedSplit, layers: Sequ
                     batch_size: int = 64, device: str | None = None) -> tuple[np.ndarray, HiddenTargets]:
     """The teacher's logits and its hidden states at `layers` for every row (one pass, before distillation),
     computed on `device` (None: the CPU), returned as CPU arrays."""
-    from compress.device import placed, to_device
+    from compress.training.device import placed, to_device
 
     teacher.eval()
     logits = np.zeros((len(data), teacher.config.num_classes), np.float32)
@@ -225,7 +225,7 @@ def predict_text_logits(model: nn.Module, data: EncodedSplit, *, batch_size: int
                         device: str | None = None) -> np.ndarray:
     """Logits in the rows' order as CPU numpy, computed on `device` (None: the CPU); batches of similar length,
     each padded to its longest row."""
-    from compress.device import placed, to_device
+    from compress.training.device import placed, to_device
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return model(to_device(torch.from_numpy(ids), device), to_device(torch.from_numpy(mask), device)).cpu().numpy()

@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from compress.quantize import DEPTHWISE, QDQ_OPS, edges, hardswish_pairs, ort_quantizable_op_types
-from compress.search import NOISE, Candidate, latencies
+from compress.quantization.static import DEPTHWISE, QDQ_OPS, edges, hardswish_pairs, ort_quantizable_op_types
+from compress.quantization.search import NOISE, Candidate, latencies
 
 WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 # quantizable op types that cost nothing in INT8 (onnxruntime folds their Q/DQ or moves bytes only): never timed

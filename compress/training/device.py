@@ -11,7 +11,7 @@ import os
 import re
 from typing import Any, Iterator
 
-from compress.recipe_loading import RecipeError
+from compress.recipe.loading import RecipeError
 
 SETTINGS = "auto, cpu, cuda or cuda:N"
 _PATTERN = re.compile(r"^(auto|cpu|cuda)$|^cuda:(\d+)$")

@@ -284,9 +284,9 @@ class OnnxModel:
 
         from bench.accuracy import predict
         from common.compare import top1_agreement
-        from compress import quantize
+        from compress.quantization import static as quantize
         from compress.driver import WORKDIR_PREFIX
-        from compress.search import search_int8
+        from compress.quantization.search import search_int8
         from runtime import load
 
         data, q = run.data, run.recipe.quantize

@@ -1,5 +1,5 @@
 """Accuracy- and latency-aware INT8 search: try calibration methods, then keep the most sensitive layers in float,
-then time on this machine which op types and which activation flavour pay in INT8 (compress.int8_latency), and
+then time on this machine which op types and which activation flavour pay in INT8 (compress.quantization.latency), and
 ship the fastest candidate whose validation accuracy stays within the bar of its FP32 source."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 from common.compare import sqnr_db, top1_agreement
 from common.errors import GateFailed
 from compress.driver import log
-from compress.quantize import preprocess_for_quantization, quantizable_nodes, quantize_static_qdq
+from compress.quantization.static import preprocess_for_quantization, quantizable_nodes, quantize_static_qdq
 from compress.recipe import QuantConfig
 
 SMALL_VAL = 50  # fewer validation rows than this: one row moves accuracy by 2 pt or more; the log says so
@@ -41,7 +41,7 @@ class Candidate:
     agreement: float
     p50_ms: float = math.nan
     meets_bar: bool = False
-    float_op_types: tuple[str, ...] = ()  # op types kept in float (compress.quantize.float_op_settings)
+    float_op_types: tuple[str, ...] = ()  # op types kept in float (compress.quantization.static.float_op_settings)
     activation_type: str = ""  # uint8 (U8S8) or int8 (S8S8); empty: not static INT8
     sqnr_db: float = math.nan  # of the logits against the FP32 source, on the judged rows
     changes: int = 0  # departures from the recipe's plain PTQ (method, float layers/op types, flavour, QAT)
@@ -56,7 +56,7 @@ class SearchResult:
     fp32_p50_ms: float = math.nan  # the FP32 source, timed beside the candidates
     val_rows: int = 0  # rows the candidates were judged on (none of them used for calibration)
     judged_by: str = "labels"  # or "fp32 agreement": accuracy = top-1 agreement with the FP32 source
-    latency_probe: tuple[dict, ...] = ()  # what compress.int8_latency timed, and what it kept in float and why
+    latency_probe: tuple[dict, ...] = ()  # what compress.quantization.latency timed, and what it kept in float and why
 
     @property
     def fp32_is_faster(self) -> bool:
@@ -159,7 +159,7 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
     for a difference of a row or two. Fewer than SMALL_VAL rows are logged as such.
 
     With `cfg.search` and `cfg.latency_search`, once a PTQ or fallback candidate meets the bar (the first one is
-    the base) compress.int8_latency times the other activation flavour (U8S8 vs S8S8) and op-type groups kept in
+    the base) compress.quantization.latency times the other activation flavour (U8S8 vs S8S8) and op-type groups kept in
     float, on this machine, and adds the combination of what paid. Every candidate is timed again in the final
     interleaved run; a latency variant may ship only if the probe found it faster beyond the noise too (on a
     shared 2-core box one run alone flipped a tie into a 14 % win). `qat(workdir)`, when given, fine-tunes with
@@ -198,7 +198,7 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
     feeds = lambda r: {r.inputs[0].name: sample}  # noqa: E731
     base = next((c for c in candidates if c.meets_bar and c.name != "qat"), None)  # variants re-quantize `pre`
     if cfg.search and cfg.latency_search and base is not None:
-        from compress.int8_latency import latency_candidates
+        from compress.quantization.latency import latency_candidates
 
         probe = latency_candidates(base, evaluate, pre, feeds, threads)
     candidates, fp32_p50 = _time_structures(candidates, fp32_path, feeds, threads)

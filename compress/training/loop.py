@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.datasets import Split
-from compress.device import is_cuda, placed, to_device
-from compress.distill import teacher_logits_tensor
+from compress.training.device import is_cuda, placed, to_device
+from compress.distillation.losses import teacher_logits_tensor
 from common.errors import CompressError
 from common.progress import progress_bar
 
@@ -87,7 +87,7 @@ def _data_parallel(model: nn.Module, device: str | None) -> nn.Module:
 
     if is_cuda(device):
         return DistributedDataParallel(model, device_ids=[torch.device(device).index])
-    from compress import distributed
+    from compress.training import distributed
 
     if distributed.backend() == "nccl":
         raise CompressError("the process group is NCCL but training runs on the CPU; use --device cuda, or "
@@ -170,7 +170,7 @@ def fit(
     `device` ("cuda:0" ...; None or "cpu": the CPU, exactly as before) is where the steps run: the model and the
     teacher go there for the loop and come back to the CPU after it, so checkpoints hold CPU tensors.
     """
-    from compress import distributed
+    from compress.training import distributed
 
     with placed(device, model, teacher):
         if is_cuda(device):

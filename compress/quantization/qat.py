@@ -72,8 +72,8 @@ def prepare(model: nn.Module, calib: np.ndarray, *, device: str | None = None) -
 @torch.no_grad()
 def calibrate(qat: nn.Module, calib: np.ndarray, batch_size: int = 64, *, device: str | None = None) -> None:
     """Input ranges (min/max) of every fake-quantized layer over `calib`, observed on `device` (None: the CPU);
-    the model stays on the CPU. Training itself runs through `compress.train.fit(..., device=)`."""
-    from compress.device import placed, to_device
+    the model stays on the CPU. Training itself runs through `compress.training.loop.fit(..., device=)`."""
+    from compress.training.device import placed, to_device
 
     fakes = [m for m in qat.modules() if isinstance(m, _FakeQuant)]
     for m in fakes:

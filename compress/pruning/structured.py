@@ -95,7 +95,7 @@ def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, betwe
 def _taylor_gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: str | None) -> None:
     """The gradients Taylor importance reads (weight x gradient), from one batch's loss; computed on `device`, the
     model (gradients included) back on the CPU afterwards."""
-    from compress.device import placed, to_device
+    from compress.training.device import placed, to_device
 
     x, y = batch
     model.zero_grad()

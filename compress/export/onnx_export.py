@@ -50,7 +50,7 @@ def check_parity(model: nn.Module, onnx_path: Path, x: np.ndarray, *, atol: floa
     every batch size pooled); raise when max abs diff is beyond `atol`."""
     import onnxruntime as ort
 
-    from compress.train import predict_logits
+    from compress.training.loop import predict_logits
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     reference = predict_logits(model, x)

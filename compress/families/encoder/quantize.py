@@ -95,7 +95,7 @@ def check_int8(fp32_logits: np.ndarray, int8_logits: np.ndarray, y: np.ndarray, 
     towards one class and accuracy falls to the majority rate. Agreement with FP32 and the accuracy drop
     both catch that; the message says which bar was missed.
     """
-    from compress.text_train import accuracy_of
+    from compress.families.encoder.training import accuracy_of
 
     pred_q = int8_logits.argmax(1)
     share = float(np.bincount(pred_q).max() / len(pred_q))
@@ -144,11 +144,11 @@ def search_dynamic_int8(fp32_path: Path, out_path: Path, data, q, workdir: Path,
     printed, and SearchFailed raised.
 
     `data` is anything with `val` and `test` (`bench.text_data.EncodedSplit`) and `max_length`, such as
-    `compress.families.encoder.TextData`.
+    `compress.families.encoder.family.TextData`.
     """
     from bench.accuracy import latency_feeds, predict_split
-    from compress.search import Candidate, SearchFailed, SearchResult, _copy, choose, format_table, latencies
-    from compress.text_train import accuracy_of
+    from compress.quantization.search import Candidate, SearchFailed, SearchResult, _copy, choose, format_table, latencies
+    from compress.families.encoder.training import accuracy_of
     from runtime import load
 
     def val_logits(path: Path) -> np.ndarray:

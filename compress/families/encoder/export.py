@@ -24,7 +24,7 @@ OPSET = 18
 def export_text_onnx(model: EncoderClassifier, path: Path, *, example_length: int = 16) -> None:
     """Dynamo export with dynamic batch and sequence axes, from a batch-2 example (batch 1 fixes the axis)."""
     from common.atomic import atomic_path
-    from compress.export import _quiet
+    from compress.export.onnx_export import _quiet
 
     model = model.eval()
     ids = torch.full((2, example_length), 5, dtype=torch.long)  # any in-range id: only shapes are traced

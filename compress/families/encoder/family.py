@@ -1,5 +1,5 @@
 """The BERT-style text encoder family: a pretrained Hugging Face folder (all-MiniLM-L6-v2 by default; BERT,
-DistilBERT or RoBERTa, read into the one reference encoder by `compress.hf_adapters`, its classification head kept
+DistilBERT or RoBERTa, read into the one reference encoder by `compress.families.encoder.hf_adapters`, its classification head kept
 when it fits the data) or a randomly initialised encoder on a word-level vocabulary. It fine-tunes with AdamW on
 length-bucketed batches, shrinks by dropping layers, heads, FFN neurons and unused vocabulary, distills on logits
 (and hidden states), and quantizes to dynamic INT8; the shipped model carries its tokenizer."""
@@ -54,7 +54,7 @@ def tokenize(recipe, texts, folder: Path | None) -> TextData:
     labels, order = texts.labels, None
     try:
         if folder is not None:
-            from compress.hf_adapters import folder_tokenizer, max_positions, read_folder
+            from compress.families.encoder.hf_adapters import folder_tokenizer, max_positions, read_folder
 
             spec = read_folder(folder)
             if d.max_length > max_positions(spec):
@@ -75,9 +75,9 @@ def tokenize(recipe, texts, folder: Path | None) -> TextData:
 
 
 def _head_labels(spec, labels: tuple[str, ...]):
-    """(labels, order) for a folder (`compress.hf_adapters.head_label_order`), with one log line on the head."""
+    """(labels, order) for a folder (`compress.families.encoder.hf_adapters.head_label_order`), with one log line on the head."""
     from compress.driver import log
-    from compress.hf_adapters import head_label_order, keeps_head
+    from compress.families.encoder.hf_adapters import head_label_order, keeps_head
 
     if not spec.head_labels:
         return labels, None
@@ -122,7 +122,7 @@ class TextEncoder:
             raise RecipeError("train.precision bf16 is for CNN recipes in this version; Transformers train in fp32")
         m = recipe.model
         if m.pretrained and m.path and (Path(m.path) / "config.json").is_file():  # a folder of the wrong kind:
-            from compress.hf_adapters import read_folder  # refused before any work (a missing one: at prepare)
+            from compress.families.encoder.hf_adapters import read_folder  # refused before any work (a missing one: at prepare)
 
             try:
                 read_folder(m.path)
@@ -131,7 +131,7 @@ class TextEncoder:
 
     # -- model and data ---------------------------------------------------------------------------
     def prepare(self, recipe, raw) -> TextData:
-        from compress import distributed
+        from compress.training import distributed
 
         if distributed.world_size() > 1:
             raise CompressError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
@@ -148,7 +148,7 @@ class TextEncoder:
         m, data = run.recipe.model, run.data
         folder = model_folder(run.recipe)
         if folder is not None:
-            from compress.hf_adapters import load_folder_model, read_folder
+            from compress.families.encoder.hf_adapters import load_folder_model, read_folder
 
             return load_folder_model(read_folder(folder), num_classes=data.num_classes, pooling=m.pooling,
                                      seed=run.recipe.seed)
@@ -158,17 +158,17 @@ class TextEncoder:
         return build_encoder(cfg, seed=run.recipe.seed)
 
     def load(self, run, path: Path):
-        from compress.hf_adapters import load_checkpoint
+        from compress.families.encoder.hf_adapters import load_checkpoint
 
         return load_checkpoint(path)
 
     def save(self, model, path: Path) -> None:
-        from compress.hf_adapters import save_checkpoint
+        from compress.families.encoder.hf_adapters import save_checkpoint
 
         save_checkpoint(model, path)
 
     def fit(self, run, model, split, epochs: float, lr: float, *, seed: int, label: str, **teaching) -> list[float]:
-        from compress.text_train import TextLoopConfig, fit_text
+        from compress.families.encoder.training import TextLoopConfig, fit_text
 
         t, kd = run.recipe.train, {k: teaching.pop(k) for k in ("temperature", "alpha") if k in teaching}
         loop = TextLoopConfig(epochs=epochs, batch_size=t.batch_size, lr=lr, weight_decay=t.weight_decay, **kd)
@@ -176,12 +176,12 @@ class TextEncoder:
 
     def device(self, run) -> str:
         """Where this run's training stages compute ("cpu", "cuda:0", ...): the recipe's train.device."""
-        from compress.device import for_run
+        from compress.training.device import for_run
 
         return for_run(run)
 
     def accuracy(self, run, model) -> float:
-        from compress.text_train import accuracy_of, predict_text_logits
+        from compress.families.encoder.training import accuracy_of, predict_text_logits
 
         return accuracy_of(predict_text_logits(model, run.data.val, device=self.device(run)), run.data.val.y)
 
@@ -205,9 +205,9 @@ class TextEncoder:
         return bool(p.enabled and (p.layers or p.ratio > 0 or p.heads_ratio > 0 or p.vocab))
 
     def prune(self, run, raw_out: Path, pruned_out: Path) -> dict[str, Any]:
-        """Layers, heads, FFN neurons and vocabulary (compress.encoder_shrink), then fine-tuning without a
+        """Layers, heads, FFN neurons and vocabulary (compress.families.encoder.shrink), then fine-tuning without a
         teacher when `prune.finetune_epochs` > 0 (the ablation's "pruned" row)."""
-        from compress.encoder_shrink import oov_rate, shrink_encoder
+        from compress.families.encoder.shrink import oov_rate, shrink_encoder
 
         r, data, p = run.recipe, run.data, run.recipe.prune
         raw, info, keep_ids = shrink_encoder(run.teacher, p, data.train, data.tokenizer.special, seed=r.seed + 6,
@@ -226,7 +226,7 @@ class TextEncoder:
     def distill(self, run, source: Path, out: Path) -> dict[str, Any]:
         """Logit distillation from the fine-tuned model, on the training texts plus `distill.augment` cropped
         copies labelled by the teacher, and hidden-state matching when `distill.feature_weight` > 0."""
-        from compress import text_train as tt
+        from compress.families.encoder import training as tt
 
         r, d, teacher, data = run.recipe, run.recipe.distill, run.teacher, run.data
         student = self.load(run, source)
@@ -257,8 +257,8 @@ class TextEncoder:
     def export(self, run, model, path: Path) -> dict[str, Any]:
         """ONNX with dynamic batch and sequence axes (attention fused by ONNX Runtime's transformer optimizer
         when `target.ort_fusion`), checked against torch at two sequence lengths."""
-        from compress import ort_fusion
-        from compress.text_export import check_text_parity, export_text_onnx
+        from compress.families.encoder import ort_fusion
+        from compress.families.encoder.export import check_text_parity, export_text_onnx
 
         t, length = run.recipe.target, run.data.max_length
         export_text_onnx(model, path)
@@ -275,7 +275,7 @@ class TextEncoder:
         import tempfile
 
         from compress.driver import WORKDIR_PREFIX
-        from compress.text_quantize import op_counts, quantize_dynamic_int8, search_dynamic_int8, val_agreement
+        from compress.families.encoder.quantize import op_counts, quantize_dynamic_int8, search_dynamic_int8, val_agreement
 
         threads = run.recipe.bench.threads
         if tuned:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import targets
-from compress.recipe_loading import RecipeError, build, parse_yaml  # noqa: F401 - RecipeError is re-exported
+from compress.recipe.loading import RecipeError, build, parse_yaml  # noqa: F401 - RecipeError is re-exported
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPES_DIR = Path(__file__).parent.parent / "recipes"
 DEFAULT_RECIPE = "cnn-fashion"
 
 
@@ -159,12 +159,12 @@ class TrainConfig:
     # autocast on CPUs with native bf16 (AVX512-BF16, AMX) or on CUDA: 1.75x per step for the default CNN;
     # elsewhere (AVX2 ...) float32, as fp32 does
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"key_omits_default": True})
-    # where every training stage runs (compress.device): auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda,
+    # where every training stage runs (compress.training.device): auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda,
     # cuda:N; under torchrun rank r uses GPU LOCAL_RANK. In no cache key: a GPU's figures match the CPU's within noise
     device: str = field(default="auto", metadata={"key_omits_default": True, "key_ignores": True})
 
     def __post_init__(self) -> None:
-        from compress.device import check_setting
+        from compress.training.device import check_setting
 
         _positive("train", batch_size=self.batch_size, lr=self.lr)  # epochs 0: the (pretrained) model as given
         _non_negative("train", epochs=self.epochs, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing)
@@ -225,7 +225,7 @@ class QuantConfig:
     max_accuracy_drop: float = 0.5  # percentage points of validation accuracy below the FP32 source
     search: bool = True  # try other calibration methods, then float fallback of the most sensitive layers
     # with search: time on the target both activation flavours (uint8 U8S8 / int8 S8S8) and op-type groups kept in
-    # float (compress.int8_latency); what INT8 makes slower stays float. false: activation_type as given, no probe
+    # float (compress.quantization.latency); what INT8 makes slower stays float. false: activation_type as given, no probe
     latency_search: bool = field(default=True, metadata={"key_omits_default": True})
     max_fallback_layers: int = 3
     qat_epochs: float = 0.5  # quantization-aware fine-tuning, tried only when PTQ and fallback miss the bar
@@ -243,7 +243,7 @@ class TargetConfig:
     name: str = "cpu"  # a registered target: targets.names() (`compress targets` lists them)
     parity_atol: float = 1e-4
     # Transformers on cpu: ONNX Runtime's transformer optimizer fuses attention and BiasGelu in every exported
-    # variant, baseline included (compress.ort_fusion); ignored by CNN recipes and other targets
+    # variant, baseline included (compress.families.encoder.ort_fusion); ignored by CNN recipes and other targets
     ort_fusion: bool = True
     # cpu: the runtime that may ship. onnxruntime (the promise: LiteRT candidates are built and timed beside it when
     # litert-torch is installed, and the summary says when one would be faster), litert (only LiteRT candidates

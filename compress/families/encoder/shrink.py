@@ -4,7 +4,7 @@ importance, vocabulary pruning with the id remap baked into the model, and `shri
 as a recipe's `prune` section asks. Every transform returns a new model and leaves its input untouched.
 
 Every Hugging Face type the family reads (BERT, DistilBERT, RoBERTa) arrives in this one layout
-(`compress.hf_adapters` maps their weights at load time), so nothing here depends on the folder's model type; the
+(`compress.families.encoder.hf_adapters` maps their weights at load time), so nothing here depends on the folder's model type; the
 vocabulary remap leaves each type's own tokenizer as it was (ids in, dropped ones read as its unknown token).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from bench.text_data import EncodedSplit, sorted_chunks
 from common.errors import CompressError
-from compress.text_train import predict_text_logits
+from compress.families.encoder.training import predict_text_logits
 from models.transformer import EncoderClassifier, count_parameters
 
 
@@ -139,15 +139,15 @@ def taylor_scores(model: EncoderClassifier, data: EncodedSplit, *, teacher_logit
     needs to reproduce the teacher; cross-entropy to the labels otherwise. Returns (head scores, FFN scores), CPU
     tensors; the passes run on `device` (None: the CPU) and the model is back on the CPU afterwards.
     """
-    from compress.device import placed
+    from compress.training.device import placed
 
     with placed(device, model):
         return _taylor_scores(model, data, teacher_logits, batch_size, device)
 
 
 def _taylor_scores(model, data, teacher_logits, batch_size, device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    from compress.device import to_device
-    from compress.distill import teacher_logits_tensor
+    from compress.training.device import to_device
+    from compress.distillation.losses import teacher_logits_tensor
 
     soft = None if teacher_logits is None else to_device(teacher_logits_tensor(teacher_logits, len(data)), device)
     layers = model.encoder.layer

@@ -42,7 +42,7 @@ def init(device: str = "auto") -> None:
 
     if dist.is_initialized():
         return
-    from compress.device import check_ranks, current
+    from compress.training.device import check_ranks, current
 
     available = torch.cuda.is_available()
     chosen = check_ranks(world_size(), device, cuda_available=available,

@@ -1,0 +1,1 @@
+"""Knowledge distillation: the losses and the teacher's precomputed soft targets."""

@@ -1,0 +1,1 @@
+"""torch -> ONNX, each export checked against its torch model before it is called done."""

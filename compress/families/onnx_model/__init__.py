@@ -1,0 +1,1 @@
+"""An ONNX file taken as given: the post-training path."""
