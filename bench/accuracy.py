@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.measure import (as_float_output, as_model_input, fixed_batch, image_feeds, model_feeds,  # noqa: F401
-                             predict, predict_arrays)
+from runtime.measure import predict, predict_arrays
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
 
@@ -24,7 +23,7 @@ def predict_split(runner, split, batch_size: int = 256) -> np.ndarray:
     batches of similar length, each padded only to its longest row), in the split's order."""
     if not is_text(split):
         return predict(runner, split.x, batch_size)
-    from bench.text_data import at_length, logits_by_length
+    from bench.data.tokens import at_length, logits_by_length
 
     length = fixed_length(runner)
     if length is not None:  # a fixed-shape artifact: every row cut or padded to its length
@@ -41,7 +40,7 @@ def latency_feeds(split, batch: int, input_name: str, seq_length: int | None = N
     """A batch of real rows for timing: images repeated to `batch`; text rows cut or padded to `seq_length`."""
     if not is_text(split):
         return {input_name: np.ascontiguousarray(np.resize(split.x, (batch, *split.x.shape[1:])))}
-    from bench.text_data import at_length
+    from bench.data.tokens import at_length
 
     rows = split.take(np.resize(np.arange(len(split)), batch), crop=False)
     rows = at_length(rows, seq_length or split.input_ids.shape[1])

@@ -194,7 +194,7 @@ class SshDevice:
     def measure(self, variants: list, split, heldout_extra, *, batch_sizes: tuple[int, ...], warmup: int,
                 runs: int, rounds: int, threads: int):
         """bench.report.Measured for `variants`, scored on `split` (+ `heldout_extra`) and timed on the device."""
-        from bench.report import RUNTIME_NAMES, Measured, provider_fields
+        from bench.variants import RUNTIME_NAMES, Measured, provider_fields
 
         if hasattr(split, "input_ids"):
             raise DeviceError("--on benches one-input models (images, model-ready rows) in this version; bench text "

@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 import math
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from runtime import environment
-from bench.accuracy import (as_model_input, discordant_counts, fixed_batch, latency_feeds, paired_drop_interval,
-                            predict_split)
+from bench.accuracy import discordant_counts, latency_feeds, paired_drop_interval, predict_split
 from bench.formatting import (budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, metric_word,
                               peak_rss)
 from bench.latency import summarize
-from runtime.measure import interleaved_blocks, timed_batches
+from bench.variants import CPU_PROVIDER, CUDA_PROVIDER, RUNTIME_NAMES, Measured, Variant, provider_fields
+from runtime.measure import as_model_input, fixed_batch, interleaved_blocks, timed_batches
 from runtime.memory import measure_peak_rss
 from common.compare import sqnr_db, top1_agreement
 
@@ -26,20 +23,6 @@ CANDIDATE = "compressed"
 UNLABELLED = ", unlabelled: agreement = top-1 agreement with the baseline"
 ACCURACY_METRIC = {"labels": "accuracy", "baseline": "top1_agreement_vs_baseline"}
 
-RUNTIME_NAMES = {"tflite": "litert"}  # a runner's backend -> the runtime the report names
-CPU_PROVIDER = "CPUExecutionProvider"
-CUDA_PROVIDER = "CUDAExecutionProvider"
-
-
-def provider_fields(used: list[str] | None, wanted) -> dict[str, Any]:
-    """A row's `provider` (the first the session really used, `used`; "CPU" for a runtime without providers, LiteRT)
-    and, when the bench asked for another provider than the CPU (`wanted`, the target's), whether it fell back to it."""
-    used = list(used or [])
-    out: dict[str, Any] = {"provider": used[0] if used else "CPU", "providers": used or ["CPU"]}
-    if used and wanted and wanted[0] != CPU_PROVIDER:
-        out["fell_back_to_cpu"] = used[0] == CPU_PROVIDER
-    return out
-
 
 def runtime_cell(row: dict[str, Any]) -> str:
     """The tables' runtime column: the row's runtime, with the provider that ran it when a GPU provider was asked
@@ -50,38 +33,6 @@ def runtime_cell(row: dict[str, Any]) -> str:
         return runtime
     return f"{runtime} (CPU fallback)" if row["fell_back_to_cpu"] else \
         f"{runtime} ({row['provider'].removesuffix('ExecutionProvider')})"
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    path: Path
-    precision: str
-    description: str = ""
-    # files fixed to one batch size each (a .tflite converted per bench batch): batch -> file; `path` is one of them
-    per_batch: dict[int, Path] | None = None
-
-    def path_at(self, batch: int) -> Path:
-        return self.per_batch[batch] if self.per_batch else self.path
-
-    def runs_at(self, batch: int, fixed: int | None) -> bool:
-        """Whether this variant can be timed at `batch` (`fixed`: the batch its `path` is fixed to, or None)."""
-        if self.per_batch:
-            return batch in self.per_batch
-        return fixed is None or fixed == batch
-
-
-@dataclass
-class Measured:
-    """What a bench measured where the variants ran (here, or on a device over SSH), before any statistics."""
-
-    logits: dict[str, Any]  # variant -> float logits on the split's rows
-    extra_logits: dict[str, Any]  # variant -> logits on the held-out extra rows (validation), when given
-    fields: dict[str, dict[str, Any]]  # variant -> runtime, provider(s) and the like, as the row reports them
-    blocks: dict[int, dict[str, list]]  # batch -> variant -> per-round arrays of per-call times (ms)
-    memory: dict[str, dict[str, float] | None]  # variant -> peak RSS at `top`
-    top: int  # the batch the memory was measured at
-    measured_on: dict[str, Any] | None = None  # the device's environment, when not this machine
 
 
 def bench_variants(variants: list[Variant], split, *, batch_sizes: tuple[int, ...], warmup: int, runs: int,

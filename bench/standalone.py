@@ -17,9 +17,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime import environment
-from bench.datasets import Split, holds_images
+from bench.data.splits import Split
 from bench.formatting import drop_interval, fmt_bytes, memory_batch, metric_word, peak_rss
-from bench.report import SCHEMA_VERSION, Variant, bench_variants, compare
+from bench.report import SCHEMA_VERSION, bench_variants, compare
+from bench.variants import Variant
 from common.errors import CompressError
 
 SYNTHETIC_SAMPLES = 64
@@ -57,25 +58,22 @@ def load_split(data: str | None, limit: int | None, input_shape: tuple, dtype: n
                metadata: dict | None = None) -> tuple[Split, dict, bool]:
     """The evaluation split: Fashion-MNIST's test split, an .npz's rows (`x`, and `y` for accuracy), a folder of
     images (preprocessed as the first artifact's sidecar says; class sub-folders for accuracy), or synthetic inputs
-    (no accuracy) when data is None. Unlabelled rows come back with `y` None."""
-    if data is not None and data.endswith(".npz"):
-        return npz_split(Path(data), limit)
-    if data is not None and data != "fashion-mnist" and holds_images(Path(data)):
-        return image_split(Path(data), limit, metadata or {}, input_shape)
-    if data is not None:
-        from bench.datasets import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, DatasetError, load_fashion_mnist_raw,
-                                    normalize_images)
+    (no accuracy) when data is None. The path's kind is recognised by bench.data.files. Unlabelled rows come back
+    with `y` None."""
+    if data is None:
+        return synthetic_split(input_shape, dtype)
+    from bench.data.files import path_kind
+    from bench.data.idx import FASHION_MNIST_DIR
 
-        try:
-            raw = load_fashion_mnist_raw(None if data == "fashion-mnist" else data)
-        except DatasetError as e:
-            raise BenchError(str(e)) from None
-        images, labels = raw["test_images"], raw["test_labels"]
-        if limit:
-            images, labels = images[:limit], labels[:limit]
-        digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + labels.tobytes()).hexdigest()[:16]
-        split = Split(normalize_images(images, FASHION_MNIST_MEAN, FASHION_MNIST_STD), labels)
-        return split, {"name": "fashion-mnist", "split": "test", "samples": len(split), "fingerprint": digest}, True
+    path = FASHION_MNIST_DIR if data == "fashion-mnist" else Path(data)
+    kind = path_kind(path)
+    if kind == "csv":
+        raise BenchError(f"--data {path}: compress bench scores arrays or images, not texts; pass a text model's "
+                         "tokenized inputs with --inputs (latency only)")
+    return file_split(path, kind, limit, metadata or {}, input_shape)
+
+
+def synthetic_split(input_shape: tuple, dtype: np.dtype) -> tuple[Split, dict, bool]:
     dims = list(input_shape)
     if any(d is None for d in dims[1:]):
         raise BenchError(f"the first artifact's input has dynamic dimensions {dims}; pass --data so that real "
@@ -85,22 +83,6 @@ def load_split(data: str | None, limit: int | None, input_shape: tuple, dtype: n
     split = Split(x, np.zeros(SYNTHETIC_SAMPLES, dtype=np.int64))
     return split, {"name": "synthetic", "split": "random normal inputs (no accuracy)", "samples": SYNTHETIC_SAMPLES,
                    "fingerprint": None}, False
-
-
-def npz_split(path: Path, limit: int | None) -> tuple[Split, dict, bool]:
-    """`x` (model-ready rows) and optional `y` (int labels) from an .npz, read as a run reads it; (split, dataset
-    info, labelled)."""
-    from bench.datasets import DatasetError, read_npz
-
-    try:
-        x, y, _ = read_npz(path)
-    except DatasetError as e:
-        raise BenchError(f"--data {e}") from None
-    x, y = (x[:limit], None if y is None else y[:limit]) if limit else (x, y)
-    digest = hashlib.sha256(x.tobytes() + (b"" if y is None else y.tobytes())).hexdigest()[:16]
-    info = {"name": path.name, "split": "all rows" if y is not None else "all rows, unlabelled", "samples": len(x),
-            "fingerprint": digest}
-    return Split(x, y), info, y is not None
 
 
 def bench_image_spec(path: Path, metadata: dict, input_shape: tuple):
@@ -119,35 +101,51 @@ def bench_image_spec(path: Path, metadata: dict, input_shape: tuple):
     return ImageSpec((dims[1], dims[2]), round(min(dims[1:]) / CROP_FRACTION), IMAGENET_MEAN, IMAGENET_STD)
 
 
-def image_split(path: Path, limit: int | None, metadata: dict, input_shape: tuple) -> tuple[Split, dict, bool]:
-    """The images of a folder (`limit`: a seeded sample of them), preprocessed as the artifact's sidecar declares, or
-    ImageNet's way at the model's input size for a file without one; class sub-folders are matched to the
-    sidecar's label names (or taken in name order when it has none)."""
-    from bench.datasets import DatasetError, find_images, read_pixels
+def file_split(path: Path, kind: str, limit: int | None, metadata: dict,
+               input_shape: tuple) -> tuple[Split, dict, bool]:
+    """The rows at `path` as bench.data.files reads them (`limit`: the first rows; of an image folder, whose files
+    come class by class, a seeded sample); (split, dataset info, labelled). An .npz's `x` is model-ready, read as a
+    run reads it; images are preprocessed as the artifact's sidecar declares (ImageNet's way at the model's input
+    size without one); IDX files are Fashion-MNIST's test split, standardised as a run standardises it."""
+    from bench.data.files import read_data_file
+    from bench.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    from bench.data.images import read_pixels
+    from bench.data.splits import DatasetError, normalize_images
 
-    spec = bench_image_spec(path, metadata, input_shape)
+    spec = bench_image_spec(path, metadata, input_shape) if kind == "images" else None
     try:
-        files, labels, classes = find_images(path)
-        keep = np.sort(np.random.default_rng(0).permutation(len(files))[:limit]) if limit else np.arange(len(files))
-        files, labels = [files[i] for i in keep], None if labels is None else labels[keep]
-        x = read_pixels(files, spec)
+        found = read_data_file(path, kind=kind, split="test")
+        if limit:
+            found = found.take(np.sort(np.random.default_rng(0).permutation(len(found))[:limit])
+                               if kind == "images" else slice(None, limit))
+        x = read_pixels(found.rows, spec) if kind == "images" else found.rows
     except DatasetError as e:
-        raise BenchError(str(e)) from None
-    names = metadata.get("labels") or list(classes)
-    if labels is not None:
-        unknown = sorted(set(classes) - set(names))
-        if unknown:
-            raise BenchError(f"--data {path}: class folders {', '.join(unknown[:5])} are not among the model's labels")
-        labels = np.asarray([names.index(classes[i]) for i in labels], np.int64)
-    digest = hashlib.sha256(x.tobytes() + (b"" if labels is None else labels.tobytes())).hexdigest()[:16]
-    info = {"name": path.name, "split": "all images" if labels is not None else "all images, unlabelled",
-            "samples": len(x), "fingerprint": digest}
-    return Split(x, labels), info, labels is not None
+        raise BenchError(f"--data {e}" if kind == "npz" else str(e)) from None
+    y = class_ids(path, found, metadata) if kind == "images" else found.y
+    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes() + (b"" if y is None else y.tobytes())).hexdigest()
+    if kind == "idx":
+        x = normalize_images(x, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    what = {"npz": "all rows", "images": "all images", "idx": "test"}[kind]
+    info = {"name": "fashion-mnist" if kind == "idx" else path.name,
+            "split": what if y is not None else f"{what}, unlabelled", "samples": len(x), "fingerprint": digest[:16]}
+    return Split(x, y), info, y is not None
+
+
+def class_ids(path: Path, found, metadata: dict) -> np.ndarray | None:
+    """An image folder's labels as the model numbers its classes: by the sidecar's label names, or the class
+    folders in name order when it has none."""
+    if found.y is None:
+        return None
+    names = metadata.get("labels") or list(found.labels)
+    unknown = sorted(set(found.labels) - set(names))
+    if unknown:
+        raise BenchError(f"--data {path}: class folders {', '.join(unknown[:5])} are not among the model's labels")
+    return np.asarray([names.index(found.labels[i]) for i in found.y], np.int64)
 
 
 def agreement_split(split: Split, dataset: dict, baseline: Path, threads: int) -> tuple[Split, np.ndarray]:
     """Unlabelled rows labelled by the baseline's top-1: every accuracy becomes agreement with it."""
-    from bench.accuracy import predict
+    from runtime.measure import predict
     from runtime import load
 
     with load(baseline, threads=threads) as runner:
@@ -266,7 +264,7 @@ def read_inputs(path: Path) -> dict[str, np.ndarray]:
 def input_feeds(specs, arrays: dict[str, np.ndarray], batch_sizes: tuple[int, ...], where: str) -> dict[int, dict]:
     """Batch size -> feeds for one model: each input's array by name, repeated or cut to the batch along its first
     axis when every input's batch axis is dynamic; the arrays as given (their own batch) otherwise."""
-    from bench.accuracy import as_model_input
+    from runtime.measure import as_model_input
 
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:

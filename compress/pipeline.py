@@ -52,18 +52,17 @@ def run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
 
 
 def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
-    from compress import data as data_sources
-    from compress import families
+    from compress.plugins import choose, learns_from_data
     from compress.stages import PIPELINE, label, ship
 
-    family = families.for_arch(recipe.model.arch)
-    recipe = getattr(family, "fit_data", lambda r: r)(recipe)  # a model that fixes its input (an ONNX file)
-    source = data_sources.get(recipe.data.dataset)
+    family = choose(recipe).family
+    recipe = family.fit_data(recipe)  # a model that fixes its input (an ONNX file)
+    source = choose(recipe).source
     target = usable_target(recipe.target.name, family.kind)
     require_runtime(recipe, target, family)
     check_bench_device(recipe, family)
     out_dir = prepare_out_dir(out_dir)
-    data = family.prepare(recipe, source.load(recipe))
+    data = family.prepare(recipe, source.load(recipe, learns_from_data(recipe, family)))
     log(family.describe_data(data))
     run_state = Run(recipe, out_dir, family, source, target, data)
     label.check(run_state)

@@ -100,8 +100,8 @@ class TextTokenizer:
         return ids, mask
 
     def encode_split(self, split, *, pad_to: str = "max_length"):
-        """A `bench.text_data.TextSplit` -> `EncodedSplit` (padded to max_length; training crops per batch)."""
-        from bench.text_data import EncodedSplit
+        """A `bench.data.splits.TextSplit` -> `EncodedSplit` (padded to max_length; training crops per batch)."""
+        from bench.data.tokens import EncodedSplit
 
         ids, mask = self.encode(split.texts, pad_to=pad_to)
         return EncodedSplit(ids, mask, split.y)

@@ -19,16 +19,28 @@ from runtime.runner import Runner, TensorSpec
 OPTIONS = ("threads",)
 
 
-def _import_interpreter():
+def _interpreter_module():
+    """`ai_edge_litert.interpreter`, or `tflite_runtime.interpreter` where a device has only that."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert import interpreter
     except ImportError:
         try:
-            from tflite_runtime.interpreter import Interpreter
+            from tflite_runtime import interpreter
         except ImportError:
             raise BackendMissing("no TFLite interpreter is installed (ai-edge-litert or tflite-runtime); "
                                  "pip install './runtime[litert]'") from None
-    return Interpreter
+    return interpreter
+
+
+def op_interpreter(path: Path):
+    """An allocated interpreter of the .tflite at `path` built without the default delegates (XNNPACK), so that
+    its ops and tensors (`_get_ops_details`, `get_tensor_details`) are the model's own: a delegate would replace
+    the ops it takes by one DELEGATE node. For reading a model's graph; inference goes through `TFLiteRunner`."""
+    lib = _interpreter_module()
+    interp = lib.Interpreter(model_path=str(path),
+                             experimental_op_resolver_type=lib.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    return interp
 
 
 def _first_line(e: BaseException) -> str:
@@ -70,7 +82,7 @@ class TFLiteRunner(Runner):
         reason = check_tflite_bytes(data)
         if reason:
             raise ArtifactError(f"artifact {self.path} is not a valid TFLite model: {reason}")
-        Interpreter = _import_interpreter()
+        Interpreter = _interpreter_module().Interpreter
         self._lock = threading.Lock()
         try:
             interp = Interpreter(model_content=data, num_threads=threads)

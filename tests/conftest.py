@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.datasets import FASHION_MNIST_DIR
+from bench.data.idx import FASHION_MNIST_DIR
 
 needs_fashion_mnist = pytest.mark.skipif(
     not FASHION_MNIST_DIR.is_dir(),

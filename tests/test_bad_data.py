@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bench.datasets import FASHION_MNIST_LABELS, DatasetError, read_idx, split_image_dataset
+from bench.data.idx import FASHION_MNIST_LABELS, read_idx
+from bench.data.splits import DatasetError, split_image_dataset
 from compress.cli.main import main
 
 

@@ -65,7 +65,7 @@ def _pretrained_convnet(tmp_path, suffix: str):
     """A small_convnet trained for three epochs on 3,000 training images, saved as a user would ship it."""
     import torch
 
-    from bench.datasets import load_fashion_mnist
+    from bench.data.idx import load_fashion_mnist
     from compress.training.loop import LoopConfig, fit, seed_everything
     from tests.toy_models import small_convnet
 
@@ -103,7 +103,7 @@ def test_pretrained_weights_are_the_baseline_as_given(tmp_path, suffix):
                             distill=dataclasses.replace(recipe.distill, epochs=0.2),
                             budget=dataclasses.replace(recipe.budget, allow_baseline=True, max_accuracy_drop=50.0))
     report = run(recipe, tmp_path / "out")
-    from bench.datasets import load_fashion_mnist
+    from bench.data.idx import load_fashion_mnist
 
     val = load_fashion_mnist(limit_train=3000, val_size=500, limit_test=1000).val
     train_stage = next(s for s in report["stages"] if s["name"] == "train")["metrics"]

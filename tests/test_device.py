@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.datasets import Split
+from bench.data.splits import Split
 from compress.training import device as dev
 from compress.recipe import Recipe, RecipeError, TrainConfig
 

@@ -191,7 +191,7 @@ def test_to_fp16_is_pure(tiny):
 
 def test_fp16_candidates_for_the_baseline_and_the_student(tiny, tmp_path):
     from compress.quantization.fp16 import candidates
-    from compress.shipping.budget import onnx_candidates
+    from compress.shipping.compile import onnx_candidates
 
     student = shutil.copyfile(tiny.fp32, tmp_path / "distilled.onnx")
     base = shutil.copyfile(tiny.fp32, tmp_path / "baseline.onnx")
@@ -251,7 +251,7 @@ def _row(name: str, p50: float, meets: bool, precision: str = "fp32") -> dict:
 
 
 def test_tensorrt_targets_ship_the_qdq_graph_whatever_the_host_timed():
-    from compress.shipping.budget import tensorrt_choice
+    from compress.shipping.compile import tensorrt_choice
 
     rows = [_row("baseline", 1.0, True), _row("distilled", 0.2, True), _row("int8", 3.0, True, "int8"),
             _row("distilled-int8", 5.0, True, "int8")]
@@ -271,7 +271,7 @@ def _fake_run(target_name: str) -> SimpleNamespace:
 
 
 def test_reports_say_where_latency_was_measured():
-    from compress.shipping.budget import latency_measured_on
+    from compress.shipping.report import latency_measured_on
 
     env = {"cpu": "Some CPU"}
     cpu_rows = [{"name": "baseline", "runtime": "onnxruntime", "provider": CPU}]
@@ -290,8 +290,9 @@ def test_reports_say_where_latency_was_measured():
 
 
 def _bench(tiny, providers=None):
-    from bench.datasets import Split
-    from bench.report import Variant, bench_variants
+    from bench.data.splits import Split
+    from bench.report import bench_variants
+    from bench.variants import Variant
 
     split = Split(tiny.rows[:48], np.arange(48) % 3)
     variants = [Variant("baseline", tiny.fp32, "fp32"), Variant("baseline-fp16", tiny.fp16, "fp16")]
@@ -413,7 +414,7 @@ def test_fp16_parity_on_cuda(tiny):
 def test_pipeline_reports_providers_and_ships_qdq_to_jetson(small_run, tmp_path):
     from compress.pipeline import run
     from compress.recipe import TargetConfig
-    from compress.shipping.budget import TENSORRT_RULE
+    from compress.shipping.compile import TENSORRT_RULE
     from tests.conftest import small_recipe
 
     cpu_report, out = small_run

@@ -67,8 +67,8 @@ def shapes_run(tmp_path_factory):
 
 
 def test_a_20_class_image_folder_trains_shrinks_and_ships_a_model_that_reads_files(shapes_run):
-    from bench.datasets import pool_splits
-    from bench.datasets import find_images
+    from bench.data.splits import pool_splits
+    from bench.data.images import find_images
     from runtime import load
 
     folder, out = shapes_run
@@ -101,8 +101,8 @@ def test_a_20_class_image_folder_trains_shrinks_and_ships_a_model_that_reads_fil
 
 
 def test_an_unlabelled_folder_is_scored_by_agreement_with_the_pretrained_model(tmp_path):
-    from bench.datasets import find_images, read_pixels
-    from bench.datasets import Split
+    from bench.data.images import find_images, read_pixels
+    from bench.data.splits import Split
     from runtime.images import ImageSpec
 
     labelled = write_folder(tmp_path / "labelled", classes=20, per_class=8, seed=1)
@@ -171,7 +171,8 @@ def test_an_onnx_model_takes_photos_at_its_own_input_size_and_is_judged_by_agree
     not the 224 default), the baseline's predictions stand in for labels, and what ships reads raw files."""
     import torch
 
-    from bench.datasets import Split, find_images, read_pixels
+    from bench.data.images import find_images, read_pixels
+    from bench.data.splits import Split
     from compress.training.loop import LoopConfig, fit, seed_everything
     from runtime import load
     from runtime.images import ImageSpec

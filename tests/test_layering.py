@@ -149,18 +149,111 @@ MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 400
 
 
-def test_the_pipeline_package_keeps_small_functions_and_modules():
-    """compress/ stays readable: no function over 80 lines, no module over 400 (the house rule of issue 18)."""
-    import ast
-
+def test_every_package_keeps_small_functions_and_modules():
+    """The house rule of issue 18, in every package of the product: no function over 80 lines, no module over 400."""
     too_long = []
-    for path in sorted((ROOT / "compress").rglob("*.py")):
-        source = path.read_text()
-        if source.count("\n") > MAX_MODULE_LINES:
-            too_long.append(f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines")
-        for node in ast.walk(ast.parse(source)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                length = node.end_lineno - node.lineno + 1
-                if length > MAX_FUNCTION_LINES:
-                    too_long.append(f"{path.relative_to(ROOT)}::{node.name}: {length} lines")
+    for package in PRODUCT:
+        for path in package_files(package):
+            source = path.read_text(encoding="utf-8")
+            if source.count("\n") > MAX_MODULE_LINES:
+                too_long.append(f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        too_long.append(f"{path.relative_to(ROOT)}::{node.name}: {length} lines")
     assert not too_long, too_long
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports, at module level or inside functions (`from a import b` counts
+    as importing a.b when b is a module, else a)."""
+    files = {module_name(p): p for p in package_files(package)}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for name, path in files.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                wanted = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(here.split(".")[: len(here.split(".")) - node.level + 1]) if node.level else ""
+                module = ".".join(p for p in (base, node.module or "") if p)
+                wanted = [f"{module}.{a.name}" if f"{module}.{a.name}" in files else module for a in node.names]
+            else:
+                continue
+            for target in wanted:
+                while target and target not in files:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each strongly connected group of more than one module (Tarjan), as a sorted list."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+@pytest.mark.parametrize("package", PRODUCT)
+def test_no_import_cycle_inside_a_package(package):
+    cycles = import_cycles(module_graph(package))
+    assert not cycles, f"{package}/ has import cycles (function-level imports included): {cycles}"
+
+
+def test_the_cycle_check_finds_a_cycle_through_a_function_level_import():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_cycles(graph) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _readme_layout() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("```\ncompress/", text.index("## Layout"))
+    return text[start : text.index("```", start + 3)]
+
+
+def test_the_readme_layout_names_every_folder_of_compress_and_no_other():
+    import re
+
+    lines = _readme_layout().splitlines()[2:]  # past the fence and the compress/ line
+    end = next(i for i, line in enumerate(lines) if not line.startswith(" "))  # where the compress/ subtree ends
+    named = {name for line in lines[:end] for name in re.findall(r"([a-z_]+)/", line[:NAME_COLUMN])}
+    folders = {p.name for p in (ROOT / "compress").rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    assert len(named) > 10, "the README's compress/ tree was not found"
+    assert named == folders, (f"README layout names {sorted(named - folders)} that are not folders of compress/, "
+                              f"and misses {sorted(folders - named)}")
+
+
+NAME_COLUMN = 26  # the README tree's names stand left of this column, their descriptions right of it

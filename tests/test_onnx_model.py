@@ -107,7 +107,9 @@ def test_an_onnx_model_on_npz_ships_int8_with_the_accuracy_it_reports(cnn, tmp_p
     shipped = next(v for v in report["variants"] if v["name"] == "compressed")
     # the fastest within the budget: INT8, or FP32 when a net this small runs faster that way
     assert shipped["precision"] in ("int8", "fp32") and shipped["shipped_from"] in acc
-    test = data_sources.get("npz").load(recipe).test
+    from compress.plugins import choose, learns_from_data
+
+    test = data_sources.get("npz").load(recipe, learns_from_data(recipe, choose(recipe).family)).test
     artifact = tmp_path / "out" / shipped["artifact"]
     with load(artifact) as runner:
         assert runner.inputs[0].name == "pixel_values"
@@ -127,7 +129,8 @@ def test_an_onnx_model_on_npz_ships_int8_with_the_accuracy_it_reports(cnn, tmp_p
 
 
 def test_bad_npz_files_are_one_line_errors(tmp_path):
-    from bench.datasets import DatasetError, read_npz
+    from bench.data.arrays import read_npz
+    from bench.data.splits import DatasetError
 
     cases = {"no-x": {"z": np.zeros((4, 2))}, "strings": {"x": np.array([["a", "b"]] * 4)},
              "short-y": {"x": np.zeros((4, 2)), "y": np.zeros(3, dtype=np.int64)},
@@ -144,9 +147,12 @@ def test_bad_npz_files_are_one_line_errors(tmp_path):
 def test_few_rows_split_proportionally_and_unlabelled_rows_have_no_y(cnn, tmp_path):
     """An ONNX model is taken as given: only calibration rows are kept back from the held-out ones (at most half)."""
     from compress.data.arrays import NPZ
+    from compress.plugins import choose, learns_from_data
 
     np.savez(tmp_path / "few.npz", x=cnn[1][:50])
-    data = NPZ.load(_recipe(cnn[0], tmp_path / "few.npz"))
+    recipe = _recipe(cnn[0], tmp_path / "few.npz")
+    assert not learns_from_data(recipe, choose(recipe).family)  # an ONNX model learns nothing from the rows
+    data = NPZ.load(recipe, learns=False)
     assert (len(data.train.x), len(data.val.x), len(data.test.x)) == (25, 13, 12)
     assert np.array_equal(data.calib.x, data.train.x)
     assert data.val.y is None and data.labels == () and not data.labelled

@@ -131,7 +131,7 @@ def candidate_accuracies(report) -> dict[str, float]:
 
 def test_shipped_artifact_runs_through_runtime_with_labels(small_run):
     import runtime
-    from bench.datasets import load_fashion_mnist_raw
+    from bench.data.idx import load_fashion_mnist_raw
 
     _, out = small_run
     raw = load_fashion_mnist_raw()

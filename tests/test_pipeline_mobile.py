@@ -22,7 +22,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def mobile_run(tmp_path_factory):
-    from bench.datasets import FASHION_MNIST_DIR
+    from bench.data.idx import FASHION_MNIST_DIR
     from compress.pipeline import run
 
     if not FASHION_MNIST_DIR.is_dir():

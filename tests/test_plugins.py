@@ -21,8 +21,8 @@ class Clusters:
     def check_recipe(self, data_config) -> None:
         return None
 
-    def load(self, recipe):
-        from bench.datasets import ImageDataset, Split
+    def load(self, recipe, learns: bool = True):
+        from bench.data.splits import ImageDataset, Split
 
         rng = np.random.default_rng(recipe.seed)
         centres = rng.normal(0, 1.0, (4, 16)).astype(np.float32)
@@ -92,10 +92,11 @@ def _recipe(**overrides):
 
 
 def test_an_unregistered_family_or_source_is_a_recipe_error():
+    from compress.plugins import choose
     from compress.recipe import RecipeError
 
     with pytest.raises(RecipeError, match="data.dataset = 'toy-clusters' is not allowed"):
-        _recipe()
+        choose(_recipe())
 
 
 def test_a_toy_family_and_data_source_run_the_whole_pipeline(plugins, tmp_path):

@@ -9,8 +9,8 @@ pytestmark = needs_fashion_mnist
 
 
 def test_qat_export_is_qdq_and_matches_torch_fake_quant(small_run, tmp_path):
-    from bench.accuracy import predict
-    from bench.datasets import load_fashion_mnist
+    from runtime.measure import predict
+    from bench.data.idx import load_fashion_mnist
     from common.compare import sqnr_db
     from compress.quantization import qat
     from compress.training import loop as train

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import runtime
-from bench.datasets import FASHION_MNIST_DIR
+from bench.data.idx import FASHION_MNIST_DIR
 from tests.test_runtime_helpers import LABELS, fit_linear_classifier, linear_classifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def _png(image: np.ndarray, filter_type: int) -> bytes:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A linear classifier fitted on 6,000 training images (numpy, about a second), and 40 test images."""
-    from bench.datasets import load_fashion_mnist_raw
+    from bench.data.idx import load_fashion_mnist_raw
 
     raw = load_fashion_mnist_raw(None)
     w, b = fit_linear_classifier(raw["train_images"][:6000], raw["train_labels"][:6000])

@@ -14,7 +14,7 @@ pytestmark = needs_fashion_mnist
 
 @pytest.fixture(scope="module")
 def fp32_model(small_run):
-    from bench.datasets import load_fashion_mnist
+    from bench.data.idx import load_fashion_mnist
 
     _, out = small_run
     data = load_fashion_mnist(limit_train=3000, val_size=500, calib_size=64, limit_test=1000)
@@ -64,7 +64,7 @@ def test_search_ships_a_candidate_within_the_bar(fp32_model, tmp_path):
 
 
 def test_strict_bar_triggers_sensitivity_ordered_fallback(fp32_model, tmp_path):
-    from compress.quantization.search import SearchFailed
+    from compress.quantization.candidates import SearchFailed
 
     path, data = fp32_model
     # calibrating on images scaled to 2 % of their range makes every activation range far too narrow
@@ -91,7 +91,7 @@ def test_impossible_bar_tries_qat_then_fails_and_saves_the_most_accurate(fp32_mo
     from compress.training import loop as train
     from compress.training.checkpoints import load_checkpoint
     from compress.export.onnx_export import export_onnx
-    from compress.quantization.search import SearchFailed
+    from compress.quantization.candidates import SearchFailed
     from models import build_model
 
     path, data = fp32_model
@@ -118,7 +118,7 @@ def test_impossible_bar_tries_qat_then_fails_and_saves_the_most_accurate(fp32_mo
 
 
 def test_choose_prefers_speed_beyond_noise_and_accuracy_within_it():
-    from compress.quantization.search import Candidate, choose
+    from compress.quantization.candidates import Candidate, choose
 
     def cand(name, acc, p50, ok=True, nodes=()):
         return Candidate(name, "minmax", nodes, "", acc, 0.0, 1.0, p50, ok)
@@ -133,7 +133,7 @@ def test_choose_prefers_speed_beyond_noise_and_accuracy_within_it():
 
 
 def test_fp32_ships_only_when_it_beats_the_chosen_int8_beyond_noise():
-    from compress.quantization.search import Candidate, SearchResult
+    from compress.quantization.candidates import Candidate, SearchResult
 
     def result(int8_p50, fp32_p50, ok=True):
         chosen = Candidate("ptq-minmax", "minmax", (), "", 0.92, 0.1, 0.99, int8_p50, ok)

@@ -60,7 +60,7 @@ def hardswish_onnx(tmp_path_factory):
 
 
 def _logits(path, x):
-    from bench.accuracy import predict
+    from runtime.measure import predict
     from runtime import load
 
     with load(path) as runner:
@@ -154,7 +154,7 @@ def _int8_weight_convs(path) -> int:
 
 
 def test_choose_prefers_plain_ptq_on_ties():
-    from compress.quantization.search import Candidate, choose
+    from compress.quantization.candidates import Candidate, choose
 
     def cand(name, acc, p50, changes, ok=True, op_types=()):
         return Candidate(name, "minmax", (), "", acc, 0.0, acc, p50, ok, float_op_types=op_types, changes=changes)

@@ -20,8 +20,8 @@ from tests.conftest import needs_fashion_mnist, small_recipe
 REPO = Path(__file__).resolve().parent.parent
 BUILT_IN = ["cpu", "gpu", "jetson", "mobile"]
 # the modules that once kept their own lists of target names
-FORMER_LISTS = ["compress/recipe.py", "compress/cli.py", "compress/pipeline.py", "compress/driver.py",
-                "compress/shipping.py"]
+FORMER_LISTS = ["compress/recipe/__init__.py", "compress/cli/main.py", "compress/pipeline.py", "compress/driver.py",
+                "compress/shipping/budget.py"]
 
 
 # -- the toy target: an ONNX target written the way a user would, against the public API only ----------------
@@ -190,26 +190,28 @@ def test_unregistered_toy_is_gone():
     assert "toy-onnx" not in targets.names() and _cli_targets() == BUILT_IN
 
 
-def test_recipe_validates_the_name_against_the_registry(toy):
-    from compress.recipe import RecipeError, TargetConfig, recipe_from_dict
+def test_the_chosen_target_is_checked_against_the_registry(toy):
+    from compress.plugins import choose
+    from compress.recipe import RecipeError, recipe_from_dict
 
     with pytest.raises(RecipeError, match=r"target.name = 'jetsn' is not allowed; expected one of 'cpu', 'gpu', "
                                           r"'jetson', 'mobile', 'toy-onnx' \(did you mean 'jetson'\?\)"):
-        recipe_from_dict({"target": {"name": "jetsn"}})
+        choose(recipe_from_dict({"target": {"name": "jetsn"}}))
     with pytest.raises(RecipeError, match=r"\(did you mean 'toy-onnx'\?\)"):
-        TargetConfig(name="toy-onx")
-    assert recipe_from_dict({"target": {"name": "toy-onnx"}}).target.name == "toy-onnx"
+        choose(recipe_from_dict({"target": {"name": "toy-onx"}}))
+    assert choose(recipe_from_dict({"target": {"name": "toy-onnx"}})).family.name == "image"
     with pytest.raises(TargetError, match=r"target 'jetsn' unknown; known: cpu, gpu, jetson, mobile, toy-onnx "
                                           r"\(did you mean 'jetson'\?\)"):
         targets.get_target("jetsn")
 
 
 def test_an_unregistered_name_is_not_a_recipe_target():
-    from compress.recipe import RecipeError, TargetConfig
+    from compress.plugins import choose
+    from compress.recipe import RecipeError, recipe_from_dict
 
     with pytest.raises(RecipeError, match=r"target.name = 'toy-onnx' is not allowed; expected one of 'cpu', 'gpu', "
                                           r"'jetson', 'mobile'"):
-        TargetConfig(name="toy-onnx")
+        choose(recipe_from_dict({"target": {"name": "toy-onnx"}}))
 
 
 # -- a real run through the toy ---------------------------------------------------------------------------------

@@ -61,10 +61,10 @@ def tiny():
 
 
 def test_fp32_parity_and_ops(tiny, tmp_path):
-    from targets import tflite
+    from targets import tflite, tflite_convert
 
     model, calib, test_x = tiny
-    path = tflite.convert_fp32(model, test_x[:1], tmp_path / "m.tflite")
+    path = tflite_convert.convert_fp32(model, test_x[:1], tmp_path / "m.tflite")
     parity = tflite.check_parity(model, path, test_x)
     assert parity.samples == 200
     assert parity.max_abs_diff <= 1e-4 and parity.top1_agreement == 1.0
@@ -78,10 +78,10 @@ def test_fp32_parity_and_ops(tiny, tmp_path):
 
 
 def test_full_int8_parity_and_ops(tiny, tmp_path):
-    from targets import tflite
+    from targets import tflite, tflite_convert
 
     model, calib, test_x = tiny
-    path = tflite.convert_int8(model, test_x[:1], calib, tmp_path / "m.int8.tflite")
+    path = tflite_convert.convert_int8(model, test_x[:1], calib, tmp_path / "m.int8.tflite")
     parity = tflite.check_parity(model, path, test_x)
     assert parity.top1_agreement >= 0.98, parity
     assert parity.sqnr_db > 20, parity  # torchao's bar for INT8
@@ -94,12 +94,12 @@ def test_full_int8_parity_and_ops(tiny, tmp_path):
 
 
 def test_fp16_and_dynamic_range(tiny, tmp_path):
-    from targets import tflite
+    from targets import tflite, tflite_convert
 
     model, calib, test_x = tiny
-    fp32 = tflite.convert_fp32(model, test_x[:1], tmp_path / "fp32.tflite")
-    fp16 = tflite.convert_fp16(model, test_x[:1], tmp_path / "fp16.tflite")
-    dyn = tflite.convert_dynamic_int8(model, test_x[:1], tmp_path / "dyn.tflite")
+    fp32 = tflite_convert.convert_fp32(model, test_x[:1], tmp_path / "fp32.tflite")
+    fp16 = tflite_convert.convert_fp16(model, test_x[:1], tmp_path / "fp16.tflite")
+    dyn = tflite_convert.convert_dynamic_int8(model, test_x[:1], tmp_path / "dyn.tflite")
     assert fp16.stat().st_size < 0.8 * fp32.stat().st_size  # tiny model: the graph is a large part
     p16 = tflite.check_parity(model, fp16, test_x)
     assert p16.max_abs_diff <= 5e-2 and p16.top1_agreement >= 0.99, p16
@@ -130,10 +130,10 @@ def test_compile_module_writes_artifact_and_sidecar(tiny, tmp_path):
 
 
 def test_check_parity_on_zero_rows_is_skipped_with_its_reason(tiny, tmp_path):
-    from targets import tflite
+    from targets import tflite, tflite_convert
 
     model, _, test_x = tiny
-    path = tflite.convert_fp32(model, test_x[:1], tmp_path / "m.tflite")
+    path = tflite_convert.convert_fp32(model, test_x[:1], tmp_path / "m.tflite")
     parity = tflite.check_parity(model, path, test_x[:0])  # was: ValueError: need at least one array to concatenate
     assert parity.ok and parity.samples == 0
     recorded = parity.to_dict()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.datasets import Split
+from bench.data.splits import Split
 from compress.pruning import structured as prune
 from compress.training import loop as train
 from compress.distillation.losses import FeatureDistiller, kd_loss, make_kd_loss

@@ -125,16 +125,20 @@ def test_rerun_reuses_every_stage(text_run, tmp_path):
 
 
 def test_text_recipes_are_validated(tmp_path):
+    from compress.plugins import choose
     from compress.recipe import RecipeError, recipe_from_dict
 
+    def checked(spec):
+        return choose(recipe_from_dict(spec))
+
     with pytest.raises(RecipeError, match=r"is text data; it needs a model.arch that takes text \(bert\)"):
-        recipe_from_dict({"data": {"dataset": "fine-foods"}})
+        checked({"data": {"dataset": "fine-foods"}})
     # csv without data.path is a valid recipe (--data may fill it in); loading says what is missing
-    recipe_from_dict({"data": {"dataset": "csv"}, "model": {"arch": "bert"}, "quantize": {"mode": "dynamic"}})
+    checked({"data": {"dataset": "csv"}, "model": {"arch": "bert"}, "quantize": {"mode": "dynamic"}})
     with pytest.raises(RecipeError, match="quantize.mode: dynamic"):
-        recipe_from_dict({"data": {"dataset": "fine-foods"}, "model": {"arch": "bert"}})
+        checked({"data": {"dataset": "fine-foods"}, "model": {"arch": "bert"}})
     with pytest.raises(RecipeError, match="quantize.mode: static"):
-        recipe_from_dict({"quantize": {"mode": "dynamic"}})
+        checked({"quantize": {"mode": "dynamic"}})
 
 
 def test_a_missing_text_column_is_one_clear_error(tmp_path):

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from bench.text_data import EncodedSplit, TextSplit
+from bench.data.splits import TextSplit
+from bench.data.tokens import EncodedSplit
 from compress.families.encoder import shrink as es
 from compress.families.encoder import export as tx
 from compress.families.encoder import quantize as tq
 from compress.families.encoder import training as tt
 from compress.families.encoder.hf_adapters import load_checkpoint, save_checkpoint
-from common.errors import CompressError, GateFailed
+from common.compare import top1_agreement
+from common.errors import CompressError
 from models.hf import word_level_tokenizer
 from models.transformer import EncoderConfig, build_encoder, count_parameters
 
@@ -69,6 +71,18 @@ def test_fine_tune_beats_chance_by_far(trained, data):
     _, test = data
     acc = tt.accuracy_of(tt.predict_text_logits(trained, test), test.y)
     assert acc >= 0.9, acc
+
+
+def test_the_encoder_trains_under_bf16_in_the_shared_loop(data):
+    """train.precision bf16 reaches the encoder through the one training loop: bf16 autocast where the CPU computes it
+    natively, float32 elsewhere; either way the loss falls and the model learns (accuracy bar as the fp32 fixture's,
+    loosened by 5 pt for bf16's 8-bit mantissa)."""
+    train, test = data
+    model = build_encoder(TINY, seed=0)
+    losses = tt.fit_text(model, train, tt.TextLoopConfig(epochs=10, batch_size=32, lr=3e-3, warmup=0.1,
+                                                         precision="bf16"), seed=0)
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert tt.accuracy_of(tt.predict_text_logits(model, test), test.y) >= 0.85
 
 
 def test_padding_does_not_change_logits(trained, data):
@@ -212,15 +226,24 @@ def test_onnx_parity_at_two_batches_and_two_lengths_then_int8(trained, data, tmp
     graph = onnx.load(str(fp32)).graph
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input]
     assert all(isinstance(d[0], str) and isinstance(d[1], str) for d in dims), dims  # batch and seq symbolic
-    ref = tx.ort_text_logits(tx.ort_session(fp32), test)
+    ref = _onnx_logits(fp32, test)
     for scope in tq.INT8_SCOPES:
         q = tmp_path / f"int8-{scope}.onnx"
         tq.quantize_dynamic_int8(fp32, q, scope=scope)
         ops = {n.op_type for n in onnx.load(str(q)).graph.node}
         assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
-        check = tq.check_int8(ref, tx.ort_text_logits(tx.ort_session(q), test), test.y, max_drop=0.05,
-                              min_agreement=0.95)
-        assert check.agreement >= 0.95 and check.majority_share < 0.8
+        int8 = _onnx_logits(q, test)
+        majority_share = np.bincount(int8.argmax(1)).max() / len(int8)  # a collapse drifts to one class
+        assert top1_agreement(ref, int8) >= 0.95 and majority_share < 0.8
+
+
+def _onnx_logits(path, split):
+    """Logits of the ONNX file at `path` on `split`, through the runtime an app uses."""
+    from bench.accuracy import predict_split
+    from runtime import load
+
+    with load(path) as runner:
+        return predict_split(runner, split)
 
 
 def test_onnxruntime_fusion_fuses_every_attention_and_keeps_parity(trained, data, tmp_path):
@@ -241,15 +264,13 @@ def test_onnxruntime_fusion_fuses_every_attention_and_keeps_parity(trained, data
     assert "Softmax" not in {n.op_type for n in onnx.load(str(fused)).graph.node}
     parity = tx.check_text_parity(student, fused, test, atol=1e-4, batch_sizes=(1, 4), seq_lengths=(16, 64))
     assert parity.max_abs_diff <= 1e-4 and parity.top1_agreement == 1.0
-    ref = tx.ort_text_logits(tx.ort_session(fused), test)
+    ref = _onnx_logits(fused, test)
     for scope in tq.INT8_SCOPES:
         q = tmp_path / f"fused-int8-{scope}.onnx"
         tq.quantize_dynamic_int8(fused, q, scope=scope, per_channel=True)
         ops = {n.op_type for n in onnx.load(str(q)).graph.node}
         assert "QAttention" in ops and "Attention" not in ops, ops
-        check = tq.check_int8(ref, tx.ort_text_logits(tx.ort_session(q), test), test.y, max_drop=0.05,
-                              min_agreement=0.95)
-        assert check.agreement >= 0.95
+        assert top1_agreement(ref, _onnx_logits(q, test)) >= 0.95
 
 
 def test_cpu_sessions_keep_residual_add_and_layernorm_apart(trained, tmp_path):
@@ -273,16 +294,6 @@ def test_cpu_sessions_keep_residual_add_and_layernorm_apart(trained, tmp_path):
 
     assert optimized_ops([]).count("SkipLayerNormalization") == 2 * TINY.layers
     assert "SkipLayerNormalization" not in optimized_ops(list(CPU_DISABLED_OPTIMIZERS))
-
-
-def test_int8_gate_catches_a_collapse():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 200)
-    fp32 = np.stack([-(y * 2.0 - 1), y * 2.0 - 1], 1).astype(np.float32)  # perfect
-    collapsed = np.tile([[0.1, 0.2]], (200, 1)).astype(np.float32)  # always class 1
-    with pytest.raises(GateFailed, match="collapsed towards one class"):
-        tq.check_int8(fp32, collapsed, y)
-    assert tq.check_int8(fp32, fp32 * 0.9, y).agreement == 1.0
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -314,7 +325,7 @@ def test_the_int8_search_refuses_a_model_whose_outlier_features_collapse_int8(tr
     import copy
 
     from compress.recipe import QuantConfig
-    from compress.quantization.search import SearchFailed
+    from compress.quantization.candidates import SearchFailed
     from compress.families.encoder.family import TextData
     from compress.families.encoder.quantize import search_dynamic_int8
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.datasets import DatasetError
-from bench.text_data import FINE_FOODS_DIRS, load_fine_foods, load_text_dataset, read_text_csv, stratified_split
+from bench.data.splits import DatasetError, stratified_split
+from bench.data.texts import FINE_FOODS_DIRS, load_fine_foods, load_text_dataset, read_text_csv
 
 
 def _write(tmp_path, text: str):
@@ -129,5 +129,6 @@ def test_text_data_needs_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, bench.text_data; assert 'torch' not in sys.modules, 'torch imported'"
+    modules = ", ".join(f"bench.data.{m}" for m in ("files", "idx", "images", "arrays", "texts", "tokens"))
+    code = f"import sys, {modules}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

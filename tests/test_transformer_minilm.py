@@ -53,7 +53,7 @@ def test_encoder_matches_transformers_bertmodel(minilm):
 
 
 def test_minilm_onnx_parity_at_two_batches_and_two_lengths(minilm, tmp_path):
-    from bench.text_data import EncodedSplit
+    from bench.data.tokens import EncodedSplit
     from compress.families.encoder import export as tx
 
     _, model, tok = minilm

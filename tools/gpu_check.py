@@ -100,8 +100,9 @@ def check_bench(files: dict[str, Path], quick: bool = False) -> dict:
     import numpy as np
 
     from runtime import environment
-    from bench.datasets import Split
-    from bench.report import Variant, bench_variants, providers_used
+    from bench.data.splits import Split
+    from bench.report import bench_variants, providers_used
+    from bench.variants import Variant
     from targets import get_target
 
     x = np.random.default_rng(2).standard_normal((512, 1, 28, 28)).astype(np.float32)

@@ -80,7 +80,7 @@ def torch_logits(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
 
 
 def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
-    from bench.accuracy import predict
+    from runtime.measure import predict
     from runtime import load
 
     with load(path) as runner:
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bench.datasets import load_fashion_mnist
+    from bench.data.idx import load_fashion_mnist
     from compress.training.checkpoints import load_checkpoint
     from models import build_model
 

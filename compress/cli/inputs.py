@@ -32,19 +32,20 @@ def model_kind(model: str) -> str:
 
 
 def data_kind(data: str, recipe_dataset: str) -> str:
-    """The data source for a --data value: npz, csv, image-folder, or the recipe's own data set's folder."""
+    """The data source for a --data value: npz, csv, image-folder, or the recipe's own data set's folder (the path's
+    kind as bench.data.files recognises it for `compress bench --data` too)."""
+    from bench.data.files import path_kind
+
     path = Path(data)
-    suffix = path.suffix.lower()
-    if suffix in (".npz", ".csv"):
+    kind = path_kind(path)
+    if kind in ("npz", "csv"):
         if not path.is_file():
             raise RecipeError(f"--data {data}: no such file")
-        return suffix[1:]
+        return kind
     if not path.is_dir():
         raise RecipeError(f"--data {data}: no such folder; give a folder of images, an .npz, a .csv, or the folder "
                           "of the recipe's data set")
-    from bench.datasets import holds_images
-
-    if recipe_dataset in ("fashion-mnist", "fine-foods") and not holds_images(path):
+    if recipe_dataset in ("fashion-mnist", "fine-foods") and kind != "images":
         return recipe_dataset  # the recipe's own data set, from another folder
     return "image-folder"
 

@@ -83,11 +83,14 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
                                                               remote_python=remote_python or b.remote_python))
     except (ValueError, TypeError) as e:
         raise RecipeError(str(e)) from None
+    from compress.plugins import choose
+
+    family = choose(recipe).family  # every registry cross-check, before any work
     if dump_config:
         click.echo(dump_recipe(recipe), nl=False)
         return
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        if recipe.family.kind == "text":
+        if family.kind == "text":
             raise RecipeError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
         check_device(recipe.train.device, nproc)
         return launch_distributed(nproc, recipe, target, out_dir, data_path)

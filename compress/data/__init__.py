@@ -14,8 +14,10 @@ class DataSource(Protocol):
     name: str  # the recipe's data.dataset value
     kind: str  # "image" or "text": the model families that take it
 
-    def check_recipe(self, data_config) -> None: ...  # one-line RecipeError for settings it cannot honour
-    def load(self, recipe) -> Any: ...  # the data set, or a one-line CompressError
+    def check_recipe(self, data_config) -> None: ...  # one-line RecipeError for the data section's settings
+    # the data set, or a one-line CompressError; `learns`: whether the run trains on it (if not, a source may
+    # keep only calibration rows for training and hold out the rest)
+    def load(self, recipe, learns: bool = True) -> Any: ...
     def preprocess(self, dataset) -> dict[str, Any]: ...  # the sidecar's "preprocess" (images)
 
 

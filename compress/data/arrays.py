@@ -1,7 +1,7 @@
 """`npz`: arrays in one `.npz` file (`data.path`): `x` (model-ready float32 rows, N x ...; no preprocessing is
 applied), optionally `y` (int labels, N) and `labels` (class names). A seeded shuffle splits the rows into train
 (calibration rows are its first `data.calib_size`), validation (`data.val_size`) and test (`data.val_size`, or
-`data.limit_test`); with too few rows for that, 60 / 20 / 20 (bench.datasets.pool_splits).
+`data.limit_test`); with too few rows for that, 60 / 20 / 20 (bench.data.splits.pool_splits).
 
 Without `y` the splits' `y` is None: the rows are unlabelled (accuracy then means agreement with the baseline)."""
 from __future__ import annotations
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.datasets import DatasetError, read_npz
+from bench.data.arrays import read_npz
+from bench.data.splits import DatasetError
 from common.errors import CompressError
 
 
@@ -26,20 +27,19 @@ class NpzArrays:
         if not data_config.path:
             raise RecipeError("data.dataset 'npz' needs data.path, a .npz file with `x` (and `y` for labels)")
 
-    def load(self, recipe):
+    def load(self, recipe, learns: bool = True):
         import hashlib
 
         import numpy as np
 
-        from bench.datasets import ImageDataset, Split, pool_splits
-        from compress.data.image_folder import trains
+        from bench.data.splits import ImageDataset, Split, pool_splits
 
         d = recipe.data
         path = Path(d.path)
         try:
             x, y, names = read_npz(path)
             rows = pool_splits(len(x), val_size=d.val_size, test_size=d.limit_test or d.val_size,
-                               calib_size=d.calib_size, seed=recipe.seed, name=path.name, trains=trains(recipe))
+                               calib_size=d.calib_size, seed=recipe.seed, name=path.name, trains=learns)
         except DatasetError as e:
             raise CompressError(str(e)) from None
         train_idx = rows["train"] if d.limit_train is None else rows["train"][: d.limit_train]

@@ -15,8 +15,9 @@ class FashionMNIST:
     def check_recipe(self, data_config) -> None:
         return None
 
-    def load(self, recipe):
-        from bench.datasets import DatasetError, load_fashion_mnist
+    def load(self, recipe, learns: bool = True):
+        from bench.data.idx import load_fashion_mnist
+        from bench.data.splits import DatasetError
 
         d = recipe.data
         try:

@@ -11,18 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.datasets import find_images, read_pixels
+from bench.data.images import find_images, read_pixels
 from common.errors import CompressError
-
-
-def trains(recipe) -> bool:
-    """Whether the run learns from training rows (fine-tuning, pruning's fine-tuning, distillation); if not, the
-    data set keeps only calibration rows for training and holds out the rest."""
-    from compress.families import unsupported
-
-    family = recipe.family
-    distills = recipe.distill.enabled and not unsupported(family, "distill")
-    return (recipe.train.epochs > 0 and unsupported(family, "train") is None) or family.shrinks(recipe) or distills
 
 
 def fingerprint(files: list[Path], root: Path, labels, spec, splits: dict[str, np.ndarray]) -> str:
@@ -46,8 +36,8 @@ class ImageFolder:
     def check_recipe(self, data_config) -> None:
         return None  # data.path may come from --data after the recipe is read: checked when the data are loaded
 
-    def load(self, recipe):
-        from bench.datasets import DatasetError, ImageDataset, Split, pool_splits
+    def load(self, recipe, learns: bool = True):
+        from bench.data.splits import DatasetError, ImageDataset, Split, pool_splits
 
         d = recipe.data
         if not d.path:
@@ -59,7 +49,7 @@ class ImageFolder:
             if labels is not None and len(classes) < 2:
                 raise DatasetError(f"{root}: one class folder ({classes[0]}); a classifier needs at least two")
             rows = pool_splits(len(files), val_size=d.val_size, test_size=d.limit_test or d.val_size,
-                               calib_size=d.calib_size, seed=recipe.seed, name=str(root), trains=trains(recipe))
+                               calib_size=d.calib_size, seed=recipe.seed, name=str(root), trains=learns)
             if d.limit_train is not None:
                 rows["train"] = rows["train"][: d.limit_train]
             used = np.unique(np.concatenate(list(rows.values())))  # rows no split takes are never decoded

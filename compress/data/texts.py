@@ -19,9 +19,9 @@ class FineFoods:
     def check_recipe(self, data_config) -> None:
         return None
 
-    def load(self, recipe):
-        from bench.datasets import DatasetError
-        from bench.text_data import load_fine_foods
+    def load(self, recipe, learns: bool = True):
+        from bench.data.splits import DatasetError
+        from bench.data.texts import load_fine_foods
 
         d = recipe.data
         try:
@@ -42,9 +42,9 @@ class CsvTexts:
     def check_recipe(self, data_config) -> None:
         return None  # data.path may come from --data after the recipe is read: checked when the data are loaded
 
-    def load(self, recipe):
-        from bench.datasets import DatasetError
-        from bench.text_data import load_text_dataset
+    def load(self, recipe, learns: bool = True):
+        from bench.data.splits import DatasetError
+        from bench.data.texts import load_text_dataset
 
         d = recipe.data
         if not d.path:

@@ -1,4 +1,5 @@
-"""torch -> ONNX with a dynamic batch axis, checked against torch before it is called done."""
+"""torch -> ONNX with dynamic axes, checked against torch before it is called done: one exporter call and one
+parity gate for every family (an image model's one input, a text encoder's ids and mask)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +7,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -18,21 +20,28 @@ from common.errors import GateFailed
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 18
+MAX_BATCH = 4096
+
+
+def export_graph(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path, *, input_names: tuple[str, ...],
+                 dynamic_shapes: tuple[dict[int, Any], ...]) -> None:
+    """The dynamo exporter, written atomically to `path`, its progress lines and warnings silenced. `example` has
+    batch 2 at least: batch 1 would silently fix the batch axis."""
+    with atomic_path(path) as tmp, _quiet():
+        program = torch.onnx.export(
+            model.eval(), example, dynamo=True, input_names=list(input_names), output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic_shapes, opset_version=OPSET, optimize=True, verbose=False,
+        )
+        program.save(str(tmp))
 
 
 def export_onnx(model: nn.Module, example: np.ndarray, path: Path) -> None:
-    """Export with the dynamo exporter from a batch-2 example (batch 1 would silently fix the batch axis)."""
-    model = model.eval()
+    """A one-input model (images, model-ready rows) with a dynamic batch axis, from a batch-2 example."""
     x = torch.from_numpy(np.ascontiguousarray(example[:2]))
     if x.shape[0] < 2:
         x = torch.cat([x, x])
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with atomic_path(path) as tmp, _quiet():
-        program = torch.onnx.export(
-            model, (x,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},), opset_version=OPSET, optimize=True, verbose=False,
-        )
-        program.save(str(tmp))
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    export_graph(model, (x,), path, input_names=(INPUT_NAME,), dynamic_shapes=({0: batch},))
 
 
 @contextlib.contextmanager
@@ -44,26 +53,43 @@ def _quiet():
         yield
 
 
+def parity_gate(onnx_path: Path, pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, atol: float,
+                **context: Any) -> Comparison:
+    """torch (each pair's first) against ONNX Runtime (its second), every row pooled (`common.compare`); raise when
+    max abs diff is beyond `atol`, or when a shape differs (an axis was fixed at export). `context` (batch sizes,
+    sequence lengths) is recorded with the comparison."""
+    refs, outs = [], []
+    for ref, out in pairs:
+        if out.shape != ref.shape:
+            raise GateFailed(f"ONNX output shape {out.shape} != torch {ref.shape} ({context}): an axis was fixed at "
+                             "export")
+        refs.append(ref)
+        outs.append(out)
+    if not refs:
+        raise GateFailed(f"no rows to check the ONNX export of {Path(onnx_path).name} on")
+    parity = compare(np.concatenate(refs), np.concatenate(outs), Bars(atol=atol), **context)
+    if not parity.ok:
+        raise GateFailed(f"ONNX export of {Path(onnx_path).name} differs from torch by {parity.max_abs_diff:.2e} "
+                         f"(tolerance {atol:.0e}); the export is wrong, not shipped")
+    return parity
+
+
 def check_parity(model: nn.Module, onnx_path: Path, x: np.ndarray, *, atol: float,
                  batch_sizes: tuple[int, ...] = (1, 4, 64)) -> Comparison:
-    """Compare ONNX Runtime with torch on real inputs at several batch sizes (`common.compare`, every row of
-    every batch size pooled); raise when max abs diff is beyond `atol`."""
+    """ONNX Runtime against torch on real inputs at several batch sizes (each as many rows as there are, up to
+    four batches); raise when max abs diff is beyond `atol`."""
     import onnxruntime as ort
 
     from compress.training.loop import predict_logits
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     reference = predict_logits(model, x)
-    outs, refs = [], []
-    for b in batch_sizes:
-        chunk = x[: max(b, min(len(x), 4 * b))]
-        for i in range(0, len(chunk) - b + 1, b):
-            outs.append(session.run(None, {INPUT_NAME: chunk[i : i + b]})[0])
-            refs.append(reference[i : i + b])
-    parity = compare(np.concatenate(refs), np.concatenate(outs), Bars(atol=atol), batch_sizes=tuple(batch_sizes))
-    if not parity.ok:
-        raise GateFailed(
-            f"ONNX export of {onnx_path.name} differs from torch by {parity.max_abs_diff:.2e} "
-            f"(tolerance {atol:.0e}); the export is wrong, not shipped"
-        )
-    return parity
+    run: Callable[[np.ndarray], np.ndarray] = lambda rows: session.run(None, {INPUT_NAME: rows})[0]  # noqa: E731
+
+    def pairs():
+        for b in batch_sizes:
+            chunk = x[: max(b, min(len(x), 4 * b))]
+            for i in range(0, len(chunk) - b + 1, b):
+                yield reference[i : i + b], run(chunk[i : i + b])
+
+    return parity_gate(Path(onnx_path), pairs(), atol=atol, batch_sizes=tuple(batch_sizes))

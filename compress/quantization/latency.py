@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from compress.quantization.static import DEPTHWISE, QDQ_OPS, edges, hardswish_pairs, ort_quantizable_op_types
-from compress.quantization.search import NOISE, Candidate, latencies
+from compress.quantization.candidates import NOISE, Candidate, latencies
 
 WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 # quantizable op types that cost nothing in INT8 (onnxruntime folds their Q/DQ or moves bytes only): never timed

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import targets
 from compress.recipe.loading import RecipeError, build, parse_yaml  # noqa: F401 - RecipeError is re-exported
 
 RECIPES_DIR = Path(__file__).parent.parent / "recipes"
@@ -29,7 +28,7 @@ def _non_negative(section: str, **values: float) -> None:
             raise RecipeError(f"{section}.{name} must be >= 0, got {value}")
 
 
-def _registered(where: str, value: str, known: list[str]) -> None:
+def registered(where: str, value: str, known: list[str]) -> None:
     if value not in known:
         close = difflib.get_close_matches(str(value), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -89,17 +88,6 @@ class DataConfig:
                   limit_train=self.limit_train, limit_test=self.limit_test)
         if self.max_length < 2:
             raise RecipeError(f"data.max_length must be >= 2 (room for [CLS] and [SEP]), got {self.max_length}")
-        from compress import data as data_sources
-
-        _registered("data.dataset", self.dataset, data_sources.names())
-        self.source.check_recipe(self)
-
-    @property
-    def source(self):
-        """The data source this section names (compress.data)."""
-        from compress import data as data_sources
-
-        return data_sources.get(self.dataset)
 
 
 @dataclass(frozen=True)
@@ -126,9 +114,6 @@ class ModelConfig:
     weights: str | None = field(default=None, metadata={"key_omits_default": True})
 
     def __post_init__(self) -> None:
-        from compress import families
-
-        _registered("model.arch", self.arch, families.archs())
         _positive("model", width=self.width, stages=self.stages, blocks_per_stage=self.blocks_per_stage,
                   hidden=self.hidden, layers=self.layers, heads=self.heads, ffn=self.ffn)
         if self.weights is not None and self.arch != "custom":
@@ -138,13 +123,6 @@ class ModelConfig:
         if self.arch == "custom" and not (self.factory and ":" in self.factory):
             raise RecipeError("model.arch 'custom' needs model.factory as 'package.module:function' "
                               "(or pass --model package.module:function)")
-
-    @property
-    def family(self):
-        """The model family this section names (compress.families)."""
-        from compress import families
-
-        return families.for_arch(self.arch)
 
 
 @dataclass(frozen=True)
@@ -253,7 +231,6 @@ class TargetConfig:
     litert_candidates: bool = field(default=True, metadata={"key_omits_default": True})  # cpu: false skips them
 
     def __post_init__(self) -> None:
-        _registered("target.name", self.name, targets.names())
         _positive("target", parity_atol=self.parity_atol)
 
 
@@ -312,20 +289,6 @@ class Recipe:
     target: TargetConfig = field(default_factory=TargetConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
-
-    def __post_init__(self) -> None:
-        from compress import families
-
-        family, source = self.model.family, self.data.source
-        if family.kind != source.kind:
-            fits = ", ".join(a for a in families.archs() if families.for_arch(a).kind == source.kind)
-            raise RecipeError(f"data.dataset {self.data.dataset!r} is {source.kind} data; it needs a model.arch "
-                              f"that takes {source.kind} ({fits or 'none registered'})")
-        family.check_recipe(self)
-
-    @property
-    def family(self):
-        return self.model.family
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

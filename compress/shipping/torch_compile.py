@@ -113,7 +113,7 @@ def _first(x):
 def variants(conversions: list[Conversion], compile_rec: StageRecord, out_dir: Path, prefix: str = "") -> list:
     """The report's rows for the converted files (`prefix` + variant name); files converted at several batch sizes
     are timed each at its own."""
-    from bench.report import Variant
+    from bench.variants import Variant
 
     out = []
     for c in conversions:
@@ -163,7 +163,7 @@ def ship_stage(run, compile_rec: StageRecord, variant: str, batch: str | None = 
 def run_torch_target(run, metadata: dict[str, Any]):
     """Convert the candidates (`plan`), bench them on the target's runtime, ship the one the budget picks and write
     the reports: the whole tail of a run for a target that converts from torch."""
-    from compress.shipping.budget import finish_report
+    from compress.shipping.report import finish_report
 
     q = run.recipe.quantize
     conversions = plan(run.student_name, run.fp32_checkpoints, q.mode if q.enabled else None)

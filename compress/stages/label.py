@@ -15,15 +15,12 @@ def check(run) -> None:
 
     if getattr(run.data, "labelled", True):
         return
-    if not hasattr(run.family, "given_logits"):
-        raise CompressError(f"{run.data.name} has no labels, and {run.family.name} models need labelled data in this "
-                            "version; give labels (class sub-folders, a label column or y in the .npz)")
-    given = getattr(run.family, "check_given", None)
-    if given is not None:  # e.g. a module needs its pretrained weights to be a model at all
-        given(run)
-    from compress.families import unsupported
-
-    trains = unsupported(run.family, "train") is None
+    why = run.family.unsupported("label")
+    if why:
+        raise CompressError(f"{run.data.name} has no labels, and {why}; give labels (class sub-folders, a label "
+                            "column or y in the .npz)")
+    run.family.check_given(run)  # e.g. a module needs its pretrained weights to be a model at all
+    trains = run.family.unsupported("train") is None
     if trains and run.recipe.train.epochs > 0:
         raise CompressError(f"{run.data.name} has no labels: the baseline must be the pretrained model as given; set "
                             "train.epochs: 0 (training or fine-tuning needs labelled data)")

@@ -5,8 +5,7 @@ the same budget. Whether one may ship is `target.runtime`'s call (onnxruntime, l
 from __future__ import annotations
 
 from compress.driver import log
-
-PREFIX = "litert-"
+from compress.shipping.budget import LITERT_PREFIX
 
 
 def sibling_of(recipe, target, family):
@@ -18,9 +17,7 @@ def sibling_of(recipe, target, family):
         return None, f"target {recipe.target.name!r} times no other runtime"
     if not recipe.target.litert_candidates and recipe.target.runtime == "onnxruntime":
         return None, "target.litert_candidates is false"
-    from compress.families import unsupported
-
-    why = unsupported(family, "litert")
+    why = family.unsupported("litert")
     if why:
         return None, why
     other = get_target(name)
@@ -60,7 +57,7 @@ def enabled(run) -> bool:
 
 def execute(run):
     """Convert (cached like every stage) and return the record, or None when the stage is off."""
-    from compress.stages.ship import sidecar
+    from compress.shipping.report import sidecar
     from compress.shipping.torch_compile import compile_stage
 
     other = sibling(run)
@@ -78,4 +75,4 @@ def variants(run, record) -> list:
     from compress.shipping.torch_compile import variants as rows_of
 
     return [dataclasses.replace(v, description=f"{v.description}, on LiteRT")
-            for v in rows_of(conversions(run), record, run.out_dir, prefix=PREFIX)]
+            for v in rows_of(conversions(run), record, run.out_dir, prefix=LITERT_PREFIX)]

@@ -17,9 +17,7 @@ def body(run, out) -> dict:
 def family_skips(run, step: str) -> bool:
     """Whether the run's family cannot run `step` at all ("prune", "distill": an ONNX model has no torch graph);
     one log line says why."""
-    from compress.families import unsupported
-
-    why = unsupported(run.family, step)
+    why = run.family.unsupported(step)
     if why:
         log(f"[{step}] skipped: {why}")
     return bool(why)

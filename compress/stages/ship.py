@@ -6,17 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common.version import __version__
-
-
-def sidecar(run) -> dict[str, Any]:
-    """What the artifact's sidecar tells an app: where it came from, its labels and how to feed it."""
-    return {"producer": f"edge-compress {__version__}", "recipe": run.recipe.name, "dataset": run.data.name,
-            "labels": list(run.data.labels), "preprocess": run.family.preprocess(run)}
+from compress.shipping.budget import LITERT_PREFIX
+from compress.shipping.report import sidecar
 
 
 def finish(run) -> dict[str, Any]:
-    from compress.shipping.budget import compile_stage, finish_report, onnx_candidates, ships_tensorrt
+    from compress.shipping.compile import compile_stage, onnx_candidates, ships_tensorrt
+    from compress.shipping.report import finish_report
     from compress.stages import litert
     from compress.shipping.torch_compile import ship_stage
 
@@ -42,8 +38,8 @@ def finish(run) -> dict[str, Any]:
                            if k in litert_rec.metrics}
 
     def ship(name: str, batch: str) -> Path:
-        if name.startswith(litert.PREFIX):
-            return ship_stage(run, litert_rec, name[len(litert.PREFIX):], batch)
+        if name.startswith(LITERT_PREFIX):
+            return ship_stage(run, litert_rec, name[len(LITERT_PREFIX):], batch)
         path = compile_stage(run, sources[name], sidecar(run), upstream_key=upstream, check=family.check_inputs(run),
                              write_extra=family.extra_files(run))
         return path / "model.onnx" if path.is_dir() else path  # a jetson bundle: the graph it builds from

@@ -4,14 +4,14 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.datasets import Split
+from bench.data.splits import Split
 from compress.training.device import is_cuda, placed, to_device
 from compress.distillation.losses import teacher_logits_tensor
 from common.errors import CompressError
@@ -51,12 +51,12 @@ def native_bf16() -> bool:
                ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def _autocast(cfg: LoopConfig, device: str | None = None) -> contextlib.AbstractContextManager:
-    if cfg.precision not in ("fp32", "bf16"):
-        raise CompressError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
-    if cfg.precision == "bf16" and is_cuda(device):
+def _autocast(precision: str, device: str | None = None) -> contextlib.AbstractContextManager:
+    if precision not in ("fp32", "bf16"):
+        raise CompressError(f"precision must be fp32 or bf16, got {precision!r}")
+    if precision == "bf16" and is_cuda(device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if cfg.precision == "bf16" and native_bf16():
+    if precision == "bf16" and native_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -196,31 +196,64 @@ def _fit(model, data, cfg, seed, label, teacher, teacher_logits, loss_fn, device
     modules = [model] if teacher is None else [model, teacher]
     bf16_cpu = cfg.precision == "bf16" and not is_cuda(device) and native_bf16()
     channels_last = _channels_last(modules, to_device(x_all[:2], device), bf16_cpu)  # restored afterwards
-    model.train()
     if teacher is not None:
         teacher.eval()
-    forward = _data_parallel(model, device) if distributed.enabled() else model
-    losses: list[float] = []  # this rank's; averaged over ranks once at the end instead of a collective per step
-    with progress_bar(label, total_steps) as advance:
-        for step, idx in enumerate(_batches(n, cfg.batch_size, total_steps, seed, rank, world)):
-            x, y = take(idx)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(cfg, device):
-                soft = None if soft_all is None else soft_all[to_device(idx, device)]
-                loss = _loss(forward(x), y, cfg, loss_fn, soft, teacher, x)
-            losses.append(loss.item())
-            if not math.isfinite(losses[-1]):
-                raise CompressError(f"{label}: loss became {losses[-1]} at step {step}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            advance(loss=losses[-1])
-    model.eval()
+
+    def loss_of(forward: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        x, y = take(idx)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        soft = None if soft_all is None else soft_all[to_device(idx, device)]
+        return _loss(forward(x), y, cfg, loss_fn, soft, teacher, x)
+
+    plan = StepPlan(total_steps, _batches(n, cfg.batch_size, total_steps, seed, rank, world), loss_of, optimizer,
+                    scheduler)
+    losses = run_steps(model, plan, label=label, precision=cfg.precision, device=device)
     if channels_last:
         for m in modules:
             m.to(memory_format=torch.contiguous_format)
+    return losses
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What a family's training differs in: how many steps, the batch of each step (this rank's share under
+    torchrun), the loss of a batch through `forward` (the model, or its DistributedDataParallel wrapper), the
+    optimizer and its schedule, and gradient clipping (0: none)."""
+
+    total_steps: int
+    batches: Iterable[Any]
+    loss: Callable[[nn.Module, Any], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    grad_clip: float = 0.0
+
+
+def run_steps(model: nn.Module, plan: StepPlan, *, label: str, precision: str, device: str | None) -> list[float]:
+    """The one training loop every family uses: `plan.total_steps` optimizer steps in train mode, under bf16
+    autocast when `precision` asks for it and the device computes it natively, data-parallel over the ranks under
+    torchrun (gradients averaged by DistributedDataParallel), a one-line error when the loss stops being finite.
+    Returns the mean loss of each tenth of training (averaged over the ranks), so callers can check it decreased."""
+    from compress.training import distributed
+
+    forward = _data_parallel(model, device) if distributed.enabled() else model
+    model.train()
+    losses: list[float] = []  # this rank's; averaged over ranks once at the end instead of a collective per step
+    with progress_bar(label, plan.total_steps) as advance:
+        for step, batch in enumerate(plan.batches):
+            with _autocast(precision, device):
+                loss = plan.loss(forward, batch)
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise CompressError(f"{label}: loss became {losses[-1]} at step {step}; lower the learning rate")
+            plan.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if plan.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), plan.grad_clip)
+            plan.optimizer.step()
+            plan.scheduler.step()
+            advance(loss=float(np.mean(losses[-20:])))
+    model.eval()
     losses = distributed.mean_across_ranks(losses)
     chunk = max(1, len(losses) // 10)
     return [float(np.mean(losses[i : i + chunk])) for i in range(0, len(losses), chunk)]

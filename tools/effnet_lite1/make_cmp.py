@@ -4,7 +4,8 @@ the run would write (EfficientNet-Lite preprocessing: 240, mean/std 0.5)."""
 import json, shutil, sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from bench.datasets import find_images, read_pixels, pool_splits
+from bench.data.images import find_images, read_pixels
+from bench.data.splits import pool_splits
 from runtime.images import ImageSpec
 from onnxruntime.quantization import quantize_static, QuantFormat, CalibrationDataReader
 

@@ -1,7 +1,6 @@
-"""Getting a BERT-style encoder classifier onto ONNX Runtime: dynamo ONNX export with dynamic batch and
-sequence axes, a CPU ONNX Runtime session, batched ONNX logits, the torch-vs-ONNX parity gate over several
-batch sizes and sequence lengths, and the file size helper the reports use.
-"""
+"""A BERT-style encoder classifier onto ONNX Runtime, through the one exporter and parity gate
+(compress.export): its two inputs with dynamic batch and sequence axes, checked at several batch sizes and
+sequence lengths on a CPU session configured as the runtime's."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,36 +8,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.text_data import EncodedSplit, at_length, logits_by_length
-from common.compare import Bars, Comparison, compare
-from common.errors import GateFailed
+from bench.data.tokens import EncodedSplit, at_length
+from common.compare import Comparison
+from compress.export.onnx_export import MAX_BATCH, OUTPUT_NAME, export_graph, parity_gate
 from models.transformer import EncoderClassifier
 
 INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "logits"
-OPSET = 18
 
-
-# -- ONNX --------------------------------------------------------------------------------------------------
 
 def export_text_onnx(model: EncoderClassifier, path: Path, *, example_length: int = 16) -> None:
-    """Dynamo export with dynamic batch and sequence axes, from a batch-2 example (batch 1 fixes the axis)."""
-    from common.atomic import atomic_path
-    from compress.export.onnx_export import _quiet
-
-    model = model.eval()
-    ids = torch.full((2, example_length), 5, dtype=torch.long)  # any in-range id: only shapes are traced
+    """Dynamic batch and sequence axes, from a batch-2 example (only shapes are traced)."""
+    ids = torch.full((2, example_length), 5, dtype=torch.long)  # any in-range id
     mask = torch.ones_like(ids)
     mask[1, example_length // 2 :] = 0
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     seq = torch.export.Dim("seq", min=1, max=model.config.max_positions)
-    with atomic_path(path) as tmp, _quiet():
-        program = torch.onnx.export(
-            model, (ids, mask), dynamo=True, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}), opset_version=OPSET, optimize=True,
-            verbose=False,
-        )
-        program.save(str(tmp))
+    export_graph(model, (ids, mask), path, input_names=INPUT_NAMES,
+                 dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}))
 
 
 def ort_session(path: Path, *, threads: int = 2, spinning: bool = True):
@@ -57,12 +43,6 @@ def ort_session(path: Path, *, threads: int = 2, spinning: bool = True):
                                 disabled_optimizers=disabled_optimizers(providers))
 
 
-def ort_text_logits(session, data: EncodedSplit, *, batch_size: int = 32) -> np.ndarray:
-    """Logits of an ONNX session over `data`, batched by similar length like `predict_text_logits`."""
-    return logits_by_length(data, batch_size, lambda ids, mask: session.run(
-        [OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0])
-
-
 @torch.no_grad()
 def check_text_parity(model: EncoderClassifier, onnx_path: Path, data: EncodedSplit, *, atol: float = 1e-4,
                       batch_sizes: tuple[int, ...] = (1, 4), seq_lengths: tuple[int, ...] = (32, 128),
@@ -71,26 +51,15 @@ def check_text_parity(model: EncoderClassifier, onnx_path: Path, data: EncodedSp
     when max abs diff is beyond `atol`."""
     session = ort_session(onnx_path)
     model.eval()
-    outs, refs = [], []
-    for length in seq_lengths:
-        chunk = at_length(data.take(np.arange(min(rows, len(data))), crop=False), length)
-        for b in batch_sizes:
-            for i in range(0, len(chunk) - b + 1, b):
-                ids, mask = chunk.input_ids[i : i + b], chunk.attention_mask[i : i + b]
-                out = session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
-                ref = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-                if out.shape != ref.shape:
-                    raise GateFailed(f"ONNX output shape {out.shape} != torch {ref.shape} at batch {b}, "
-                                     f"sequence {length}: an axis was fixed at export")
-                outs.append(out)
-                refs.append(ref)
-    parity = compare(np.concatenate(refs), np.concatenate(outs), Bars(atol=atol), batch_sizes=tuple(batch_sizes),
-                     seq_lengths=tuple(seq_lengths))
-    if not parity.ok:
-        raise GateFailed(f"ONNX export of {Path(onnx_path).name} differs from torch by {parity.max_abs_diff:.2e} "
-                         f"(tolerance {atol:.0e}); the export is wrong, not shipped")
-    return parity
 
+    def pairs():
+        for length in seq_lengths:
+            chunk = at_length(data.take(np.arange(min(rows, len(data))), crop=False), length)
+            for b in batch_sizes:
+                for i in range(0, len(chunk) - b + 1, b):
+                    ids, mask = chunk.input_ids[i : i + b], chunk.attention_mask[i : i + b]
+                    yield (model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy(),
+                           session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0])
 
-def file_mb(path: Path) -> float:
-    return Path(path).stat().st_size / 1e6
+    return parity_gate(Path(onnx_path), pairs(), atol=atol, batch_sizes=tuple(batch_sizes),
+                       seq_lengths=tuple(seq_lengths))

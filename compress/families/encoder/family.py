@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import CompressError
+from compress.families.base import ModelFamily
 
 
 @dataclass(frozen=True)
 class TextData:
-    """Tokenized splits (`bench.text_data.EncodedSplit`) and what identifies them for the cache."""
+    """Tokenized splits (`bench.data.tokens.EncodedSplit`) and what identifies them for the cache."""
 
     name: str
     labels: tuple[str, ...]
@@ -103,7 +104,7 @@ def _relabel(split, order):
     return type(split)(split.input_ids, split.attention_mask, remap[split.y])
 
 
-class TextEncoder:
+class TextEncoder(ModelFamily):
     name = "encoder"
     kind = "text"
     archs: tuple[str, ...] = ("bert",)
@@ -118,8 +119,6 @@ class TextEncoder:
 
         if recipe.quantize.enabled and recipe.quantize.mode not in self.quantize_modes:
             raise RecipeError("Transformer recipes quantize with quantize.mode: dynamic (static QDQ is CNN-only here)")
-        if recipe.train.precision != "fp32":
-            raise RecipeError("train.precision bf16 is for CNN recipes in this version; Transformers train in fp32")
         m = recipe.model
         if m.pretrained and m.path and (Path(m.path) / "config.json").is_file():  # a folder of the wrong kind:
             from compress.families.encoder.hf_adapters import read_folder  # refused before any work (a missing one: at prepare)
@@ -134,7 +133,9 @@ class TextEncoder:
         from compress.training import distributed
 
         if distributed.world_size() > 1:
-            raise CompressError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
+            raise CompressError("--nproc above 1 is not supported for Transformer recipes yet (their training loop "
+                                "is the shared data-parallel one; tokenizing, shrinking and teacher outputs are not "
+                                "split over ranks); run with --nproc 1")
         return tokenize(recipe, raw, model_folder(recipe))
 
     def describe_data(self, data: TextData) -> str:
@@ -171,14 +172,9 @@ class TextEncoder:
         from compress.families.encoder.training import TextLoopConfig, fit_text
 
         t, kd = run.recipe.train, {k: teaching.pop(k) for k in ("temperature", "alpha") if k in teaching}
-        loop = TextLoopConfig(epochs=epochs, batch_size=t.batch_size, lr=lr, weight_decay=t.weight_decay, **kd)
+        loop = TextLoopConfig(epochs=epochs, batch_size=t.batch_size, lr=lr, weight_decay=t.weight_decay,
+                              precision=t.precision, **kd)
         return fit_text(model, split, loop, seed=seed, label=label, device=self.device(run), **teaching)
-
-    def device(self, run) -> str:
-        """Where this run's training stages compute ("cpu", "cuda:0", ...): the recipe's train.device."""
-        from compress.training.device import for_run
-
-        return for_run(run)
 
     def accuracy(self, run, model) -> float:
         from compress.families.encoder.training import accuracy_of, predict_text_logits
@@ -300,7 +296,7 @@ class TextEncoder:
 
     def torch_inputs(self, run):
         """Batch 1 at the recipe's sequence length: how litert-torch converts an encoder."""
-        from bench.text_data import at_length
+        from bench.data.tokens import at_length
 
         val = at_length(run.data.val, run.data.max_length)
         rows = (val.input_ids, val.attention_mask)
@@ -314,10 +310,6 @@ class TextEncoder:
             return [target_dir / "tokenizer.json"]
 
         return write
-
-    def unsupported(self, step: str) -> str | None:
-        """Why this family cannot run `step` ("prune", "distill", "litert"), or None: it runs them all."""
-        return None
 
 
 ENCODER = TextEncoder()

@@ -1,20 +1,19 @@
 """Dynamic INT8 for an exported text encoder behind an accuracy gate: ONNX Runtime's `quantize_dynamic` over
-every MatMul or only the weight ones, the INT8-vs-FP32 check that catches a collapsed model, the gated search
-over scope and per-channel candidates that picks the fastest one within the accuracy budget, and the op counts
-and validation agreement the report records. Torch-free at import time.
+every MatMul or only the weight ones, the gated search over scope and per-channel candidates that picks the fastest
+one within the accuracy budget (a collapsed model, onnxruntime issue 9599, misses it by its accuracy), and the op
+counts and validation agreement the report records. Torch-free at import time.
 """
 from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.compare import top1_agreement
-from common.errors import CompressError, GateFailed
+from common.errors import CompressError
 from compress.driver import log
 
 INT8_SCOPES = ("all", "weights")
@@ -70,47 +69,6 @@ def quantize_dynamic_int8(fp32_path: Path, out_path: Path, *, per_channel: bool 
                          nodes_to_quantize=nodes, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-@dataclass(frozen=True)
-class Int8Check:
-    accuracy_fp32: float
-    accuracy_int8: float
-    agreement: float  # top-1 agreement of INT8 with FP32
-    majority_share: float  # largest share of any one predicted class (1.0 = collapsed to a constant)
-    samples: int
-
-    @property
-    def drop(self) -> float:
-        return self.accuracy_fp32 - self.accuracy_int8
-
-    def to_dict(self) -> dict:
-        return {"accuracy_fp32": self.accuracy_fp32, "accuracy_int8": self.accuracy_int8, "drop": self.drop,
-                "agreement": self.agreement, "majority_share": self.majority_share, "samples": self.samples}
-
-
-def check_int8(fp32_logits: np.ndarray, int8_logits: np.ndarray, y: np.ndarray, *, max_drop: float = 0.01,
-               min_agreement: float = 0.95, name: str = "INT8 model") -> Int8Check:
-    """Compare INT8 with its FP32 reference on labelled data; raise when it collapsed or lost accuracy.
-
-    Dynamic INT8 can wreck a MiniLM while the graph still runs (onnxruntime issue 9599): predictions drift
-    towards one class and accuracy falls to the majority rate. Agreement with FP32 and the accuracy drop
-    both catch that; the message says which bar was missed.
-    """
-    from compress.families.encoder.training import accuracy_of
-
-    pred_q = int8_logits.argmax(1)
-    share = float(np.bincount(pred_q).max() / len(pred_q))
-    result = Int8Check(accuracy_of(fp32_logits, y), accuracy_of(int8_logits, y),
-                       top1_agreement(fp32_logits, int8_logits), share, len(y))
-    if result.agreement < min_agreement or result.drop > max_drop:
-        collapsed = " (predictions collapsed towards one class)" if share > 0.95 else ""
-        raise GateFailed(
-            f"{name}: accuracy {result.accuracy_int8:.3f} vs FP32 {result.accuracy_fp32:.3f} "
-            f"(drop {100 * result.drop:.1f} pt, limit {100 * max_drop:.1f}), agreement {result.agreement:.3f} "
-            f"(minimum {min_agreement}){collapsed}; try quantization scope 'weights', per-channel weights, "
-            "or keep FP32")
-    return result
-
-
 # -- the gated search ----------------------------------------------------------------------------------------
 
 def val_agreement(fp32: Path, int8: Path, split, threads: int) -> float:
@@ -143,11 +101,12 @@ def search_dynamic_int8(fp32_path: Path, out_path: Path, data, q, workdir: Path,
     to one class) misses the bar by its accuracy. None within the bar: the most accurate is saved, the table
     printed, and SearchFailed raised.
 
-    `data` is anything with `val` and `test` (`bench.text_data.EncodedSplit`) and `max_length`, such as
+    `data` is anything with `val` and `test` (`bench.data.tokens.EncodedSplit`) and `max_length`, such as
     `compress.families.encoder.family.TextData`.
     """
     from bench.accuracy import latency_feeds, predict_split
-    from compress.quantization.search import Candidate, SearchFailed, SearchResult, _copy, choose, format_table, latencies
+    from compress.quantization.candidates import (Candidate, SearchFailed, SearchResult, choose, copy_model,
+                                                 format_table, latencies)
     from compress.families.encoder.training import accuracy_of
     from runtime import load
 
@@ -174,7 +133,7 @@ def search_dynamic_int8(fp32_path: Path, out_path: Path, data, q, workdir: Path,
     p50 = latencies(paths, lambda runner: feeds, 1, threads)
     candidates = [dataclasses.replace(c, p50_ms=round(p50[c.name], 4)) for c in candidates]
     chosen = choose(candidates)
-    _copy(Path(chosen.path), out_path)
+    copy_model(Path(chosen.path), out_path)
     result = SearchResult(chosen, tuple(candidates), (), fp32_acc)
     if not chosen.meets_bar:
         print(format_table(result), file=sys.stderr)

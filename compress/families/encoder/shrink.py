@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.text_data import EncodedSplit, sorted_chunks
+from bench.data.tokens import EncodedSplit, sorted_chunks
 from common.errors import CompressError
 from compress.families.encoder.training import predict_text_logits
 from models.transformer import EncoderClassifier, count_parameters

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.text_data import EncodedSplit, logits_by_length, sorted_chunks
+from bench.data.tokens import EncodedSplit, logits_by_length, sorted_chunks
 from common.errors import CompressError
 from models.transformer import EncoderClassifier
 
@@ -31,6 +31,7 @@ class TextLoopConfig:
     grad_clip: float = 1.0
     temperature: float = 2.0  # distillation only
     alpha: float = 0.9  # weight of the soft (teacher) term in distillation
+    precision: str = "fp32"  # "bf16": autocast on CPUs with native bf16 and on CUDA (compress.training.loop)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
@@ -112,56 +113,49 @@ def fit_text(model: EncoderClassifier, data: EncodedSplit, cfg: TextLoopConfig, 
 
 
 def _fit_text(model, data, cfg, seed, teacher_logits, teacher_hidden, hidden_weight, label, device) -> list[float]:
-    from common.progress import progress_bar
-    from compress.training.device import to_device
     from compress.distillation.losses import kd_loss, teacher_logits_tensor
+    from compress.training import distributed
+    from compress.training.device import to_device
+    from compress.training.loop import StepPlan, run_steps
 
+    world, rank = (distributed.world_size(), distributed.rank()) if distributed.enabled() else (1, 0)
+    hidden = teacher_hidden is not None and hidden_weight > 0
+    if hidden and world > 1:
+        raise CompressError("hidden-state distillation (distill.hidden_weight) runs in one process; set it to 0 "
+                            "or train with --nproc 1")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total = max(1, math.ceil(cfg.epochs * math.ceil(len(data) / cfg.batch_size)))
     warm = int(cfg.warmup * total)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    lengths = data.lengths
     soft = None if teacher_logits is None else to_device(teacher_logits_tensor(teacher_logits, len(data)), device)
-    model.train()
-    losses: list[float] = []
-    batches: list[np.ndarray] = []
-    with progress_bar(label, total) as advance:
-        for step in range(total):
-            if not batches:
-                batches = length_batches(lengths, cfg.batch_size, rng)
-            idx = batches.pop()
-            b = data.take(idx)
-            ids, mask = (to_device(torch.from_numpy(a), device) for a in (b.input_ids, b.attention_mask))
-            if teacher_hidden is not None and hidden_weight > 0:
-                logits, hidden = model.forward_with_hidden(ids, mask)
-                target = to_device(teacher_hidden.batch(idx, ids.shape[1]), device)
-                extra = hidden_weight * hidden_loss(hidden, target, mask)
-            else:
-                logits, extra = model(ids, mask), 0.0
-            y = to_device(torch.from_numpy(b.y), device)
-            if soft is None:
-                loss = F.cross_entropy(logits, y)
-            else:
-                rows = to_device(torch.from_numpy(idx), device)
-                loss = kd_loss(logits, y, soft[rows], temperature=cfg.temperature, alpha=cfg.alpha)
-            loss = loss + extra
-            if not torch.isfinite(loss):
-                raise CompressError(f"{label}: loss became {loss.item()} at step {step}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            advance(loss=float(np.mean(losses[-20:])))
-    model.eval()
-    chunk = max(1, len(losses) // 10)
-    return [float(np.mean(losses[i : i + chunk])) for i in range(0, len(losses), chunk)]
+
+    def batches():
+        pending: list[np.ndarray] = []
+        for _ in range(total):
+            if not pending:
+                pending = length_batches(data.lengths, cfg.batch_size, rng)
+            yield pending.pop()[rank::world]  # every rank draws the same global batch and takes its share
+
+    def loss_of(forward: nn.Module, idx: np.ndarray) -> torch.Tensor:
+        b = data.take(idx)
+        ids, mask = (to_device(torch.from_numpy(a), device) for a in (b.input_ids, b.attention_mask))
+        if hidden:
+            logits, states = model.forward_with_hidden(ids, mask)
+            target = to_device(teacher_hidden.batch(idx, ids.shape[1]), device)
+            extra = hidden_weight * hidden_loss(states, target, mask)
+        else:
+            logits, extra = forward(ids, mask), 0.0
+        logits, y = logits.float(), to_device(torch.from_numpy(b.y), device)
+        if soft is None:
+            return F.cross_entropy(logits, y) + extra
+        rows = to_device(torch.from_numpy(idx), device)
+        return kd_loss(logits, y, soft[rows], temperature=cfg.temperature, alpha=cfg.alpha) + extra
+
+    plan = StepPlan(total, batches(), loss_of, optimizer, scheduler, grad_clip=cfg.grad_clip)
+    return run_steps(model, plan, label=label, precision=cfg.precision, device=device)
 
 
 def skip_layer_targets(keep: Sequence[int], teacher_layers: int) -> tuple[int, ...]:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import CompressError
+from compress.families.base import OneInputFamily
 
 
-class ImageClassifier:
+class ImageClassifier(OneInputFamily):
     name = "image"
     kind = "image"
     archs: tuple[str, ...] = ("resnet-cnn", "custom")
@@ -84,12 +85,6 @@ class ImageClassifier:
         loop = train.LoopConfig(epochs, t.batch_size, lr, t.weight_decay, t.optimizer, t.label_smoothing,
                                 precision or t.precision)
         return train.fit(model, run.data.train, loop, seed=seed, label=label, device=self.device(run), **teaching)
-
-    def device(self, run) -> str:
-        """Where this run's training stages compute ("cpu", "cuda:0", ...): the recipe's train.device."""
-        from compress.training.device import for_run
-
-        return for_run(run)
 
     def accuracy(self, run, model) -> float:
         from compress.training.loop import accuracy
@@ -201,31 +196,16 @@ class ImageClassifier:
     def quantize(self, run, source: str, fp32: Path, out: Path, *, tuned: bool) -> dict[str, Any]:
         """Static INT8 (QDQ). `tuned`: the searched one (calibration methods, float fallback, QAT as a last
         resort) that may ship; otherwise ONNX Runtime's plain PTQ with the recipe's settings, for comparison."""
-        import tempfile
+        from compress.quantization.post_training import post_training_int8
 
-        from bench.accuracy import predict
-        from common.compare import top1_agreement
-        from compress.quantization import static as quantize
-        from compress.driver import WORKDIR_PREFIX
-        from compress.quantization.search import search_int8
-        from runtime import load
+        qat_device = {}
 
-        data, q = run.data, run.recipe.quantize
-        extra = {}
-        if tuned:
-            def qat(workdir):
-                extra["qat_device"] = self.device(run)  # where quantization-aware fine-tuning ran, when it did
-                return self.qat(run, run.fp32_checkpoints[source], workdir)
+        def qat(workdir: Path) -> Path:
+            qat_device["qat_device"] = self.device(run)  # where quantization-aware fine-tuning ran, when it did
+            return self.qat(run, run.fp32_checkpoints[source], workdir)
 
-            with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX, dir=run.out_dir) as work:
-                result = search_int8(fp32, out, data.calib.x, data.val.x, data.val.y, q, Path(work),
-                                     threads=run.recipe.bench.threads, qat=qat)
-            extra["search"] = result.to_dict()
-        else:
-            quantize.quantize_static_qdq(fp32, out, data.calib.x, q)
-        with load(fp32) as a, load(out) as b:
-            agreement = top1_agreement(predict(a, data.val.x), predict(b, data.val.x))
-        return {"source": source, "val_top1_agreement_vs_fp32": agreement, "ops": quantize.op_precision(out), **extra}
+        result = post_training_int8(run, source, fp32, out, tuned=tuned, qat=qat)
+        return {**result, **qat_device}
 
     def qat(self, run, checkpoint: Path, workdir: Path) -> Path:
         from compress.export import onnx_export as export
@@ -246,20 +226,11 @@ class ImageClassifier:
         return path
 
     # -- what the targets and the app need --------------------------------------------------------
-    def preprocess(self, run) -> dict[str, Any]:
-        return run.source.preprocess(run.data)
-
-    def check_inputs(self, run):
-        return run.data.val.x[:256]
-
     def torch_inputs(self, run):
         return run.data.calib.x, run.data.val.x
 
-    def extra_files(self, run):
-        return None
-
     def unsupported(self, step: str) -> str | None:
-        """Why this family cannot run `step` ("prune", "distill", "litert"), or None: it runs them all."""
+        """None: this family runs every step, labelling unlabelled data with the model as given included."""
         return None
 
 

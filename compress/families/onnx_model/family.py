@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import CompressError
+from compress.families.base import OneInputFamily
 
 CONTROL_FLOW = ("Loop", "If", "Scan")
 STATE_WORDS = ("state", "hidden", "cache", "past", "memory")
@@ -115,7 +116,7 @@ def graph_info(path: str | Path) -> GraphInfo:
     return _inspect(str(p.resolve()), st.st_mtime_ns, st.st_size)
 
 
-class OnnxModel:
+class OnnxModel(OneInputFamily):
     name = "onnx"
     kind = "image"  # to data sources and targets: one float array in, logits out
     archs: tuple[str, ...] = ("onnx",)
@@ -144,7 +145,7 @@ class OnnxModel:
             raise RecipeError(str(e)) from None
 
     def unsupported(self, step: str) -> str | None:
-        """Why this family cannot run `step` ("prune", "distill", "litert"), or None when it can."""
+        """Why this family cannot run `step`, or None: it labels unlabelled data, and nothing that needs torch."""
         verbs = {"prune": "prune", "distill": "distil"}
         if step in verbs:
             return NO_TORCH.format(verb=verbs[step])
@@ -214,7 +215,7 @@ class OnnxModel:
         return 1.5 / max(data.num_classes, 1)
 
     def _val_accuracy(self, run, path: Path) -> float:
-        from bench.accuracy import predict
+        from runtime.measure import predict
         from runtime import load
 
         val = run.data.val
@@ -231,7 +232,7 @@ class OnnxModel:
 
     def given_logits(self, run, splits: dict) -> dict:
         """The model as given on unlabelled rows (split name -> logits): its top-1 stands in for labels."""
-        from bench.accuracy import predict
+        from runtime.measure import predict
         from runtime import load
 
         with load(Path(run.recipe.model.path), threads=run.recipe.bench.threads) as runner:
@@ -280,40 +281,13 @@ class OnnxModel:
 
     def quantize(self, run, source: str, fp32: Path, out: Path, *, tuned: bool) -> dict[str, Any]:
         """Static INT8 (QDQ): the accuracy-aware search for the one that may ship, plain PTQ for comparison."""
-        import tempfile
+        from compress.quantization.post_training import post_training_int8
 
-        from bench.accuracy import predict
-        from common.compare import top1_agreement
-        from compress.quantization import static as quantize
-        from compress.driver import WORKDIR_PREFIX
-        from compress.quantization.search import search_int8
-        from runtime import load
-
-        data, q = run.data, run.recipe.quantize
-        extra = {}
-        if tuned:
-            with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX, dir=run.out_dir) as work:
-                result = search_int8(fp32, out, data.calib.x, data.val.x, data.val.y, q, Path(work),
-                                     threads=run.recipe.bench.threads)
-            extra = {"search": result.to_dict()}
-        else:
-            quantize.quantize_static_qdq(fp32, out, data.calib.x, q)
-        with load(fp32) as a, load(out) as b:
-            agreement = top1_agreement(predict(a, data.val.x), predict(b, data.val.x))
-        return {"source": source, "val_top1_agreement_vs_fp32": agreement, "ops": quantize.op_precision(out), **extra}
+        return post_training_int8(run, source, fp32, out, tuned=tuned)
 
     # -- what the targets and the app need --------------------------------------------------------
-    def preprocess(self, run) -> dict[str, Any]:
-        return run.source.preprocess(run.data)
-
-    def check_inputs(self, run):
-        return run.data.val.x[:256]
-
     def torch_inputs(self, run):
         raise CompressError(f"an ONNX model has no torch module to convert; use --target {onnx_targets()}")
-
-    def extra_files(self, run):
-        return None
 
 
 ONNX_MODEL = OnnxModel()

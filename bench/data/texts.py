@@ -9,95 +9,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from bench.datasets import DatasetError
+from bench.data.splits import DatasetError, TextDataset, TextSplit, stratified_split
 
 # The copy shipped with the project (MIT; provenance in its README.md), then the shared one on these machines.
-FINE_FOODS_DIRS = (Path(__file__).resolve().parent / "data" / "fine_foods", Path("/work/shared/data/fine_foods"))
+FINE_FOODS_DIRS = (Path(__file__).resolve().parent / "fine_foods", Path("/work/shared/data/fine_foods"))
 FINE_FOODS_LABELS = ("other", "great")  # index 1 = a 5-star review
-
-
-@dataclass(frozen=True)
-class TextSplit:
-    texts: tuple[str, ...]
-    y: np.ndarray  # int64, N
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass(frozen=True)
-class EncodedSplit:
-    """Token ids padded to a common length; `attention_mask` is 1 on real tokens, 0 on padding."""
-
-    input_ids: np.ndarray  # int64, N x L
-    attention_mask: np.ndarray  # int64, N x L
-    y: np.ndarray  # int64, N
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.attention_mask.sum(1)
-
-    def take(self, idx: np.ndarray, *, crop: bool = True) -> "EncodedSplit":
-        """Rows `idx`; with `crop`, columns beyond the longest of those rows are dropped (dynamic padding)."""
-        ids, mask = self.input_ids[idx], self.attention_mask[idx]
-        if crop and len(idx):
-            width = max(1, int(mask.sum(1).max()))
-            ids, mask = ids[:, :width], mask[:, :width]
-        return EncodedSplit(np.ascontiguousarray(ids), np.ascontiguousarray(mask), self.y[idx])
-
-
-def sorted_chunks(data: EncodedSplit, batch_size: int) -> list[np.ndarray]:
-    """Row indices in batches of similar length (each batch is then padded only to its longest row)."""
-    order = np.argsort(data.lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def logits_by_length(data: EncodedSplit, batch_size: int, run) -> np.ndarray:
-    """`run(input_ids, attention_mask) -> logits` over batches of similar length (each padded only to its longest
-    row); the logits come back in the rows' order."""
-    out = None
-    for idx in sorted_chunks(data, batch_size):
-        rows = data.take(idx)
-        logits = run(rows.input_ids, rows.attention_mask)
-        if out is None:
-            out = np.zeros((len(data), logits.shape[1]), np.float32)
-        out[idx] = logits
-    return out if out is not None else np.zeros((0, 0), np.float32)
-
-
-def at_length(data: EncodedSplit, length: int, pad_id: int = 0) -> EncodedSplit:
-    """Rows cut or padded (mask 0) to exactly `length` columns."""
-    ids, mask = data.input_ids[:, :length], data.attention_mask[:, :length]
-    if ids.shape[1] < length:
-        extra = length - ids.shape[1]
-        ids = np.pad(ids, ((0, 0), (0, extra)), constant_values=pad_id)
-        mask = np.pad(mask, ((0, 0), (0, extra)), constant_values=0)
-    mask = mask.copy()
-    mask[:, 0] = 1  # at least one real token per row
-    return EncodedSplit(np.ascontiguousarray(ids), np.ascontiguousarray(mask), data.y)
-
-
-@dataclass(frozen=True)
-class TextDataset:
-    name: str
-    train: TextSplit
-    val: TextSplit
-    test: TextSplit
-    labels: tuple[str, ...]
-    fingerprint: str  # identifies the data for the stage cache
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
 
 
 def read_text_csv(path: str | os.PathLike, text_column: str, label_column: str,
@@ -136,22 +57,6 @@ def read_text_csv(path: str | os.PathLike, text_column: str, label_column: str,
     if len(np.unique(y)) < 2:
         raise DatasetError(f"{path}: every row has label {values[0]!r}; a classifier needs at least two classes")
     return tuple(t for t, _ in rows), y, names
-
-
-def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held-out) indices, holding out `fraction` of every class; seeded."""
-    if not 0.0 < fraction < 1.0:
-        raise DatasetError(f"validation fraction must lie in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    held = []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        held.append(idx[: max(1, int(round(fraction * len(idx))))])
-    held_idx = np.sort(np.concatenate(held))
-    kept_idx = np.setdiff1d(np.arange(len(y)), held_idx)
-    if len(kept_idx) == 0:
-        raise DatasetError(f"a validation fraction of {fraction} leaves no training rows")
-    return kept_idx, held_idx
 
 
 def find_fine_foods(directory: str | os.PathLike | None = None) -> Path:
