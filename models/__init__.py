@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from models.cnn import CNNConfig, ResNetCNN
 
-__all__ = ["CNNConfig", "ResNetCNN", "build_model", "resize_to_state_dict"]
+__all__ = ["CNNConfig", "ResNetCNN", "build_model"]
 
 
 def build_model(arch: str, input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.Module:
@@ -44,31 +43,3 @@ def from_factory(spec: str, input_shape: tuple[int, ...], num_classes: int) -> n
     if not isinstance(model, nn.Module):
         raise ValueError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild Conv2d / BatchNorm2d / Linear layers with the shapes stored in `state_dict` (pruned models)."""
-    for name, module in list(model.named_modules()):
-        key = f"{name}.weight" if name else "weight"
-        if isinstance(module, nn.Conv2d) and key in state_dict:
-            out_ch, in_ch_per_group = state_dict[key].shape[:2]
-            if (out_ch, in_ch_per_group) != module.weight.shape[:2]:
-                replacement: nn.Module = nn.Conv2d(
-                    in_ch_per_group * module.groups, out_ch, module.kernel_size, module.stride, module.padding,
-                    module.dilation, module.groups, module.bias is not None,
-                )
-                _set_submodule(model, name, replacement)
-        elif isinstance(module, nn.BatchNorm2d) and key in state_dict:
-            if state_dict[key].shape[0] != module.num_features:
-                _set_submodule(model, name, nn.BatchNorm2d(state_dict[key].shape[0], module.eps, module.momentum))
-        elif isinstance(module, nn.Linear) and key in state_dict:
-            out_f, in_f = state_dict[key].shape
-            if (out_f, in_f) != (module.out_features, module.in_features):
-                _set_submodule(model, name, nn.Linear(in_f, out_f, module.bias is not None))
-    return model
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)

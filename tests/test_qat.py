@@ -23,7 +23,8 @@ def test_qat_export_is_qdq_and_matches_torch_fake_quant(small_run, tmp_path):
 
     _, out = small_run
     data = load_fashion_mnist(limit_train=3000, val_size=500, calib_size=64, limit_test=1000)
-    student = load_checkpoint(build_model("resnet-cnn", (1, 28, 28), 10, width=16), out / "student.pt")
+    student = load_checkpoint(build_model("resnet-cnn", (1, 28, 28), 10, width=16), out / "student.pt",
+                              __import__("torch").from_numpy(data.calib.x[:2]))
     model = qat.prepare(student, data.calib.x)
     assert not any(isinstance(m, __import__("torch").nn.BatchNorm2d) for m in model.modules())  # folded
     curve = train.fit(model, data.train, train.LoopConfig(0.25, 64, 0.005), seed=0, label="qat")

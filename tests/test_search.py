@@ -98,7 +98,8 @@ def test_impossible_bar_tries_qat_then_fails_and_saves_the_most_accurate(fp32_mo
     _, out = small_run
 
     def quantization_aware(workdir):
-        student = load_checkpoint(build_model("resnet-cnn", (1, 28, 28), 10, width=16), out / "student.pt")
+        student = load_checkpoint(build_model("resnet-cnn", (1, 28, 28), 10, width=16), out / "student.pt",
+                                  __import__("torch").from_numpy(data.calib.x[:2]))
         model = qat.prepare(student, data.calib.x)
         train.fit(model, data.train, train.LoopConfig(0.1, 64, 0.005), seed=0, label="qat")
         qat.calibrate(model, data.calib.x)

@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"environment": environment(), "command": " ".join([sys.executable, "-m", "tools.inc_probe",
                                                                       *(argv or sys.argv[1:])])}
     ds = load_fashion_mnist(limit_test=args.limit_test)
-    model = load_checkpoint(build_model("resnet-cnn", (1, 28, 28), 10, width=args.width), Path(args.checkpoint))
+    model = load_checkpoint(build_model("resnet-cnn", (1, 28, 28), 10, width=args.width), Path(args.checkpoint),
+                            torch.from_numpy(ds.calib.x[:2]))
     model = model.eval()
     ref_test, ref_val = torch_logits(model, ds.test.x), torch_logits(model, ds.val.x)
     res["fp32_torch"] = {"test_accuracy": acc(ref_test, ds.test.y), "val_accuracy": acc(ref_val, ds.val.y),

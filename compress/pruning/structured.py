@@ -13,6 +13,9 @@ from torch.nn.utils import prune as torch_prune
 
 from compress.recipe import PruneConfig
 
+PLAN_ATTR = "compress_pruning_plan"  # on a channel-pruned model: how to rebuild it from a fresh one (checkpoints)
+PLAN_VERSION = 1
+
 SPARSITY_NOTE = ("unstructured and 2:4 sparsity keep dense weight tensors: ONNX Runtime on CPU runs them at "
                  "dense speed and the file does not shrink; use method: channels for speed")
 
@@ -25,10 +28,34 @@ class PruneResult:
     channels_before: dict[str, int]
     channels_after: dict[str, int]
     sparsity: float  # fraction of zero weights in conv / linear layers
+    kept_whole: list[str]  # conv / linear layers channel pruning left at full width (the classifier head aside)
+    heads: dict[str, int]  # attention modules (timm layout: qkv Linear, num_heads) -> heads kept
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
     return {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every conv and linear layer (what channel pruning changes)."""
+    return {name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Attention in timm's layout (ViT, DeiT, many small ViTs): a `qkv` Linear and an int `num_heads`."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)}
+
+
+def attention_heads(model: nn.Module) -> dict[str, int]:
+    return {name: m.num_heads for name, m in _attention_modules(model).items()}
+
+
+def head_attributes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """What a replayed plan must set besides the tensors: each attention module's heads and head width."""
+    return {name: {"num_heads": m.num_heads, "head_dim": m.qkv.out_features // (3 * m.num_heads)}
+            for name, m in _attention_modules(model).items()}
 
 
 def count_params(model: nn.Module) -> int:
@@ -57,18 +84,24 @@ def prune(model: nn.Module, cfg: PruneConfig, example_inputs: torch.Tensor, num_
     `device` (None: the CPU); the dependency graph and the pruning itself stay on the CPU.
     """
     pruned = copy.deepcopy(model).eval()
-    before = conv_widths(pruned)
+    before, widths_before = conv_widths(pruned), layer_widths(pruned)
     params_before = count_params(pruned)
     if cfg.method == "channels":
-        _prune_channels(pruned, cfg, example_inputs, num_classes, taylor_batch, between_steps, device)
+        history = _prune_channels(pruned, cfg, example_inputs, num_classes, taylor_batch, between_steps, device)
+        setattr(pruned, PLAN_ATTR, {"version": PLAN_VERSION, "history": _plain_history(history),
+                                    "attributes": head_attributes(pruned)})
     else:
         _prune_unstructured(pruned, cfg, num_classes)
     pruned.zero_grad(set_to_none=True)
+    after = layer_widths(pruned)
+    head = {id(m) for m in _classifier_layers(pruned, num_classes)}
+    named = dict(pruned.named_modules())
+    kept = sorted(n for n, w in after.items() if w == widths_before.get(n) and id(named[n]) not in head)
     return PruneResult(pruned, params_before, count_params(pruned), before, conv_widths(pruned),
-                       weight_sparsity(pruned))
+                       weight_sparsity(pruned), kept if cfg.method == "channels" else [], attention_heads(pruned))
 
 
-def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, between_steps, device=None) -> None:
+def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, between_steps, device=None) -> list:
     import torch_pruning as tp
 
     if cfg.importance == "taylor":
@@ -76,20 +109,57 @@ def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, betwe
     else:
         importance = tp.importance.GroupMagnitudeImportance(p=2)
     ignored = _classifier_layers(model, num_classes)
-    pruner = tp.pruner.BasePruner(
-        model, example_inputs, importance=importance, pruning_ratio=cfg.ratio,
-        pruning_ratio_dict=_floor_at_round_to(model, cfg, ignored),
-        ignored_layers=ignored, round_to=cfg.round_to,
-        global_pruning=cfg.scope == "global", iterative_steps=cfg.iterative_steps,
-    )
+    attention = _attention_modules(model).values()
+    try:
+        pruner = tp.pruner.BasePruner(
+            model, example_inputs, importance=importance, pruning_ratio=cfg.ratio,
+            pruning_ratio_dict=_floor_at_round_to(model, cfg, ignored),
+            ignored_layers=ignored, round_to=cfg.round_to,
+            global_pruning=cfg.scope == "global", iterative_steps=cfg.iterative_steps,
+            num_heads={m.qkv: m.num_heads for m in attention}, prune_num_heads=bool(attention),
+            head_pruning_ratio=cfg.ratio if attention else 0.0,
+            prune_head_dims=False,  # whole heads go: every head keeps its width, as the attention code assumes
+        )
+    except Exception as e:  # torch-pruning traces the forward; an op it cannot follow stops it here
+        raise UntraceableModel(f"torch-pruning cannot trace this model ({type(e).__name__}: "
+                               f"{(str(e).splitlines() or [''])[0][:200]}); set prune.enabled: false") from None
     for step in range(cfg.iterative_steps):
         if cfg.importance == "taylor":
             if taylor_batch is None:
                 raise ValueError("Taylor importance needs a batch of training data")
             _taylor_gradients(model, taylor_batch, device)
         pruner.step()
+        for m in attention:  # the forward reshapes by these: follow the heads torch-pruning kept
+            m.num_heads = pruner.num_heads[m.qkv]
+            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
         if between_steps is not None and step < cfg.iterative_steps - 1:
             between_steps(model, step)
+    return pruner.DG.pruning_history()
+
+
+class UntraceableModel(ValueError):
+    """torch-pruning could not build the model's dependency graph (one line naming the op or error)."""
+
+
+def _plain_history(history) -> list[list]:
+    """torch-pruning's pruning history as JSON values: [module name, output channels?, [indices]] per step."""
+    return [[str(name), bool(out), [int(i) for i in idxs]] for name, out, idxs in history]
+
+
+def replay_plan(model: nn.Module, plan: dict, example_inputs: torch.Tensor) -> nn.Module:
+    """Prune a freshly built `model` exactly as the recorded `plan` did (torch-pruning's history replayed through
+    the model's own dependency graph, so grouped and depthwise layers keep their groups), then attach the plan."""
+    import torch_pruning as tp
+
+    if plan.get("version") != PLAN_VERSION:
+        raise ValueError(f"pruning plan version {plan.get('version')!r}, expected {PLAN_VERSION}")
+    graph = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs, verbose=False)
+    graph.load_pruning_history([(name, out, list(idxs)) for name, out, idxs in plan["history"]])
+    for name, attributes in plan.get("attributes", {}).items():
+        for attribute, value in attributes.items():
+            setattr(model.get_submodule(name), attribute, value)
+    setattr(model, PLAN_ATTR, plan)
+    return model
 
 
 def _taylor_gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], device: str | None) -> None:

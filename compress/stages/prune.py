@@ -27,4 +27,10 @@ def enabled(run) -> bool:
     return not (run.recipe.prune.enabled and family_skips(run, "prune")) and run.family.shrinks(run.recipe)
 
 
-STAGE = Stage("prune", ("key:train", "recipe:prune"), outputs, body, enabled=enabled, all_ranks=True)
+def checkpoint_format(run) -> str:
+    """Part of the key: a pruned checkpoint stores its pruning plan (earlier ones, shapes only, are not reused)."""
+    return "pruning-plan-1"
+
+
+STAGE = Stage("prune", ("key:train", "recipe:prune", checkpoint_format), outputs, body, enabled=enabled,
+              all_ranks=True)

@@ -8,30 +8,51 @@ from torch import nn
 
 from common.atomic import atomic_path
 from common.errors import CompressError
-from models import resize_to_state_dict
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """Only rank 0 writes under torchrun; the other ranks hold the same weights."""
+    """The weights as plain tensors; a channel-pruned model also stores its pruning plan (JSON), so that loading
+    rebuilds its exact structure. Only rank 0 writes under torchrun; the other ranks hold the same weights."""
+    import json
+
+    from compress.pruning.structured import PLAN_ATTR
     from compress.training import distributed
 
     if not distributed.is_main():
         return
+    tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    plan = getattr(model, PLAN_ATTR, None)
+    content = tensors if plan is None else {"state_dict": tensors, "pruning_plan": json.dumps(plan)}
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+        torch.save(content, tmp)
 
 
-def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
-    """Load tensors into `model`, resizing layers to the stored shapes (pruned models)."""
+def load_checkpoint(model: nn.Module, path: Path, example_inputs: torch.Tensor | None = None) -> nn.Module:
+    """Load tensors into the freshly built `model`; a pruned checkpoint's plan is replayed on it first (through its
+    dependency graph, traced on `example_inputs`), never guessed from the stored shapes."""
+    import json
+
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
         raise CompressError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to retrain") from None
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+    plan = None
+    if isinstance(content, dict) and isinstance(content.get("pruning_plan"), str):
+        plan, content = json.loads(content["pruning_plan"]), content.get("state_dict")
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise CompressError(f"checkpoint {path} does not hold a state dict of tensors")
-    resize_to_state_dict(model, state_dict)
+    if plan is not None:
+        from compress.pruning.structured import replay_plan
+
+        if example_inputs is None:
+            raise CompressError(f"checkpoint {path} is a pruned model: loading it needs example inputs")
+        try:
+            replay_plan(model, plan, example_inputs)
+        except Exception as e:  # the plan does not fit this model (another architecture, another version)
+            raise CompressError(f"checkpoint {path}: its pruning plan does not replay on this model "
+                                f"({type(e).__name__}: {str(e)[:160]}); delete it to retrain") from None
     try:
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(content, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise CompressError(f"checkpoint {path} does not fit the model: {first}") from None
@@ -69,6 +90,12 @@ def classes_in_weights(path: Path, probe: nn.Module) -> int:
         raise CompressError(f"--weights {path}: no classifier head (a last nn.Linear) to read the number of classes "
                             "from; give labelled data")
     return int(weight.shape[0])
+
+
+def last_linear_width(model: nn.Module) -> int | None:
+    """The output width of the module's last nn.Linear (its classifier head, in the module's own order)."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return heads[-1].out_features if heads else None
 
 
 def load_pretrained(model: nn.Module, path: Path) -> nn.Module:

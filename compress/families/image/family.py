@@ -51,25 +51,43 @@ class ImageClassifier(OneInputFamily):
             raise CompressError(str(e)) from None
 
     def check_given(self, run) -> None:
-        """Unlabelled data need a model that is complete as given: pretrained weights."""
-        if not run.recipe.model.weights:
+        """Unlabelled data need a model that is complete as given: pretrained weights, or a user's factory that
+        returns its model pretrained (timm's `pretrained=True`, torchvision's `weights=`): with unlabelled data and
+        no --weights there is no other meaning, so one line says so and the run goes on."""
+        m = run.recipe.model
+        if m.weights:
+            return
+        if m.arch != "custom":
             raise CompressError(f"{run.data.name} has no labels: a model trained from scratch has nothing to agree "
                                 "with; give pretrained weights (--weights FILE) or labelled data")
+        from compress.driver import log
+
+        log(f"[label] no --weights: {m.factory} is taken as it returns the model (pretrained); its top-1 labels "
+            "the data")
 
     def given_logits(self, run, splits: dict) -> dict:
-        """The pretrained model as given on unlabelled rows (split name -> logits); its classes from its weights."""
+        """The pretrained model as given on unlabelled rows (split name -> logits); its classes from its weights'
+        head, or from the head of the model its factory returns."""
         from compress.training import loop as train
-        from compress.training.checkpoints import classes_in_weights, load_pretrained
+        from compress.training.checkpoints import classes_in_weights, last_linear_width, load_pretrained
 
         weights = run.recipe.model.weights
-        classes = classes_in_weights(Path(weights), self.new_model(run, 2))
-        model = load_pretrained(self.new_model(run, classes), Path(weights)).eval()
-        return {name: train.predict_logits(model, x) for name, x in splits.items()}
+        train.seed_everything(run.recipe.seed)  # as the train stage does: a factory's random parts are the same
+        if weights:
+            classes = classes_in_weights(Path(weights), self.new_model(run, 2))
+            model = load_pretrained(self.new_model(run, classes), Path(weights))
+        else:
+            model = self.new_model(run, 2)
+            classes = last_linear_width(model)
+            if classes is None:
+                raise CompressError(f"{run.recipe.model.factory} returned a model without a classifier head (a last "
+                                    "nn.Linear); give labelled data")
+        return {name: train.predict_logits(model.eval(), x) for name, x in splits.items()}
 
     def load(self, run, path: Path):
         from compress.training.checkpoints import load_checkpoint
 
-        return load_checkpoint(self.new_model(run), path)
+        return load_checkpoint(self.new_model(run), path, example_rows(run.data))
 
     def save(self, model, path: Path) -> None:
         from compress.training.checkpoints import save_checkpoint
@@ -126,15 +144,24 @@ class ImageClassifier(OneInputFamily):
 
         r, data, p = run.recipe, run.data, run.recipe.prune
         train.seed_everything(r.seed)
-        example = torch.from_numpy(data.train.x[:2])
+        example = example_rows(data)
         batch = (torch.from_numpy(data.train.x[:256]), torch.from_numpy(data.train.y[:256]))
         step_epochs = p.finetune_epochs / p.iterative_steps
 
         def between_steps(model, step):
             self.fit(run, model, step_epochs, p.lr, seed=r.seed + 10 + step, label=f"prune step {step + 1}")
 
-        result = prune.prune(run.teacher, p, example, data.num_classes, taylor_batch=batch,
-                             between_steps=between_steps if step_epochs > 0 else None, device=self.device(run))
+        try:
+            result = prune.prune(run.teacher, p, example, data.num_classes, taylor_batch=batch,
+                                 between_steps=between_steps if step_epochs > 0 else None, device=self.device(run))
+        except prune.UntraceableModel as e:
+            raise CompressError(str(e)) from None
+        if result.kept_whole:
+            from compress.driver import log
+
+            shown = ", ".join(result.kept_whole[:6]) + (f" and {len(result.kept_whole) - 6} more"
+                                                        if len(result.kept_whole) > 6 else "")
+            log(f"[prune] kept whole (coupled to what cannot shrink, or at round_to already): {shown}")
         acc_pruned = self.accuracy(run, result.model)
         raw = copy.deepcopy(result.model)
         prune.make_sparsity_permanent(raw)
@@ -147,7 +174,8 @@ class ImageClassifier(OneInputFamily):
         metrics = {
             "method": p.method, "params_before": result.params_before, "params_after": result.params_after,
             "channels_before": result.channels_before, "channels_after": result.channels_after,
-            "weight_sparsity": prune.weight_sparsity(result.model),
+            "weight_sparsity": prune.weight_sparsity(result.model), "kept_whole": result.kept_whole,
+            "attention_heads_before": prune.attention_heads(run.teacher), "attention_heads_after": result.heads,
             "val_accuracy_pruned": acc_pruned, "val_accuracy": self.accuracy(run, result.model), "loss_curve": curve,
             "device": self.device(run),
         }
@@ -158,10 +186,7 @@ class ImageClassifier(OneInputFamily):
     def distill(self, run, source: Path, out: Path) -> dict[str, Any]:
         """The pruned weights, taught by the full model on its logits (and its last feature map when
         `distill.feature_weight` > 0)."""
-        import torch
-
         from compress.pruning import structured as prune
-
         from compress.training import loop as train
         from compress.distillation.losses import FeatureDistiller, make_kd_loss
 
@@ -173,7 +198,7 @@ class ImageClassifier(OneInputFamily):
         before = self.accuracy(run, student)
         distiller, soft, trainee = None, None, student
         if d.feature_weight > 0:  # needs the teacher's feature map of every batch
-            distiller = FeatureDistiller(student, run.teacher, torch.from_numpy(run.data.train.x[:2]))
+            distiller = FeatureDistiller(student, run.teacher, example_rows(run.data))
             trainee = distiller
         else:  # one teacher pass instead of one per epoch: distillation then costs what fine-tuning does
             soft = train.predict_logits(run.teacher, run.data.train.x, device=self.device(run))
@@ -232,6 +257,17 @@ class ImageClassifier(OneInputFamily):
     def unsupported(self, step: str) -> str | None:
         """None: this family runs every step, labelling unlabelled data with the model as given included."""
         return None
+
+
+
+def example_rows(data):
+    """Two real rows (one where the data have one) to trace the model's graph on: training rows first, else any split's."""
+    import torch
+
+    for split in (data.train, data.calib, data.val, data.test):
+        if len(split.x):
+            return torch.from_numpy(split.x[:2])
+    raise CompressError(f"{data.name} has no rows to trace the model on")
 
 
 IMAGE = ImageClassifier()

@@ -1,0 +1,127 @@
+"""The architectures people ship (tests/zoo.py) through every stage: structured pruning through torch-pruning's
+dependency graph (depthwise and grouped convolutions keep their groups, squeeze-and-excite and residual adds shrink
+together, attention loses whole heads), a pruned model that reloads exactly from its checkpoint, and the whole
+pipeline (label -> prune + fine-tune -> distill -> export with parity -> INT8 -> bench) on 32 unlabelled rows of
+random-weight models taken as their factories return them (as a pretrained model package would)."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.zoo import ZOO
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("geffnet") is None,
+                                reason="geffnet not installed (pip install --no-deps geffnet; the test extra has it)")
+SHAPE = (3, 32, 32)
+CLASSES = 10
+
+
+def _rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, *SHAPE)).astype(np.float32)
+
+
+def _pruned(arch: str):
+    from compress.pruning.structured import prune
+    from compress.recipe import PruneConfig
+
+    torch.manual_seed(0)
+    model = ZOO[arch](SHAPE, CLASSES).eval()
+    return model, prune(model, PruneConfig(ratio=0.5, round_to=4, finetune_epochs=0), torch.from_numpy(_rows(2)),
+                        CLASSES)
+
+
+def _grouped(model: nn.Module) -> dict[str, tuple[int, int, int]]:
+    return {n: (m.in_channels, m.out_channels, m.groups) for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.groups > 1}
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_pruning_shrinks_every_architecture_and_its_checkpoint_reloads_exactly(arch, tmp_path):
+    """Logits of the reloaded pruned model (plan replayed on a freshly built one, other random init) equal the
+    in-memory pruned model's: the same ops on the same weights, so equal up to nothing (bound: 1e-6 of the largest
+    logit, for a kernel picked differently on another layout)."""
+    from compress.training.checkpoints import load_checkpoint, save_checkpoint
+
+    model, result = _pruned(arch)
+    pruned = result.model
+    assert result.params_after < 0.6 * result.params_before, (result.params_before, result.params_after)
+    for name, (cin, cout, groups) in _grouped(pruned).items():  # groups follow the channels
+        assert cin % groups == 0 and cout % groups == 0, (name, cin, cout, groups)
+        was = _grouped(model)[name]
+        if was[2] == was[0]:  # depthwise stays depthwise
+            assert groups == cin, (name, was, (cin, cout, groups))
+    if arch == "small_vit":
+        assert result.heads == {"blocks.0.attn": 2, "blocks.1.attn": 2}
+    x = torch.from_numpy(_rows(4, seed=1))
+    save_checkpoint(pruned, tmp_path / "pruned.pt")
+    torch.manual_seed(123)
+    reloaded = load_checkpoint(ZOO[arch](SHAPE, CLASSES), tmp_path / "pruned.pt", torch.from_numpy(_rows(2)))
+    with torch.no_grad():
+        expected, got = pruned.eval()(x), reloaded(x)
+    assert got.shape == expected.shape == (4, CLASSES)
+    assert float((got - expected).abs().max()) <= 1e-6 * max(1.0, float(expected.abs().max()))
+
+
+def test_a_checkpoint_whose_plan_does_not_fit_is_one_line(tmp_path):
+    from common.errors import CompressError
+    from compress.training.checkpoints import load_checkpoint, save_checkpoint
+
+    _, result = _pruned("shufflenet_style")
+    save_checkpoint(result.model, tmp_path / "pruned.pt")
+    with pytest.raises(CompressError, match="its pruning plan does not replay on this model"):
+        load_checkpoint(ZOO["resnet18_style"](SHAPE, CLASSES), tmp_path / "pruned.pt", torch.from_numpy(_rows(2)))
+
+
+def _zoo_recipe(arch: str, rows_path):
+    from compress.recipe import recipe_from_dict
+
+    return recipe_from_dict({
+        "name": f"zoo-{arch}", "data": {"dataset": "npz", "path": str(rows_path), "val_size": 4, "calib_size": 4},
+        "model": {"arch": "custom", "factory": f"tests.zoo:{arch}"},
+        "train": {"epochs": 0, "batch_size": 16, "lr": 1e-3, "optimizer": "adamw", "precision": "fp32"},
+        "prune": {"ratio": 0.5, "round_to": 4, "finetune_epochs": 1, "lr": 1e-3},
+        "distill": {"epochs": 1, "lr": 1e-3},
+        "quantize": {"search": False, "latency_search": False, "fp32_if_faster": False},
+        "bench": {"batch_sizes": [1], "warmup": 1, "runs": 5, "rounds": 1},
+        # random weights on 32 rows: what is checked is that every stage runs, not what ships
+        "budget": {"max_accuracy_drop": 100.0, "allow_baseline": True},
+        "target": {"litert_candidates": False},
+    })
+
+
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_every_stage_runs_on_the_architecture(arch, tmp_path):
+    from compress.pipeline import run
+
+    np.savez(tmp_path / "rows.npz", x=_rows(32))
+    report = run(_zoo_recipe(arch, tmp_path / "rows.npz"), tmp_path / "out")
+    ran = {s["name"] for s in report["stages"] if not s["cached"]}
+    assert {"label", "prune", "distill", "export", "quantize", "bench"} <= ran, ran
+    assert all(p["ok"] for p in report["parity"].values()), report["parity"]
+    assert report["budget"]["shipped"] is not None
+    prune = next(s["metrics"] for s in report["stages"] if s["name"] == "prune")
+    assert prune["params_after"] < prune["params_before"]
+
+
+_LITERT = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
+
+
+@pytest.mark.tflite
+@pytest.mark.skipif(bool(_LITERT), reason=f"{', '.join(_LITERT)} not installed (pip install 'edge-compress[tflite]')")
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_the_pruned_architecture_converts_to_litert_with_parity(arch, tmp_path):
+    """FP32 LiteRT of the pruned model against torch on 8 rows: max abs diff within 1e-3 of the largest logit
+    (XNNPACK reassociates; its float32 kernels stay orders of magnitude inside that)."""
+    from targets import tflite, tflite_convert
+
+    _, result = _pruned(arch)
+    model, rows = result.model.eval(), _rows(8, seed=2)
+    path = tflite_convert.convert_fp32(model, rows[:1], tmp_path / "m.tflite")
+    parity = tflite.check_parity(model, path, rows)
+    with torch.no_grad():
+        largest = float(model(torch.from_numpy(rows)).abs().max())
+    assert parity.samples == 8 and parity.max_abs_diff <= 1e-3 * max(1.0, largest), parity.to_dict()
