@@ -86,6 +86,7 @@ def _recipe(**overrides):
         "quantize": {"search": False, "max_accuracy_drop": 5.0},
         "bench": {"batch_sizes": [1, 16], "runs": 10, "rounds": 1, "warmup": 2},
         "budget": {"max_accuracy_drop": 5.0, "allow_baseline": True},
+        "target": {"litert_candidates": False},  # LiteRT beside ONNX Runtime: tests/test_runtime_choice.py
         **overrides,
     }
     return recipe_from_dict(spec)

@@ -219,7 +219,7 @@ class QuantConfig:
 @dataclass(frozen=True)
 class TargetConfig:
     name: str = "cpu"  # a registered target: targets.names() (`compress targets` lists them)
-    parity_atol: float = 1e-4
+    parity_atol: float = 1e-4  # ONNX vs torch: max abs diff within this times the largest logit (at least 1)
     # Transformers on cpu: ONNX Runtime's transformer optimizer fuses attention and BiasGelu in every exported
     # variant, baseline included (compress.families.encoder.ort_fusion); ignored by CNN recipes and other targets
     ort_fusion: bool = True

@@ -21,9 +21,14 @@ def check(run) -> None:
                             "column or y in the .npz)")
     run.family.check_given(run)  # e.g. a module needs its pretrained weights to be a model at all
     trains = run.family.unsupported("train") is None
-    if trains and run.recipe.train.epochs > 0:
-        raise CompressError(f"{run.data.name} has no labels: the baseline must be the pretrained model as given; set "
-                            "train.epochs: 0 (training or fine-tuning needs labelled data)")
+    if trains and run.recipe.train.epochs > 0:  # no other meaning: training needs labels
+        import dataclasses
+
+        from compress.driver import log
+
+        log(f"[label] {run.data.name} has no labels: the baseline is the model as given (train.epochs "
+            f"{run.recipe.train.epochs:g} -> 0; training or fine-tuning needs labelled data)")
+        run.recipe = run.recipe.replace(train=dataclasses.replace(run.recipe.train, epochs=0.0))
 
 
 def outputs(run):
