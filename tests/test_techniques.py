@@ -130,3 +130,26 @@ def test_distilling_from_precomputed_teacher_logits_matches_running_the_teacher(
     with pytest.raises(CompressError, match="teacher_logits has 3 rows for 512"):
         train.fit(_model(width=8), data, train.LoopConfig(0.1, 32, 0.05), seed=0, teacher=teacher,
                   teacher_logits=np.zeros((3, 4), np.float32), loss_fn=loss)
+
+
+def test_batchnorm_statistics_are_recomputed_only_when_stale():
+    """(1 - momentum)^steps of the old statistics left: 0.99^10 = 0.90 is stale and recomputed as the exact mean and
+    (unbiased) variance over the rows; 0.9^1000 is nothing and the statistics are left as they are."""
+    from torch import nn
+
+    from compress.training.loop import settle_batchnorm
+
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.01)
+    model = nn.Sequential(conv, bn).eval()
+    x = (torch.randn(128, 1, 8, 8) * 2 + 5).numpy()
+    assert settle_batchnorm(model, x, steps_run=10, batch_size=128)
+    with torch.no_grad():
+        features = conv(torch.from_numpy(x)).transpose(0, 1).reshape(4, -1)
+    torch.testing.assert_close(bn.running_mean, features.mean(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, features.var(1, unbiased=True), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.01 and not model.training
+    fresh = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.1)).eval()
+    before = fresh[1].running_mean.clone()
+    assert not settle_batchnorm(fresh, x, steps_run=1000)
+    assert torch.equal(fresh[1].running_mean, before)

@@ -212,7 +212,40 @@ def _fit(model, data, cfg, seed, label, teacher, teacher_logits, loss_fn, device
     if channels_last:
         for m in modules:
             m.to(memory_format=torch.contiguous_format)
+    settle_batchnorm(model, data.x, steps_run=total_steps, device=device)
     return losses
+
+
+STALE_BATCHNORM = 1e-3  # running statistics still weighting their starting values by more than this are recomputed
+SETTLE_ROWS = 2048
+
+
+def settle_batchnorm(model: nn.Module, x: np.ndarray, *, steps_run: int, device: str | None = None,
+                     batch_size: int = 64) -> bool:
+    """Recompute BatchNorm running statistics over training rows when they still carry much of what they held before
+    the last `steps_run` steps (0: after pruning, which changes every statistic). A BN with momentum m keeps (1 - m)^n
+    of its start after n steps: the default CNN (m 0.1, thousands of steps) keeps nothing and is left as it is, while
+    EfficientNet-Lite's m 0.01 over a 124-step fine-tune kept 29 % of the unpruned net's statistics and scored chance
+    in eval mode. Train mode, no gradient, a cumulative average over up to SETTLE_ROWS rows in their order."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or len(x) < 2:
+        return False
+    stale = max((1.0 - m.momentum) ** steps_run if m.momentum is not None else float(steps_run == 0) for m in norms)
+    if stale <= STALE_BATCHNORM:
+        return False
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    rows = min(len(x), SETTLE_ROWS)
+    with torch.no_grad(), placed(device, model):
+        for i in range(0, rows - 1, batch_size):  # batches of at least two rows: BN needs more than one value
+            model(to_device(torch.from_numpy(np.ascontiguousarray(x[i : min(i + batch_size, rows)])), device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+    return True
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ class ImageClassifier(OneInputFamily):
             shown = ", ".join(result.kept_whole[:6]) + (f" and {len(result.kept_whole) - 6} more"
                                                         if len(result.kept_whole) > 6 else "")
             log(f"[prune] kept whole (coupled to what cannot shrink, or at round_to already): {shown}")
+        train.settle_batchnorm(result.model, data.train.x, steps_run=0, device=self.device(run))  # stats changed
         acc_pruned = self.accuracy(run, result.model)
         raw = copy.deepcopy(result.model)
         prune.make_sparsity_permanent(raw)
