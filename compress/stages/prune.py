@@ -28,8 +28,9 @@ def enabled(run) -> bool:
 
 
 def checkpoint_format(run) -> str:
-    """Part of the key: a pruned checkpoint stores its pruning plan (earlier ones, shapes only, are not reused)."""
-    return "pruning-plan-1"
+    """Part of the key: a pruned checkpoint stores its pruning plan and settled BatchNorm statistics (earlier ones,
+    shapes only or stale statistics, are not reused)."""
+    return "pruning-plan-1/batchnorm-settled"
 
 
 STAGE = Stage("prune", ("key:train", "recipe:prune", checkpoint_format), outputs, body, enabled=enabled,
