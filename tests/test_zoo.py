@@ -91,7 +91,9 @@ def _zoo_recipe(arch: str, rows_path):
         "bench": {"batch_sizes": [1], "warmup": 1, "runs": 5, "rounds": 1},
         # random weights on 32 rows: what is checked is that every stage runs, not what ships
         "budget": {"max_accuracy_drop": 100.0, "allow_baseline": True},
-        "target": {"litert_candidates": False},
+        # random-weight deep nets amplify float32 rounding: EfficientNet-B0's distilled student differed from torch
+        # by 1.2e-4 of its largest logit (120); the gate's strictness itself is tested in test_pipeline
+        "target": {"litert_candidates": False, "parity_atol": 1e-3},
     })
 
 
