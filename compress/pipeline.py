@@ -55,9 +55,12 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     from compress.plugins import choose, learns_from_data
     from compress.stages import PIPELINE, label, ship
 
-    family = choose(recipe).family
-    recipe = family.fit_data(recipe)  # a model that fixes its input (an ONNX file)
-    source = choose(recipe).source
+    chosen = choose(recipe)
+    family, source = chosen.family, chosen.source
+    fitted = family.fit_data(recipe)  # a model that fixes its input (an ONNX file)
+    if fitted.data != recipe.data:
+        source.check_recipe(fitted.data)  # the one check the fitted data section can change
+    recipe = fitted
     target = usable_target(recipe.target.name, family.kind)
     require_runtime(recipe, target, family)
     check_bench_device(recipe, family)
