@@ -79,11 +79,11 @@ def test_strict_bar_triggers_sensitivity_ordered_fallback(fp32_model, tmp_path):
     assert all(not c.meets_bar for c in result.candidates[:3])
     fallbacks = [n for n in names[3:] if n.startswith("fallback")]  # a fallback within the bar adds latency variants
     assert fallbacks == ["fallback-1", "fallback-2"] or fallbacks == ["fallback-1"]
-    fallback = result.candidates[3]
+    fallback = next(c for c in result.candidates if c.name == "fallback-1")
     assert fallback.float_nodes == (result.sensitivity[0]["node"],)  # the most sensitive layer goes first
     sqnrs = [r["sqnr_db"] for r in result.sensitivity]
     assert len(sqnrs) >= 9 and sqnrs == sorted(sqnrs)
-    assert "sensitivity" in result.to_dict() and result.to_dict()["candidates"][3]["name"] == "fallback-1"
+    assert "sensitivity" in result.to_dict() and "fallback-1" in [c["name"] for c in result.to_dict()["candidates"]]
 
 
 def test_impossible_bar_tries_qat_then_fails_and_saves_the_most_accurate(fp32_model, small_run, tmp_path):
@@ -112,7 +112,8 @@ def test_impossible_bar_tries_qat_then_fails_and_saves_the_most_accurate(fp32_mo
     with pytest.raises(SearchFailed, match=r"no INT8 candidate stayed within quantize.max_accuracy_drop=0.0 pt") as e:
         search_int8(path, out_path, bad_calib, data.val.x, data.val.y, cfg, tmp_path / "w", qat=quantization_aware)
     names = [c.name for c in e.value.result.candidates]
-    assert names == ["ptq-minmax", "ptq-entropy", "ptq-percentile", "fallback-1", "qat"]
+    assert names[:3] == ["ptq-minmax", "ptq-entropy", "ptq-percentile"]
+    assert names[3].startswith("ptq-") and names[3].endswith("-bc") and names[4:] == ["fallback-1", "qat"]
     best = max(e.value.result.candidates, key=lambda c: c.val_accuracy)
     assert e.value.result.chosen == best
     assert out_path.is_file()  # the most accurate candidate is kept for inspection

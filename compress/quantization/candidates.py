@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +34,7 @@ class Candidate:
     activation_type: str = ""  # uint8 (U8S8) or int8 (S8S8); empty: not static INT8
     sqnr_db: float = math.nan  # of the logits against the FP32 source, on the judged rows
     changes: int = 0  # departures from the recipe's plain PTQ (method, float layers/op types, flavour, QAT)
+    bias_corrected: bool = False  # quantized from the bias-corrected FP32 graph
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class SearchResult:
     val_rows: int = 0  # rows the candidates were judged on (none of them used for calibration)
     judged_by: str = "labels"  # or "fp32 agreement": accuracy = top-1 agreement with the FP32 source
     latency_probe: tuple[dict, ...] = ()  # what compress.quantization.latency timed, and what it kept in float and why
+    bias_correction: dict = field(default_factory=dict)  # compress.quantization.search._ptq_then_bias_correction's verdict
 
     @property
     def fp32_is_faster(self) -> bool:
@@ -65,6 +67,7 @@ class SearchResult:
                 "fp32_is_faster": self.fp32_is_faster, "val_rows": self.val_rows, "judged_by": self.judged_by,
                 "activation_type": self.chosen.activation_type, "float_op_types": list(self.chosen.float_op_types),
                 "reason": "; ".join(why), "latency_probe": list(self.latency_probe),
+                "bias_correction": self.bias_correction,
                 "candidates": rows, "sensitivity": list(self.sensitivity)}
 
 

@@ -96,7 +96,7 @@ def latency_candidates(base: Candidate, evaluate: Callable[..., Candidate], pre:
     variants.update({f"float-{g}": (types, base.activation_type)
                      for g, types in op_groups(pre, Path(base.path)).items()})
     built = {name: evaluate(name, base.calibration, base.float_nodes, float_op_types=types, activation=act,
-                            changes=base.changes + 1)
+                            changes=base.changes + 1, bias_corrected=base.bias_corrected)
              for name, (types, act) in variants.items()}
     p50 = latencies({"base": Path(base.path), **{n: Path(c.path) for n, c in built.items()}}, make_feeds, 1, threads)
     rows, paid_types, paid_flavour = [], [], base.activation_type
@@ -114,7 +114,8 @@ def latency_candidates(base: Candidate, evaluate: Callable[..., Candidate], pre:
     changes = len([r for r in rows if r["kept"]])
     if changes > 1:
         combo = evaluate("latency-mixed", base.calibration, base.float_nodes, float_op_types=tuple(paid_types),
-                         activation=paid_flavour, changes=base.changes + changes)
+                         activation=paid_flavour, changes=base.changes + changes,
+                         bias_corrected=base.bias_corrected)
         rows.append({"variant": combo.name, "float_op_types": list(combo.float_op_types),
                      "activation_type": combo.activation_type, "p50_ms": None, "base_p50_ms": None,
                      "meets_bar": combo.meets_bar, "kept": combo.meets_bar,

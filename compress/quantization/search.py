@@ -94,11 +94,13 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
     fp32_acc = judge.accuracy(judge.reference)
     candidates: list[Candidate] = []
 
-    def evaluate(name: str, calibration: str, float_nodes: tuple[str, ...], source: Path = pre, *,
-                 float_op_types: tuple[str, ...] = (), activation: str | None = None, changes: int = 0) -> Candidate:
+    def evaluate(name: str, calibration: str, float_nodes: tuple[str, ...], source: Path | None = None, *,
+                 float_op_types: tuple[str, ...] = (), activation: str | None = None, changes: int = 0,
+                 bias_corrected: bool = False) -> Candidate:
         path = workdir / f"{name}.onnx"
         qcfg = dataclasses.replace(cfg, calibration=calibration, activation_type=activation or cfg.activation_type)
-        quantize_static_qdq(source, path, calib, qcfg, exclude_nodes=float_nodes, preprocessed=source == pre,
+        graph = source or (corrected_path(workdir) if bias_corrected else pre)
+        quantize_static_qdq(graph, path, calib, qcfg, exclude_nodes=float_nodes, preprocessed=source is None,
                             float_op_types=float_op_types)
         logits = _predict(path, val_x)
         acc = judge.accuracy(logits)
@@ -106,26 +108,32 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
         cand = Candidate(name, calibration, float_nodes, str(path), acc, round(drop, 4),
                          top1_agreement(judge.reference, logits), meets_bar=drop <= cfg.max_accuracy_drop + 1e-9,
                          float_op_types=tuple(float_op_types), activation_type=qcfg.activation_type,
-                         sqnr_db=round(sqnr_db(judge.reference, logits), 2), changes=changes)
+                         sqnr_db=round(sqnr_db(judge.reference, logits), 2), changes=changes,
+                         bias_corrected=bias_corrected)
         candidates.append(cand)
         return cand
 
-    sensitivity = _accuracy_candidates(evaluate, candidates, cfg, pre, calib, val_x, judge.reference, workdir, qat)
+    correction = _ptq_then_bias_correction(evaluate, candidates, cfg, pre, calib, judge.rows, workdir)
+    sensitivity = _accuracy_candidates(evaluate, candidates, cfg, pre, calib, val_x, judge.reference, workdir, qat,
+                                       correction.get("applied", False))
     probe: list[dict] = []
     sample = np.ascontiguousarray(val_x[:1])
     feeds = lambda r: {r.inputs[0].name: sample}  # noqa: E731
-    base = next((c for c in candidates if c.meets_bar and c.name != "qat"), None)  # variants re-quantize `pre`
+    superseded = {c.name for c in candidates if correction.get("applied") and c.name.startswith("ptq-")
+                  and not c.bias_corrected}
+    # variants re-quantize the base's graph
+    base = next((c for c in candidates if c.meets_bar and c.name != "qat" and c.name not in superseded), None)
     if cfg.search and cfg.latency_search and base is not None:
         from compress.quantization.latency import latency_candidates
 
         probe = latency_candidates(base, evaluate, pre, feeds, threads)
     candidates, fp32_p50 = _time_structures(candidates, fp32_path, feeds, threads)
     # a latency variant ships only if both runs found it faster: the probe's, then the final one through `choose`
-    rejected = {r["variant"] for r in probe if not r["kept"]}
+    rejected = {r["variant"] for r in probe if not r["kept"]} | superseded
     chosen = choose([c for c in candidates if c.name not in rejected], judge.rows)
     copy_model(Path(chosen.path), out_path)
     result = SearchResult(chosen, tuple(candidates), tuple(sensitivity), fp32_acc, fp32_p50, judge.rows, judge.by,
-                          tuple(probe))
+                          tuple(probe), correction)
     if not chosen.meets_bar:
         print(format_table(result), file=sys.stderr)
         raise SearchFailed(result,
@@ -136,23 +144,59 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
     return result
 
 
-def _accuracy_candidates(evaluate: Callable[..., Candidate], candidates: list[Candidate], cfg: QuantConfig,
-                         pre: Path, calib: np.ndarray, val_x: np.ndarray, reference: np.ndarray, workdir: Path,
-                         qat: Callable[[Path], Path] | None) -> list[dict]:
-    """Calibration methods, then float fallback of the most sensitive layers, then QAT, each only while no
-    candidate meets the bar; returns the sensitivity table (empty when fallback was not needed)."""
+def _ptq_then_bias_correction(evaluate: Callable[..., Candidate], candidates: list[Candidate], cfg: QuantConfig, pre: Path,
+                     calib: np.ndarray, rows: int, workdir: Path) -> dict:
+    """The calibration methods' plain PTQ candidates, then the most accurate one again from the bias-corrected
+    graph. Correction is applied (every later candidate is built from it, plain PTQ is superseded) when it loses
+    no more than one validation row and either gains more than a row or raises the logit SQNR by
+    BIAS_CORRECTION_GAIN_DB: on a few dozen rows accuracy moves in steps of several points, SQNR does not."""
     methods = [cfg.calibration] + ([m for m in ("minmax", "entropy", "percentile") if m != cfg.calibration]
                                    if cfg.search else [])
     for method in methods:
         evaluate(f"ptq-{method}", method, (), changes=int(method != cfg.calibration))
+    if not (cfg.search and cfg.bias_correction):
+        return {}
+    from compress.quantization.bias_correction import correct_biases
+
+    plain = max(candidates, key=lambda c: (c.val_accuracy, c.sqnr_db))
+    stats = correct_biases(pre, Path(plain.path), corrected_path(workdir), calib)
+    if not stats["layers_corrected"]:
+        return {"applied": False, **stats, "reason": "no Conv or Gemm layer with INT8 weights"}
+    fixed = evaluate(f"{plain.name}-bc", plain.calibration, (), changes=plain.changes + 1, bias_corrected=True)
+    row = 1.0 / rows
+    gain = fixed.sqnr_db - plain.sqnr_db
+    applied = (fixed.val_accuracy >= plain.val_accuracy - row - 1e-12 and (fixed.meets_bar or not plain.meets_bar)
+               and (fixed.val_accuracy > plain.val_accuracy + row + 1e-12 or gain >= BIAS_CORRECTION_GAIN_DB))
+    log(f"[quantize] bias correction of {plain.name} ({stats['layers_corrected']} layers): logit SQNR "
+        f"{plain.sqnr_db:.1f} -> {fixed.sqnr_db:.1f} dB, accuracy {plain.val_accuracy:.4f} -> "
+        f"{fixed.val_accuracy:.4f}: {'applied' if applied else 'not applied'}")
+    return {"applied": applied, **stats, "from": plain.name, "sqnr_db_before": plain.sqnr_db,
+            "sqnr_db_after": fixed.sqnr_db}
+
+
+BIAS_CORRECTION_GAIN_DB = 1.0  # 1 dB: a quarter less noise power in the logits
+
+
+def corrected_path(workdir: Path) -> Path:
+    return workdir / "bias-corrected.onnx"
+
+
+def _accuracy_candidates(evaluate: Callable[..., Candidate], candidates: list[Candidate], cfg: QuantConfig,
+                         pre: Path, calib: np.ndarray, val_x: np.ndarray, reference: np.ndarray, workdir: Path,
+                         qat: Callable[[Path], Path] | None, corrected: bool) -> list[dict]:
+    """Float fallback of the most sensitive layers, then QAT, each only while no candidate meets the bar (from the
+    bias-corrected graph when correction was applied); returns the sensitivity table (empty when fallback was not
+    needed)."""
     sensitivity: list[dict] = []
     if cfg.search and not any(c.meets_bar for c in candidates) and cfg.max_fallback_layers > 0:
-        best_method = max(candidates, key=lambda c: c.val_accuracy).calibration
+        best = max((c for c in candidates if c.bias_corrected == corrected), key=lambda c: c.val_accuracy)
         subset = slice(0, min(len(val_x), 1000))
-        sensitivity = layer_sensitivity(pre, calib, val_x[subset], reference[subset], _with(cfg, best_method), workdir)
+        graph = corrected_path(workdir) if corrected else pre
+        sensitivity = layer_sensitivity(graph, calib, val_x[subset], reference[subset],
+                                        _with(cfg, best.calibration), workdir)
         for k in range(1, min(cfg.max_fallback_layers, len(sensitivity)) + 1):
-            cand = evaluate(f"fallback-{k}", best_method, tuple(r["node"] for r in sensitivity[:k]),
-                            changes=k + int(best_method != cfg.calibration))
+            cand = evaluate(f"fallback-{k}", best.calibration, tuple(r["node"] for r in sensitivity[:k]),
+                            changes=k + best.changes, bias_corrected=corrected)
             if cand.meets_bar:
                 break
     if cfg.search and qat is not None and cfg.qat_epochs > 0 and not any(c.meets_bar for c in candidates):

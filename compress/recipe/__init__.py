@@ -206,6 +206,9 @@ class QuantConfig:
     # float (compress.quantization.latency); what INT8 makes slower stays float. false: activation_type as given, no probe
     latency_search: bool = field(default=True, metadata={"key_omits_default": True})
     max_fallback_layers: int = 3
+    # with search: empirical bias correction (compress.quantization.bias_correction) of the most accurate PTQ
+    # candidate; it replaces plain PTQ when it raises the logit SQNR by BIAS_CORRECTION_GAIN_DB without losing a row
+    bias_correction: bool = True
     qat_epochs: float = 0.5  # quantization-aware fine-tuning, tried only when PTQ and fallback miss the bar
     qat_lr: float = 0.005
     fp32_if_faster: bool = True  # ship the FP32 student when it beats the best INT8 candidate beyond the noise
