@@ -26,17 +26,38 @@ def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits:
     t = temperature
     soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                     reduction="batchmean", log_target=True) * (t * t)
+    if alpha == 1.0:  # soft targets only: no label is read (unlabelled data)
+        return soft
     hard = F.cross_entropy(student_logits, targets)
     return alpha * soft + (1.0 - alpha) * hard
 
 
 class _Capture:
-    def __init__(self, module: nn.Module) -> None:
+    """Keeps the last output of `module`, or its first input with `take_input` (the classifier's features)."""
+
+    def __init__(self, module: nn.Module, take_input: bool = False) -> None:
         self.value: torch.Tensor | None = None
-        self.handle = module.register_forward_hook(self._hook)
+        self.handle = (module.register_forward_pre_hook(self._pre_hook) if take_input
+                       else module.register_forward_hook(self._hook))
 
     def _hook(self, _module, _inputs, output) -> None:
         self.value = output
+
+    def _pre_hook(self, _module, inputs) -> None:
+        self.value = inputs[0]
+
+
+def feature_tap(model: nn.Module) -> tuple[nn.Module, bool]:
+    """(module, take its input?): the `features` module's output (models.ResNetCNN's last feature map), else what
+    the last Linear layer reads, the pooled features any classifier has (timm, torchvision, a user's module)."""
+    try:
+        return model.get_submodule(FEATURE_LAYER), False
+    except AttributeError:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise CompressError("distill.feature_weight > 0 needs a `features` module or a final nn.Linear "
+                                "classifier to match; set distill.feature_weight: 0") from None
+        return linears[-1], True
 
 
 class FeatureDistiller(nn.Module):
@@ -45,13 +66,14 @@ class FeatureDistiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module, sample: torch.Tensor) -> None:
         super().__init__()
         self.student = student
-        self._student_feat = _Capture(student.get_submodule(FEATURE_LAYER))
-        self._teacher_feat = _Capture(teacher.get_submodule(FEATURE_LAYER))
+        self._student_feat = _Capture(*feature_tap(student))
+        self._teacher_feat = _Capture(*feature_tap(teacher))
         with torch.no_grad():
             student.eval(), teacher.eval()
             student(sample), teacher(sample)
         s_ch, t_ch = self._student_feat.value.shape[1], self._teacher_feat.value.shape[1]
-        self.projection = nn.Conv2d(s_ch, t_ch, 1, bias=False)
+        spatial = self._student_feat.value.ndim == 4
+        self.projection = nn.Conv2d(s_ch, t_ch, 1, bias=False) if spatial else nn.Linear(s_ch, t_ch, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.student(x)

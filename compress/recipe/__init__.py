@@ -180,11 +180,13 @@ class PruneConfig:
 class DistillConfig:
     enabled: bool = True
     epochs: float = 2.0
-    feature_weight: float = 0.0  # > 0 adds matching of the last feature map through a learned 1x1 projection
+    feature_weight: float = 0.0  # > 0 also matches the last feature map (or the classifier's input) via a projection
     temperature: float = 4.0
     alpha: float = 0.9
     lr: float = 0.05
-    augment: int = 0  # Transformers: cropped copies of each training text, labelled by the teacher (0 = none)
+    # extra views of each training row per epoch, labelled by the teacher as drawn (0 = none): images, random resized
+    # crops and flips (compress.distillation.augment); texts, cropped copies
+    augment: int = 0
 
     def __post_init__(self) -> None:
         _positive("distill", epochs=self.epochs, temperature=self.temperature, lr=self.lr)

@@ -159,6 +159,7 @@ def fit(
     teacher_logits: np.ndarray | None = None,
     loss_fn: LossFn | None = None,
     device: str | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> list[float]:
     """Train `model` in place for `cfg.epochs` (fractions allowed) with a one-cycle schedule.
 
@@ -169,16 +170,20 @@ def fit(
 
     `device` ("cuda:0" ...; None or "cpu": the CPU, exactly as before) is where the steps run: the model and the
     teacher go there for the loop and come back to the CPU after it, so checkpoints hold CPU tensors.
+
+    `augment(x, generator)` replaces every batch by a random view of it (seeded); the teacher then labels each view
+    itself (`teacher_logits` must be None: precomputed logits belong to the unaugmented rows).
     """
     from compress.training import distributed
 
     with placed(device, model, teacher):
         if is_cuda(device):
             torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels once
-        return _fit(model, data, cfg, seed, label, teacher, teacher_logits, loss_fn, device, distributed)
+        return _fit(model, data, cfg, seed, label, teacher, teacher_logits, loss_fn, device, distributed, augment)
 
 
-def _fit(model, data, cfg, seed, label, teacher, teacher_logits, loss_fn, device, distributed) -> list[float]:
+def _fit(model, data, cfg, seed, label, teacher, teacher_logits, loss_fn, device, distributed,
+         augment) -> list[float]:
     n = len(data)
     total_steps = max(1, math.ceil(cfg.epochs * max(1, n // cfg.batch_size)))
     optimizer = _optimizer(model, cfg)
@@ -199,8 +204,14 @@ def _fit(model, data, cfg, seed, label, teacher, teacher_logits, loss_fn, device
     if teacher is not None:
         teacher.eval()
 
+    if augment is not None and teacher_logits is not None:
+        raise ValueError("augment needs the teacher to label each view: pass teacher, not teacher_logits")
+    views = torch.Generator().manual_seed(seed + 1)
+
     def loss_of(forward: nn.Module, idx: torch.Tensor) -> torch.Tensor:
         x, y = take(idx)
+        if augment is not None:
+            x = augment(x, views)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         soft = None if soft_all is None else soft_all[to_device(idx, device)]

@@ -186,31 +186,43 @@ class ImageClassifier(OneInputFamily):
 
     def distill(self, run, source: Path, out: Path) -> dict[str, Any]:
         """The pruned weights, taught by the full model on its logits (and its last feature map when
-        `distill.feature_weight` > 0)."""
+        `distill.feature_weight` > 0). Unlabelled data: soft targets only (the stand-in labels are the teacher's
+        own top-1). `distill.augment` > 0: that many extra random views of each image per epoch, each labelled by
+        the teacher as it is drawn."""
+        import dataclasses
+        import functools
+
+        from compress.distillation.augment import random_views
+        from compress.distillation.losses import FeatureDistiller, make_kd_loss
         from compress.pruning import structured as prune
         from compress.training import loop as train
-        from compress.distillation.losses import FeatureDistiller, make_kd_loss
 
         r, d = run.recipe, run.recipe.distill
+        if getattr(run.data, "truth", "labels") == "baseline":
+            d = dataclasses.replace(d, alpha=1.0)
         train.seed_everything(r.seed)
         student = self.load(run, source)
         if r.prune.method != "channels" and "prune" in run.done:
             prune.keep_zeros(student)
         before = self.accuracy(run, student)
         distiller, soft, trainee = None, None, student
+        augment = (functools.partial(random_views, channels_last_layout=r.data.image.layout == "NHWC")
+                   if d.augment > 0 and run.data.train.x.ndim == 4 else None)
         if d.feature_weight > 0:  # needs the teacher's feature map of every batch
             distiller = FeatureDistiller(student, run.teacher, example_rows(run.data))
             trainee = distiller
-        else:  # one teacher pass instead of one per epoch: distillation then costs what fine-tuning does
+        elif augment is None:  # one teacher pass instead of one per epoch: distillation then costs what fine-tuning does
             soft = train.predict_logits(run.teacher, run.data.train.x, device=self.device(run))
-        curve = self.fit(run, trainee, d.epochs, d.lr, seed=r.seed + 2, label="distill", teacher=run.teacher,
-                         teacher_logits=soft, loss_fn=make_kd_loss(d, distiller))
+        epochs = d.epochs * (1 + d.augment) if augment else d.epochs
+        curve = self.fit(run, trainee, epochs, d.lr, seed=r.seed + 2, label="distill", teacher=run.teacher,
+                         teacher_logits=soft, loss_fn=make_kd_loss(d, distiller), augment=augment)
         if distiller is not None:
             distiller.detach_hooks()
         prune.make_sparsity_permanent(student)
         self.save(student, out)
         return {"val_accuracy_before": before, "val_accuracy": self.accuracy(run, student), "loss_curve": curve,
-                "device": self.device(run)}
+                "device": self.device(run), "soft_targets_only": d.alpha == 1.0,
+                "augmented_views_per_row": d.augment if augment else 0}
 
     # -- export and INT8 --------------------------------------------------------------------------
     def export(self, run, model, path: Path) -> dict[str, Any]:
