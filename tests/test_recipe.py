@@ -40,7 +40,6 @@ def test_every_builtin_recipe_loads_and_round_trips():
         ({"prune": {"importance": "magnitud"}}, r"did you mean 'magnitude'\?"),
         ({"prune": {"enabled": "yes"}}, r"prune.enabled = 'yes' has the wrong type; expected true/false"),
         ({"distill": {"alpha": 2}}, r"distill.alpha must be in \[0, 1\]"),
-        ({"distill": {"augment": 1}}, r"distill.augment crops texts; it is for Transformer recipes"),
         ({"distill": {"augment": -1}}, r"distill.augment must be >= 0"),
         ({"quantize": {"calibration": "kl"}}, r"quantize.calibration = 'kl' is not allowed"),
         ({"target": {"name": "jetsn"}}, r"did you mean 'jetson'\?"),

@@ -24,8 +24,6 @@ class ImageClassifier(OneInputFamily):
     def check_recipe(self, recipe) -> None:
         from compress.recipe import RecipeError
 
-        if recipe.distill.augment:
-            raise RecipeError("distill.augment crops texts; it is for Transformer recipes (set it to 0 for a CNN)")
         if recipe.quantize.mode not in self.quantize_modes:
             raise RecipeError("CNN recipes quantize with quantize.mode: static (dynamic INT8 is for Transformers)")
 

@@ -133,7 +133,8 @@ class OnnxModel(OneInputFamily):
         if recipe.quantize.mode not in self.quantize_modes:
             raise RecipeError("an ONNX model quantizes with quantize.mode: static (calibrated QDQ)")
         if recipe.distill.augment:
-            raise RecipeError("distill.augment crops texts; it is for Transformer recipes (set it to 0)")
+            raise RecipeError("distill.augment shows a torch student views of the data; an ONNX model is not "
+                              "distilled here (set it to 0)")
         target = get_target(recipe.target.name)
         if target.SOURCE != "onnx":
             raise RecipeError(f"target {recipe.target.name!r} converts the torch module ({target.RUNTIME}); an ONNX "
