@@ -51,7 +51,8 @@ def correct_biases(fp32_path: Path, int8_path: Path, out_path: Path, calib: np.n
 
 def output_shift(node, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """Mean over the batch and every output position of `node` applied to `x` with weights `delta` and no bias,
-    per output channel (2-D Conv or Gemm), without running the convolution: the mean input under each kernel tap times the tap."""
+    per output channel (2-D Conv or Gemm), without running the convolution: the mean input under each kernel tap
+    times the tap."""
     attrs = _attributes(node)
     if node.op_type == "Gemm":
         mean_x = x.mean(1) if attrs.get("transA", 0) else x.mean(0)

@@ -47,7 +47,8 @@ class SearchResult:
     val_rows: int = 0  # rows the candidates were judged on (none of them used for calibration)
     judged_by: str = "labels"  # or "fp32 agreement": accuracy = top-1 agreement with the FP32 source
     latency_probe: tuple[dict, ...] = ()  # what compress.quantization.latency timed, and what it kept in float and why
-    bias_correction: dict = field(default_factory=dict)  # compress.quantization.search._ptq_then_bias_correction's verdict
+    # the verdict of compress.quantization.search._ptq_then_bias_correction
+    bias_correction: dict = field(default_factory=dict)
 
     @property
     def fp32_is_faster(self) -> bool:
