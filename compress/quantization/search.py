@@ -80,9 +80,8 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
     the base) compress.quantization.latency times the other activation flavour (U8S8 vs S8S8) and op-type groups kept in
     float, on this machine, and adds the combination of what paid. Every candidate is timed again in the final
     interleaved run; a latency variant may ship only if the probe found it faster beyond the noise too (on a
-    shared 2-core box one run alone flipped a tie into a 14 % win). With `cfg.bias_correction` the most accurate
-    PTQ candidate is built again from the bias-corrected graph (`_ptq_then_bias_correction`). `qat(workdir)`, when
-    given, fine-tunes with
+    shared 2-core box one run alone flipped a tie into a 14 % win). `cfg.bias_correction`: see
+    `_ptq_then_bias_correction`. `qat(workdir)`, when given, fine-tunes with
     fake quantization and returns a float ONNX to quantize; it runs only when post-training quantization and float
     fallback both miss the bar.
     """
