@@ -205,3 +205,19 @@ def test_latency_probe_off_keeps_the_recipes_flavour(hardswish_onnx, tmp_path):
     cfg = QuantConfig(max_accuracy_drop=100.0, latency_search=False, activation_type="int8")
     result = search_int8(path, tmp_path / "int8.onnx", calib, val, None, cfg, tmp_path / "work")
     assert result.latency_probe == () and {c.activation_type for c in result.candidates} == {"int8"}
+
+
+def test_min_sqnr_is_part_of_the_bar(hardswish_onnx, tmp_path):
+    from compress.quantization.candidates import SearchFailed
+    from compress.quantization.search import search_int8
+
+    path, calib, val = hardswish_onnx
+    # agreement alone would pass everything (100 pt); no INT8 file reaches 200 dB (float32 rounding alone stays
+    # below ~140 dB)
+    cfg = QuantConfig(max_accuracy_drop=100.0, min_sqnr_db=200.0, max_fallback_layers=1, qat_epochs=0)
+    with pytest.raises(SearchFailed, match=r"with logit SQNR >= quantize.min_sqnr_db=200 dB") as failed:
+        search_int8(path, tmp_path / "int8.onnx", calib, val, None, cfg, tmp_path / "work")
+    assert not any(c.meets_bar for c in failed.value.result.candidates)
+    passing = search_int8(path, tmp_path / "ok.onnx", calib, val, None, QuantConfig(max_accuracy_drop=100.0,
+                          min_sqnr_db=1.0, latency_search=False), tmp_path / "work2")
+    assert passing.chosen.meets_bar and passing.chosen.sqnr_db >= 1.0

@@ -120,7 +120,11 @@ def _captured(model, names: list[str], x: np.ndarray):
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    from runtime.onnx_backend import disabled_optimizers
+
+    cpu = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=cpu,
+                                   disabled_optimizers=disabled_optimizers(cpu))
     feed = session.get_inputs()[0].name
     wanted = list(dict.fromkeys(names))
     for start in range(0, len(x), BATCH):

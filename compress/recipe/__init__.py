@@ -211,13 +211,17 @@ class QuantConfig:
     # with search: empirical bias correction (compress.quantization.bias_correction) of the most accurate PTQ
     # candidate; it replaces plain PTQ when it raises the logit SQNR by BIAS_CORRECTION_GAIN_DB without losing a row
     bias_correction: bool = True
+    # a candidate within the bar also keeps its logit SQNR against FP32 at or above this (0 = off): on a few dozen
+    # validation rows accuracy moves in steps of several points, SQNR measures the INT8 noise itself
+    min_sqnr_db: float = field(default=0.0, metadata={"key_omits_default": True})
     qat_epochs: float = 0.5  # quantization-aware fine-tuning, tried only when PTQ and fallback miss the bar
     qat_lr: float = 0.005
     fp32_if_faster: bool = True  # ship the FP32 student when it beats the best INT8 candidate beyond the noise
 
     def __post_init__(self) -> None:
         _non_negative("quantize", max_accuracy_drop=self.max_accuracy_drop,
-                      max_fallback_layers=self.max_fallback_layers, qat_epochs=self.qat_epochs)
+                      max_fallback_layers=self.max_fallback_layers, qat_epochs=self.qat_epochs,
+                      min_sqnr_db=self.min_sqnr_db)
         _positive("quantize", qat_lr=self.qat_lr)
 
 
