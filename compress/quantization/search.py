@@ -105,7 +105,7 @@ def search_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, val_x: np.nd
         logits = _predict(path, val_x)
         acc, sqnr = judge.accuracy(logits), round(sqnr_db(judge.reference, logits), 2)
         drop = 100.0 * (fp32_acc - acc)
-        meets = drop <= cfg.max_accuracy_drop + 1e-9 and not sqnr < cfg.min_sqnr_db  # NaN SQNR: identical logits
+        meets = drop <= cfg.max_accuracy_drop + 1e-9 and not 0 < cfg.min_sqnr_db > sqnr  # 0: off; NaN: identical
         cand = Candidate(name, calibration, float_nodes, str(path), acc, round(drop, 4),
                          top1_agreement(judge.reference, logits), meets_bar=meets,
                          float_op_types=tuple(float_op_types), activation_type=qcfg.activation_type,
