@@ -33,11 +33,11 @@ def correct_biases(fp32_path: Path, int8_path: Path, out_path: Path, calib: np.n
     layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and n.name in int8_nodes
               and n.input[1] in rounded and (n.op_type, rounded[n.input[1]].ndim) in (("Conv", 4), ("Gemm", 2))]
     inputs = [int8_nodes[n.name].input[0] for n in layers]
+    deltas = {n.name: rounded[n.input[1]] - numpy_helper.to_array(weights[n.input[1]]) for n in layers}
     sums = {n.name: 0.0 for n in layers}
     for batch in _captured(int8, inputs, calib):
         for node, name in zip(layers, inputs):
-            delta = rounded[node.input[1]] - numpy_helper.to_array(weights[node.input[1]])
-            sums[node.name] = sums[node.name] + output_shift(node, batch[name], delta) * len(batch[name])
+            sums[node.name] = sums[node.name] + output_shift(node, batch[name], deltas[node.name]) * len(batch[name])
     largest = 0.0
     for node in layers:
         shift = (sums[node.name] / len(calib)).astype(np.float32)

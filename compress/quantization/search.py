@@ -241,6 +241,4 @@ def _time_structures(candidates: list[Candidate], fp32_path: Path, feeds: Callab
 
 
 def _with(cfg: QuantConfig, calibration: str) -> QuantConfig:
-    import dataclasses
-
     return dataclasses.replace(cfg, calibration=calibration)
