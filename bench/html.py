@@ -3,19 +3,19 @@
     from bench.html import to_html
     Path("report.html").write_text(to_html(report))
 
-Shows an accuracy-vs-latency scatter per batch size with the Pareto front marked, a size bar chart, the
-variant table, the comparison, the per-stage table and the environment.
+Shows an accuracy-vs-latency scatter per batch size with the Pareto front marked, the latency-vs-width curve of a
+`prune.ratio: auto` run (bench.width_plot), a size bar chart, the variant table, the comparison, the per-stage table
+and the environment.
 """
 from __future__ import annotations
 
-import math
 from html import escape
 from typing import Sequence
 
+from bench.html_parts import OTHER_COLOR, color_of, html_table, nice_ticks, tick_text
+from bench.width_plot import width_section
 from bench.formatting import budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, metric_word, peak_rss
 
-PRECISION_COLORS = {"fp32": "#1f77b4", "fp16": "#2ca02c", "int8": "#d62728"}
-OTHER_COLOR = "#7f7f7f"
 FONT = "font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif"
 
 CSS = f"""
@@ -36,35 +36,6 @@ td:first-child .ci {{ font-weight: normal; }}
 .scroll {{ overflow-x: auto; }} .ci {{ color: #777; font-size: 11px; }}
 svg text {{ {FONT}; }}
 """
-
-
-def _color(precision: str) -> str:
-    return PRECISION_COLORS.get(str(precision).lower(), OTHER_COLOR)
-
-
-def _num(x: float) -> str:
-    """Tick / label text: few digits, no trailing zeros."""
-    if x == 0:
-        return "0"
-    digits = max(0, 2 - int(math.floor(math.log10(abs(x)))))
-    return f"{x:.{min(digits, 4)}f}".rstrip("0").rstrip(".")
-
-
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values covering [lo, hi] (1, 2, 5 x 10^k steps)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        hi = lo + 1.0
-    raw = (hi - lo) / max(1, count)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.floor(lo / step) * step
-    ticks, t = [], first
-    while t <= hi + step * 1e-9:
-        ticks.append(round(t, 10))
-        t += step
-    if ticks[-1] < hi:
-        ticks.append(round(t, 10))
-    return ticks
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -125,10 +96,10 @@ def scatter_svg(report: dict, batch: str, width: int = 540, height: int = 380) -
              f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fcfcfc" stroke="#bbb"/>']
     for t in xticks:
         parts.append(f'<line x1="{sx(t):.1f}" y1="{mt}" x2="{sx(t):.1f}" y2="{mt + ph}" stroke="#eee"/>'
-                     f'<text x="{sx(t):.1f}" y="{mt + ph + 16}" font-size="11" text-anchor="middle" fill="#444">{_num(t)}</text>')
+                     f'<text x="{sx(t):.1f}" y="{mt + ph + 16}" font-size="11" text-anchor="middle" fill="#444">{tick_text(t)}</text>')
     for t in yticks:
         parts.append(f'<line x1="{ml}" y1="{sy(t):.1f}" x2="{ml + pw}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                     f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" font-size="11" text-anchor="end" fill="#444">{_num(t)}</text>')
+                     f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" font-size="11" text-anchor="end" fill="#444">{tick_text(t)}</text>')
     parts.append(f'<text x="{ml + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">p50 latency at batch '
                  f'{escape(batch)} (ms), bars: 95% CI of the median</text>')
     parts.append(f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" font-size="12" text-anchor="middle">'
@@ -144,7 +115,7 @@ def scatter_svg(report: dict, batch: str, width: int = 540, height: int = 380) -
     order = sorted(range(len(rows)), key=lambda i: (sy(acc[i]), sx(lat[i][0])))
     for i in order:
         v, (p50, clo, chi), a, f = rows[i], lat[i], acc[i], front[i]
-        cx, cy, color = sx(p50), sy(a), _color(v.get("precision", ""))
+        cx, cy, color = sx(p50), sy(a), color_of(v.get("precision", ""))
         parts.append(f'<line x1="{sx(clo):.1f}" y1="{cy:.1f}" x2="{sx(chi):.1f}" y2="{cy:.1f}" stroke="{color}" '
                      f'stroke-width="1.5"/>')
         for xe in (clo, chi):
@@ -188,7 +159,7 @@ def size_svg(report: dict, width: int = 540) -> str:
             f" ({ratio:.1f}x smaller)" if ratio > 1 else f" ({1 / ratio:.1f}x larger)"
         label = fmt_bytes(v["size_bytes"]) + rel
         parts.append(f'<text x="{ml - 8}" y="{y + bar_h - 5}" font-size="12" text-anchor="end">{escape(v["name"])}</text>'
-                     f'<rect x="{ml}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{_color(v.get("precision", ""))}" '
+                     f'<rect x="{ml}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color_of(v.get("precision", ""))}" '
                      f'opacity="0.85"><title>{escape(v["name"])}: {v["size_bytes"]} bytes</title></rect>'
                      f'<text x="{ml + w + 6:.1f}" y="{y + bar_h - 5}" font-size="11" fill="#333">{escape(label)}</text>')
     parts.append("</svg>")
@@ -216,12 +187,12 @@ def latency_svg(report: dict, batch: str, width: int = 540) -> str:
     for t in ticks:
         parts.append(f'<line x1="{sx(t):.1f}" y1="{mt - 4}" x2="{sx(t):.1f}" y2="{axis_y}" stroke="#eee"/>'
                      f'<text x="{sx(t):.1f}" y="{axis_y + 14}" font-size="11" text-anchor="middle" fill="#444">'
-                     f'{_num(t)}</text>')
+                     f'{tick_text(t)}</text>')
     for i, v in enumerate(rows):
         s = v["latency_ms"][batch]
         lo, hi = s.get("p50_ci95", [s["p50"], s["p50"]])
         y = mt + i * (bar_h + gap)
-        color = _color(v.get("precision", ""))
+        color = color_of(v.get("precision", ""))
         speed = base["latency_ms"][batch]["p50"] / s["p50"] if batch in base["latency_ms"] else None
         label = f"{s['p50']:.3g} ms" + ("" if v is base or speed is None else f" ({speed:.2f}x)")
         parts.append(f'<text x="{ml - 8}" y="{y + bar_h - 5}" font-size="12" text-anchor="end">{escape(v["name"])}</text>'
@@ -239,8 +210,8 @@ def latency_svg(report: dict, batch: str, width: int = 540) -> str:
 
 def legend_svg() -> str:
     """Colour per precision, fill for the Pareto front, square for the baseline."""
-    items = [(f'<circle cx="6" cy="12" r="5" fill="{_color("fp32")}"/>', "fp32"),
-             (f'<circle cx="6" cy="12" r="5" fill="{_color("int8")}"/>', "int8"),
+    items = [(f'<circle cx="6" cy="12" r="5" fill="{color_of("fp32")}"/>', "fp32"),
+             (f'<circle cx="6" cy="12" r="5" fill="{color_of("int8")}"/>', "int8"),
              (f'<circle cx="6" cy="12" r="5" fill="{OTHER_COLOR}"/>', "other precision"),
              ('<circle cx="6" cy="12" r="5" fill="#444"/>', "filled: on the Pareto front"),
              ('<circle cx="6" cy="12" r="5" fill="#fff" stroke="#444" stroke-width="2"/>', "hollow: dominated"),
@@ -253,24 +224,7 @@ def legend_svg() -> str:
     return f'<svg width="{x:.0f}" height="24" role="img" aria-label="legend">' + "".join(parts) + "</svg>"
 
 
-def _table(header: list[str], rows: list[list], left: int = 1, row_classes: list[str] | None = None) -> str:
-    th = "".join(f'<th{" class=l" if i < left else ""}>{escape(h)}</th>' for i, h in enumerate(header))
-    body = []
-    for k, r in enumerate(rows):
-        cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
-        body.append(f"<tr{cls}>" + "".join(f'<td{" class=l" if i < left else ""}>{_cell(c)}</td>'
-                                            for i, c in enumerate(r)) + "</tr>")
-    return f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
-
-
-def _cell(c: str | tuple[str, str]) -> str:
-    """A cell: text, or (text, smaller second line)."""
-    if isinstance(c, tuple):
-        return f'{escape(c[0])}<br><span class="ci">{escape(c[1])}</span>'
-    return escape(c)
-
-
-def variant_table(report: dict) -> str:
+def varianthtml_table(report: dict) -> str:
     rows = report["variants"]
     batches = list(rows[0]["latency_ms"]) if rows else []
     base_name = (report.get("comparison") or {}).get("baseline")
@@ -305,10 +259,10 @@ def variant_table(report: dict) -> str:
         r.append(", ".join(fronts.get(v["name"], [])) or "-")
         r += [budget_cell(v)] if judged else []
         out.append(r)
-    return _table(header, out, left=2, row_classes=["front" if fronts.get(v["name"]) else "" for v in rows])
+    return html_table(header, out, left=2, row_classes=["front" if fronts.get(v["name"]) else "" for v in rows])
 
 
-def stage_table(report: dict) -> str:
+def stagehtml_table(report: dict) -> str:
     stages = report.get("stages") or []
     if not stages:
         return '<p class="note">No stages recorded.</p>'
@@ -320,7 +274,7 @@ def stage_table(report: dict) -> str:
                      "-" if wall is None else f"{float(wall):.1f}", str(note)])
     total = sum(float(s.get("wall_s") or 0) for s in stages)
     rows.append(["total", "", f"{total:.1f}", ""])
-    return _table(["stage", "cached", "wall (s)", "note"], rows)
+    return html_table(["stage", "cached", "wall (s)", "note"], rows)
 
 
 def _cards(report: dict) -> str:
@@ -379,14 +333,15 @@ def to_html(report: dict) -> str:
         f'<p class="sub">{escape(sub)}</p>',
         _cards(report),
         *plots,
+        *width_section(report),
         "<h2>Size</h2>",
         size_svg(report),
         "<h2>Variants</h2>",
         '<p class="note">Under each name its description; under each p50 the bootstrap 95% CI of the median. '
         'Speed-up = baseline p50 / variant p50, both from the same run.</p>',
-        variant_table(report),
+        varianthtml_table(report),
         "<h2>Stages</h2>",
-        stage_table(report),
+        stagehtml_table(report),
         "<h2>Environment</h2>",
         f'<p class="note">{escape(env.get("os", ""))} {escape(env.get("machine", ""))}; {escape(versions)}</p>',
     ]

@@ -53,7 +53,7 @@ def run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
 
 def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     from compress.plugins import choose, learns_from_data
-    from compress.stages import PIPELINE, label, ship
+    from compress.stages import PIPELINE, label, ship, widths
 
     chosen = choose(recipe)
     family, source = chosen.family, chosen.source
@@ -64,6 +64,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     target = usable_target(recipe.target.name, family.kind)
     require_runtime(recipe, target, family)
     check_bench_device(recipe, family)
+    widths.refuse_under_torchrun(recipe)
     out_dir = prepare_out_dir(out_dir)
     data = family.prepare(recipe, source.load(recipe, learns_from_data(recipe, family)))
     log(family.describe_data(data))

@@ -70,3 +70,17 @@ def test_precomputed_teacher_logits_cannot_label_views():
     with pytest.raises(ValueError, match="augment needs the teacher"):
         train.fit(model, Split(x, np.zeros(16, np.int64)), train.LoopConfig(1, 8, 0.01), seed=0,
                   teacher_logits=np.zeros((16, 5), np.float32), loss_fn=lambda a, b, c: a.sum(), augment=random_views)
+
+
+def test_every_teacher_loss_on_unlabelled_data_is_the_soft_term_alone():
+    """Distillation, the width search's candidates and QAT all take their loss settings from kd_settings."""
+    from types import SimpleNamespace
+
+    from compress.families.image.family import kd_settings
+    from compress.recipe import DistillConfig, Recipe
+
+    recipe = Recipe(distill=DistillConfig(alpha=0.5, epochs=6.0))
+    unlabelled = SimpleNamespace(recipe=recipe, data=SimpleNamespace(truth="baseline"))
+    labelled = SimpleNamespace(recipe=recipe, data=SimpleNamespace(truth="labels"))
+    assert kd_settings(unlabelled, epochs=1.0) == DistillConfig(alpha=1.0, epochs=1.0)
+    assert kd_settings(labelled) == recipe.distill

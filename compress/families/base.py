@@ -90,6 +90,16 @@ class ModelFamily:
         """None, or write(target_dir) -> the files an app needs beside the model (a tokenizer)."""
         return None
 
+    def pruned_at(self, run, ratio: float) -> Any:
+        """`prune.ratio: auto`'s candidate: run.teacher shrunk by `ratio` in one step, not fine-tuned; only for families
+        whose check_recipe lets `auto` through."""
+        raise NotImplementedError(f"{self.name} models do not search pruning widths in this version")
+
+    def distill_width(self, run, student, epochs: float) -> float:
+        """`prune.ratio: auto`'s schedule: `student` (from pruned_at) distilled in place for `epochs`; its validation
+        accuracy."""
+        raise NotImplementedError(f"{self.name} models do not search pruning widths in this version")
+
     # -- helpers every family may use (not called by the stages) -------------------------------------------------
     def device(self, run) -> str:
         """Where this run's training stages compute ("cpu", "cuda:0", ...): the recipe's train.device."""
@@ -113,4 +123,5 @@ class OneInputFamily(ModelFamily):
 
 REQUIRED = tuple(name for name, value in vars(ModelFamily).items()
                  if callable(value) and name not in ("unsupported", "fit_data", "check_given", "given_logits",
-                                                     "extra_files", "device") and not name.startswith("_"))
+                                                     "extra_files", "pruned_at", "distill_width", "device")
+                 and not name.startswith("_"))

@@ -67,6 +67,8 @@ def finish_report(run, variants: list, parity: dict[str, Any], quantize: dict[st
     report = assemble_report(run.recipe, run.data, rows, stage_info,
                              {"parity": parity, "quantize": quantize, "budget": budget})
     report.update(extra or {})
+    if "widths" in run.done:  # prune.ratio auto: the latency-vs-width curve and the ratio it chose
+        report["width_search"] = run.done["widths"].metrics
     if device is not None:
         report["environment"]["device"] = device.environment
     report["latency_measured_on"] = latency_measured_on(run, rows, report["environment"])

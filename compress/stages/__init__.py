@@ -2,6 +2,6 @@
 compiles the one the budget picks and writes the reports."""
 from __future__ import annotations
 
-from compress.stages import distill, export, label, prune, quantize, train
+from compress.stages import distill, export, label, prune, quantize, train, widths
 
-PIPELINE = (label.STAGE, train.STAGE, prune.STAGE, distill.STAGE, export.STAGE, quantize.STAGE)
+PIPELINE = (label.STAGE, train.STAGE, widths.STAGE, prune.STAGE, distill.STAGE, export.STAGE, quantize.STAGE)

@@ -119,6 +119,9 @@ class TextEncoder(ModelFamily):
 
         if recipe.quantize.enabled and recipe.quantize.mode not in self.quantize_modes:
             raise RecipeError("Transformer recipes quantize with quantize.mode: dynamic (static QDQ is CNN-only here)")
+        if recipe.prune.enabled and recipe.prune.auto:
+            raise RecipeError("prune.ratio auto chooses CNN channel widths in this version; give Transformer recipes a "
+                              "number (the fraction of FFN neurons removed)")
         m = recipe.model
         if m.pretrained and m.path and (Path(m.path) / "config.json").is_file():  # a folder of the wrong kind:
             from compress.families.encoder.hf_adapters import read_folder  # refused before any work (a missing one: at prepare)
@@ -198,7 +201,7 @@ class TextEncoder(ModelFamily):
 
     def shrinks(self, recipe) -> bool:
         p = recipe.prune
-        return bool(p.enabled and (p.layers or p.ratio > 0 or p.heads_ratio > 0 or p.vocab))
+        return bool(p.enabled and (p.layers or p.auto or p.ratio > 0 or p.heads_ratio > 0 or p.vocab))
 
     def prune(self, run, raw_out: Path, pruned_out: Path) -> dict[str, Any]:
         """Layers, heads, FFN neurons and vocabulary (compress.families.encoder.shrink), then fine-tuning without a

@@ -129,38 +129,20 @@ class ImageClassifier(OneInputFamily):
                 "device": self.device(run)}
 
     def shrinks(self, recipe) -> bool:
-        return recipe.prune.enabled and recipe.prune.ratio > 0
+        return recipe.prune.enabled and (recipe.prune.auto or recipe.prune.ratio > 0)
 
     def prune(self, run, raw_out: Path, pruned_out: Path) -> dict[str, Any]:
         """Channel pruning (iterative steps fine-tuned in between), then fine-tuning without a teacher: the
         ablation's "pruned" row. `raw_out` keeps the weights before that fine-tuning, where distillation starts."""
-        import torch
-
         from compress.pruning import structured as prune
 
-        from compress.training import loop as train
-
-        r, data, p = run.recipe, run.data, run.recipe.prune
-        train.seed_everything(r.seed)
-        example = example_rows(data)
-        batch = (torch.from_numpy(data.train.x[:256]), torch.from_numpy(data.train.y[:256]))
+        r, p = run.recipe, run.recipe.prune
         step_epochs = p.finetune_epochs / p.iterative_steps
 
         def between_steps(model, step):
             self.fit(run, model, step_epochs, p.lr, seed=r.seed + 10 + step, label=f"prune step {step + 1}")
 
-        try:
-            result = prune.prune(run.teacher, p, example, data.num_classes, taylor_batch=batch,
-                                 between_steps=between_steps if step_epochs > 0 else None, device=self.device(run))
-        except prune.UntraceableModel as e:
-            raise CompressError(str(e)) from None
-        if result.kept_whole:
-            from compress.driver import log
-
-            shown = ", ".join(result.kept_whole[:6]) + (f" and {len(result.kept_whole) - 6} more"
-                                                        if len(result.kept_whole) > 6 else "")
-            log(f"[prune] kept whole (coupled to what cannot shrink, or at round_to already): {shown}")
-        train.settle_batchnorm(result.model, data.train.x, steps_run=0, device=self.device(run))  # stats changed
+        result = self._pruned(run, p, between_steps if step_epochs > 0 else None)
         acc_pruned = self.accuracy(run, result.model)
         raw = copy.deepcopy(result.model)
         prune.make_sparsity_permanent(raw)
@@ -182,27 +164,77 @@ class ImageClassifier(OneInputFamily):
             metrics["note"] = prune.SPARSITY_NOTE
         return metrics
 
+    def _pruned(self, run, p, between_steps=None):
+        """run.teacher pruned by the settings `p` (a PruneConfig with a number for ratio), BatchNorm statistics
+        settled on the training rows; no fine-tuning after the last step."""
+        import torch
+
+        from compress.driver import log
+        from compress.pruning import structured as prune
+        from compress.training import loop as train
+
+        data = run.data
+        train.seed_everything(run.recipe.seed)
+        batch = (torch.from_numpy(data.train.x[:256]), torch.from_numpy(data.train.y[:256]))
+        try:
+            result = prune.prune(run.teacher, p, example_rows(data), data.num_classes, taylor_batch=batch,
+                                 between_steps=between_steps, device=self.device(run))
+        except prune.UntraceableModel as e:
+            raise CompressError(str(e)) from None
+        if result.kept_whole:
+            shown = ", ".join(result.kept_whole[:6]) + (f" and {len(result.kept_whole) - 6} more"
+                                                        if len(result.kept_whole) > 6 else "")
+            log(f"[prune] kept whole (coupled to what cannot shrink, or at round_to already): {shown}")
+        train.settle_batchnorm(result.model, data.train.x, steps_run=0, device=self.device(run))  # stats changed
+        return result
+
+    def pruned_at(self, run, ratio: float):
+        """The width search's candidate: run.teacher's channels pruned by `ratio` in one step, not fine-tuned."""
+        import dataclasses
+
+        p = dataclasses.replace(run.recipe.prune, ratio=ratio, iterative_steps=1)
+        return self._pruned(run, p).model
+
     def distill(self, run, source: Path, out: Path) -> dict[str, Any]:
         """The pruned weights, taught by the full model on its logits (and its last feature map when
         `distill.feature_weight` > 0). Unlabelled data: soft targets only (the stand-in labels are the teacher's
         own top-1). `distill.augment` > 0: that many extra random views of each image per epoch, each labelled by
         the teacher as it is drawn."""
-        import dataclasses
-        import functools
-
-        from compress.distillation.augment import random_views
-        from compress.distillation.losses import FeatureDistiller, make_kd_loss
         from compress.pruning import structured as prune
         from compress.training import loop as train
 
-        r, d = run.recipe, run.recipe.distill
-        if getattr(run.data, "truth", "labels") == "baseline":
-            d = dataclasses.replace(d, alpha=1.0)
+        r = run.recipe
         train.seed_everything(r.seed)
         student = self.load(run, source)
         if r.prune.method != "channels" and "prune" in run.done:
             prune.keep_zeros(student)
         before = self.accuracy(run, student)
+        d, curve, augmented = self._teach(run, student, r.distill.epochs)
+        prune.make_sparsity_permanent(student)
+        self.save(student, out)
+        return {"val_accuracy_before": before, "val_accuracy": self.accuracy(run, student), "loss_curve": curve,
+                "device": self.device(run), "soft_targets_only": d.alpha == 1.0,
+                "augmented_views_per_row": d.augment if augmented else 0}
+
+    def distill_width(self, run, student, epochs: float) -> float:
+        """The width search's schedule: `student` distilled for `epochs` (the recipe's distill settings otherwise);
+        its validation accuracy."""
+        from compress.training import loop as train
+
+        train.seed_everything(run.recipe.seed)
+        self._teach(run, student, epochs)
+        return self.accuracy(run, student)
+
+    def _teach(self, run, student, epochs: float):
+        """Distil `student` in place for `epochs`; the distill settings used, the loss curve, whether views were
+        drawn."""
+        import functools
+
+        from compress.distillation.augment import random_views
+        from compress.distillation.losses import FeatureDistiller, make_kd_loss
+        from compress.training import loop as train
+
+        r, d = run.recipe, kd_settings(run, epochs=epochs)
         distiller, soft, trainee = None, None, student
         augment = (functools.partial(random_views, channels_last_layout=r.data.image.layout == "NHWC")
                    if d.augment > 0 and run.data.train.x.ndim == 4 else None)
@@ -216,11 +248,7 @@ class ImageClassifier(OneInputFamily):
                          teacher_logits=soft, loss_fn=make_kd_loss(d, distiller), augment=augment)
         if distiller is not None:
             distiller.detach_hooks()
-        prune.make_sparsity_permanent(student)
-        self.save(student, out)
-        return {"val_accuracy_before": before, "val_accuracy": self.accuracy(run, student), "loss_curve": curve,
-                "device": self.device(run), "soft_targets_only": d.alpha == 1.0,
-                "augmented_views_per_row": d.augment if augment else 0}
+        return d, curve, augment is not None
 
     # -- export and INT8 --------------------------------------------------------------------------
     def export(self, run, model, path: Path) -> dict[str, Any]:
@@ -255,7 +283,7 @@ class ImageClassifier(OneInputFamily):
         train.seed_everything(r.seed)
         model = qat.prepare(self.load(run, checkpoint), run.data.calib.x, device=self.device(run))
         self.fit(run, model, r.quantize.qat_epochs, r.quantize.qat_lr, seed=r.seed + 3, label="qat", precision="fp32",
-                 teacher=run.teacher, loss_fn=make_kd_loss(r.distill))
+                 teacher=run.teacher, loss_fn=make_kd_loss(kd_settings(run)))
         qat.calibrate(model, run.data.calib.x, device=self.device(run))
         path = workdir / "qat.fp32.onnx"
         export.export_onnx(qat.strip(model), run.data.calib.x, path)
@@ -269,6 +297,15 @@ class ImageClassifier(OneInputFamily):
         """None: this family runs every step, labelling unlabelled data with the model as given included."""
         return None
 
+
+
+def kd_settings(run, **changes):
+    """The distill section with `changes`; on unlabelled data the soft term alone (alpha 1: no stand-in label read)."""
+    import dataclasses
+
+    if getattr(run.data, "truth", "labels") == "baseline":
+        changes["alpha"] = 1.0
+    return dataclasses.replace(run.recipe.distill, **changes)
 
 
 def example_rows(data):

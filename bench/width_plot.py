@@ -1,0 +1,76 @@
+"""report.html's latency-vs-width section for `prune.ratio: auto` (report.json `width_search`): p50 of every
+candidate width, FP32 and INT8, timed in one run beside the unpruned model, each width's accuracy after the short
+distillation, and the chosen one."""
+from __future__ import annotations
+
+from html import escape
+
+from bench.html_parts import PRECISION_COLORS, html_table, nice_ticks, tick_text
+
+
+def width_curve_svg(search: dict, width: int = 540, height: int = 340) -> str:
+    curve = search["curve"]
+    series = {"fp32": [(0.0, search["baseline_p50_ms"])] + [(c["ratio"], c["p50_ms_fp32"]) for c in curve],
+              "int8": [(c["ratio"], c["p50_ms_int8"]) for c in curve if c.get("p50_ms_int8") is not None]}
+    ml, mr, mt, mb = 58, 16, 28, 46
+    pw, ph = width - ml - mr, height - mt - mb
+    xticks = nice_ticks(0.0, 1.0)
+    yticks = nice_ticks(0.0, max(y for pts in series.values() for _, y in pts) * 1.1)
+
+    def sx(x: float) -> float:
+        return ml + (x - xticks[0]) / (xticks[-1] - xticks[0]) * pw
+
+    def sy(y: float) -> float:
+        return mt + ph - (y - yticks[0]) / (yticks[-1] - yticks[0]) * ph
+
+    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="p50 latency versus fraction of channels removed">',
+             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fcfcfc" stroke="#bbb"/>',
+             f'<text x="{ml}" y="18" font-size="13" font-weight="600">Latency vs width, batch {search["batch"]}</text>',
+             f'<text x="{ml + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">fraction of channels '
+             f'removed (prune.ratio)</text>',
+             f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" font-size="12" text-anchor="middle">'
+             f'p50 latency (ms)</text>']
+    for t in xticks:
+        parts.append(f'<text x="{sx(t):.1f}" y="{mt + ph + 16}" font-size="11" text-anchor="middle">'
+                     f'{tick_text(t)}</text>')
+    for t in yticks:
+        parts.append(f'<line x1="{ml}" y1="{sy(t):.1f}" x2="{ml + pw}" y2="{sy(t):.1f}" stroke="#eee"/>'
+                     f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" font-size="11" text-anchor="end">{tick_text(t)}</text>')
+    for form, pts in series.items():
+        color = PRECISION_COLORS[form]
+        path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(pts))
+        parts.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{color}"><title>{form} ratio {x:g}: '
+                  f'{y:.4g} ms</title></circle>' for x, y in pts]
+        parts.append(f'<text x="{sx(pts[-1][0]) - 6:.1f}" y="{sy(pts[-1][1]) - 8:.1f}" font-size="11" '
+                     f'text-anchor="end" fill="{color}">{form}</text>')
+    parts.append(f'<text x="{sx(0) + 8:.1f}" y="{sy(search["baseline_p50_ms"]) - 8:.1f}" font-size="11">unpruned '
+                 f'FP32</text>')
+    for c in curve:
+        x, y = sx(c["ratio"]), sy(c["p50_ms"])
+        if c["verdict"] == "chosen":
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="9" fill="none" stroke="#222" stroke-width="2"/>')
+        if c.get("drop_pt") is not None:
+            parts.append(f'<text x="{x:.1f}" y="{y + 20:.1f}" font-size="11" text-anchor="middle" fill="#222">'
+                         f'{-c["drop_pt"]:+.2f} pt</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def width_section(report: dict) -> list[str]:
+    """The section's HTML pieces, or none when the run did not search widths."""
+    search = report.get("width_search")
+    if not search or not search.get("curve"):
+        return []
+    rows = [[f"{c['ratio']:g}", f"{c['params']:,}", c["form"], f"{c['p50_ms']:.4g}", f"{c['speedup']:.2f}x",
+             "" if c.get("val_accuracy") is None else f"{100 * c['val_accuracy']:.2f}",
+             "" if c.get("drop_pt") is None else f"{c['drop_pt']:+.2f}", c["verdict"]] for c in search["curve"]]
+    table = html_table(["prune.ratio", "params", "form", "p50 ms", "speed-up vs FP32", "val acc % (distilled)", "drop pt",
+                    "verdict"], rows, left=1)
+    note = (f"prune.ratio auto chose {search['chosen_ratio']:g} (ringed): {search['rule']}. Allowance "
+            f"{search['allowance_pt']:g} pt after {search['distill_epochs']:g} epoch(s) of distillation "
+            f"(labels under each width: its accuracy change against the unpruned model's "
+            f"{100 * search['baseline_val_accuracy']:.2f} %). Timed on {search['timed_on']}.")
+    return ["<h2>Width search</h2>", f"<figure>{width_curve_svg(search)}</figure>",
+            f'<p class="note">{escape(note)}</p>', table]

@@ -1,0 +1,98 @@
+"""`prune.ratio: auto`: the choice rules on given points (exact), the recipe's settings, and one small pipeline run
+whose report, widths.json, pruned model and report.html must agree with each other (never with a timing)."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from compress.pruning import width_search as ws
+from compress.recipe import PruneConfig, RecipeError, recipe_from_dict
+from tests.conftest import needs_fashion_mnist, small_recipe
+
+
+def point(ratio: float, p50: float, **kw) -> ws.WidthPoint:
+    return ws.WidthPoint(ratio, params=1000, form="int8", p50_ms=p50, p50_ms_fp32=p50, p50_ms_int8=p50,
+                         speedup=10.0 / p50, **kw)
+
+
+def test_a_width_no_faster_than_a_wider_one_is_not_distilled():
+    points = [point(0.25, 5.0), point(0.5, 4.8), point(0.75, 2.0), point(0.875, 2.1)]
+    assert ws.slower_than_a_wider(points) == {0.5: 0.25, 0.875: 0.75}  # 4.8 is within 10 % of 5.0
+    assert [p.ratio for p in ws.distil_order(points)] == [0.75, 0.25]  # fastest first
+
+
+def test_the_fastest_width_within_the_allowance_is_picked():
+    points = [ws.judged(point(0.25, 5.0), 0.90, 0.91, 1.0), ws.judged(point(0.5, 3.0), 0.905, 0.91, 1.0),
+              ws.judged(point(0.75, 2.0), 0.85, 0.91, 1.0)]
+    assert [p.verdict for p in points] == [ws.WITHIN, ws.WITHIN, ws.OVER]
+    assert points[1].drop_pt == pytest.approx(0.5)
+    assert ws.pick(points).ratio == 0.5
+
+
+def test_with_none_within_the_most_accurate_distilled_width_goes_on():
+    points = [point(0.25, 5.0), ws.judged(point(0.5, 3.0), 0.80, 0.91, 1.0),
+              ws.judged(point(0.75, 2.0), 0.85, 0.91, 1.0)]
+    chosen = ws.pick(points)
+    assert chosen.ratio == 0.75
+    curve = ws.final_curve(points, chosen, {})
+    assert [p.verdict for p in curve] == [ws.NOT_TRIED, ws.OVER, ws.CHOSEN]
+
+
+def test_recipe_takes_auto_and_refuses_what_it_cannot_search():
+    assert recipe_from_dict({"prune": {"ratio": "auto"}}).prune.auto
+    with pytest.raises(RecipeError, match=r"prune.ratio = 'fast' has the wrong type"):
+        recipe_from_dict({"prune": {"ratio": "fast"}})
+    with pytest.raises(RecipeError, match=r"prune.auto_ratios\[1\] must be in \[0, 1\)"):
+        PruneConfig(ratio="auto", auto_ratios=(0.5, 1.0))
+    with pytest.raises(RecipeError, match="needs prune.method channels"):
+        PruneConfig(ratio="auto", method="2:4")
+    with pytest.raises(RecipeError, match="prune.auto_epochs must be > 0"):
+        PruneConfig(ratio="auto", auto_epochs=0)
+
+
+def test_transformer_recipes_refuse_auto_before_any_work():
+    from compress.families import for_arch
+
+    recipe = recipe_from_dict({"name": "t", "model": {"arch": "bert"}, "prune": {"ratio": "auto"},
+                               "quantize": {"mode": "dynamic"}})
+    with pytest.raises(RecipeError, match="prune.ratio auto chooses CNN channel widths"):
+        for_arch("bert").check_recipe(recipe)
+
+
+@needs_fashion_mnist
+def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
+    from bench.html import to_html
+    from compress.pipeline import run
+
+    ratios = (0.25, 0.5, 0.75)
+    recipe = small_recipe(prune=PruneConfig(ratio="auto", round_to=4, finetune_epochs=0.5, auto_ratios=ratios,
+                                            auto_epochs=0.5))
+    report = run(recipe, tmp_path)
+    search = report["width_search"]
+    assert search == json.loads((tmp_path / "widths.json").read_text())
+    curve = {c["ratio"]: c for c in search["curve"]}
+    assert sorted(curve) == list(ratios)
+    chosen = curve[search["chosen_ratio"]]
+    assert [c["verdict"] for c in curve.values()].count(ws.CHOSEN) == 1 and chosen["verdict"] == ws.CHOSEN
+    assert chosen["val_accuracy"] is not None  # only a distilled width can be chosen
+    assert search["allowance_pt"] == pytest.approx(5.0 - 0.5)  # the small recipe's budget less INT8's share
+    params = [curve[r]["params"] for r in ratios]
+    assert params == sorted(params, reverse=True)
+    for c in curve.values():  # what is chosen is consistent with the rule, whatever the timings were
+        if c["verdict"] == "within the allowance":
+            assert c["p50_ms"] >= chosen["p50_ms"]
+        if c["drop_pt"] is not None:
+            assert c["drop_pt"] == pytest.approx(100 * (search["baseline_val_accuracy"] - c["val_accuracy"]), abs=1e-3)
+    prune = next(s for s in report["stages"] if s["name"] == "prune")["metrics"]
+    # the prune stage ran at the chosen ratio: the width search's one-step candidate had the same parameter count
+    assert prune["params_after"] == chosen["params"]
+    assert report["recipe"]["prune"]["ratio"] == search["chosen_ratio"]
+    section = to_html(report).split("<h2>Width search</h2>")[1]
+    svg = section[section.index("<svg"):section.index("</svg>") + len("</svg>")]
+    assert len(ET.fromstring(svg).findall(".//{*}circle")) >= len(ratios) + 1  # every width and the unpruned model
+
+    again = run(recipe, tmp_path)  # a rerun reuses the search and prunes at the same ratio
+    cached = {s["name"]: s["cached"] for s in again["stages"]}
+    assert cached["widths"] and cached["prune"] and again["width_search"] == search
