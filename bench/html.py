@@ -224,7 +224,7 @@ def legend_svg() -> str:
     return f'<svg width="{x:.0f}" height="24" role="img" aria-label="legend">' + "".join(parts) + "</svg>"
 
 
-def varianthtml_table(report: dict) -> str:
+def variant_table(report: dict) -> str:
     rows = report["variants"]
     batches = list(rows[0]["latency_ms"]) if rows else []
     base_name = (report.get("comparison") or {}).get("baseline")
@@ -262,7 +262,7 @@ def varianthtml_table(report: dict) -> str:
     return html_table(header, out, left=2, row_classes=["front" if fronts.get(v["name"]) else "" for v in rows])
 
 
-def stagehtml_table(report: dict) -> str:
+def stage_table(report: dict) -> str:
     stages = report.get("stages") or []
     if not stages:
         return '<p class="note">No stages recorded.</p>'
@@ -339,9 +339,9 @@ def to_html(report: dict) -> str:
         "<h2>Variants</h2>",
         '<p class="note">Under each name its description; under each p50 the bootstrap 95% CI of the median. '
         'Speed-up = baseline p50 / variant p50, both from the same run.</p>',
-        varianthtml_table(report),
+        variant_table(report),
         "<h2>Stages</h2>",
-        stagehtml_table(report),
+        stage_table(report),
         "<h2>Environment</h2>",
         f'<p class="note">{escape(env.get("os", ""))} {escape(env.get("machine", ""))}; {escape(versions)}</p>',
     ]

@@ -64,7 +64,7 @@ def _run(recipe: Recipe, out_dir: Path) -> dict[str, Any] | None:
     target = usable_target(recipe.target.name, family.kind)
     require_runtime(recipe, target, family)
     check_bench_device(recipe, family)
-    widths.refuse_under_torchrun(recipe)
+    widths.refuse_under_torchrun(recipe)  # torchrun launched directly; the CLI checks --nproc
     out_dir = prepare_out_dir(out_dir)
     data = family.prepare(recipe, source.load(recipe, learns_from_data(recipe, family)))
     log(family.describe_data(data))

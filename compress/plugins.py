@@ -32,6 +32,9 @@ def choose(recipe) -> Plugins:
         raise RecipeError(f"data.dataset {recipe.data.dataset!r} is {source.kind} data; it needs a model.arch "
                           f"that takes {source.kind} ({fits or 'none registered'})")
     family.check_recipe(recipe)
+    from compress.stages.widths import check_recipe as check_width_search
+
+    check_width_search(recipe, family)
     return Plugins(family, source)
 
 

@@ -155,3 +155,30 @@ def test_weights_need_a_custom_model():
     with pytest.raises(RecipeError, match="model.weights is for a user's module"):
         recipe_from_dict({"model": {"weights": "x.safetensors"}})
     assert recipe_from_dict({"train": {"epochs": 0}}).train.epochs == 0
+
+
+def test_transfer_learning_loads_the_backbone_and_gives_the_data_a_new_head(tmp_path):
+    """Weights trained for 5 classes, data with 10: every layer but the last nn.Linear is loaded exactly, the head
+    keeps its fresh initialisation; a misfit anywhere else is still a one-line error."""
+    import torch
+
+    from common.errors import CompressError
+    from compress.training.checkpoints import load_pretrained
+    from tests.toy_models import small_convnet
+
+    torch.manual_seed(0)
+    source = small_convnet((1, 28, 28), 5)
+    weights = tmp_path / "five.pt"
+    torch.save(source.state_dict(), weights)
+    model = small_convnet((1, 28, 28), 10)
+    fresh_head = model[-1].weight.detach().clone()
+    with pytest.raises(CompressError, match=r"does not fit the model: size mismatch for 11.weight"):
+        load_pretrained(model, weights)
+    load_pretrained(model, weights, new_head=True)
+    loaded, given = model.state_dict(), source.state_dict()
+    assert all(torch.equal(loaded[k], given[k]) for k in given if not k.startswith("11."))
+    assert torch.equal(model[-1].weight, fresh_head) and model[-1].out_features == 10
+    other = tmp_path / "rgb.pt"
+    torch.save(small_convnet((3, 28, 28), 5).state_dict(), other)  # the stem does not fit either
+    with pytest.raises(CompressError, match=r"does not fit the model: size mismatch for 0.weight"):
+        load_pretrained(small_convnet((1, 28, 28), 10), other, new_head=True)

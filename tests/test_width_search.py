@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from common.errors import CompressError
 from compress.pruning import width_search as ws
 from compress.recipe import PruneConfig, RecipeError, recipe_from_dict
 from tests.conftest import needs_fashion_mnist, small_recipe
@@ -52,6 +53,39 @@ def test_recipe_takes_auto_and_refuses_what_it_cannot_search():
         PruneConfig(ratio="auto", auto_epochs=0)
 
 
+def test_the_search_key_names_the_schedule_a_null_default_resolves_to():
+    """auto_epochs null means distill.epochs: a run with another distill schedule must not reuse the search."""
+    from types import SimpleNamespace
+
+    from compress.stages.widths import search_settings
+
+    def settings(**distill):
+        recipe = recipe_from_dict({"prune": {"ratio": "auto"}, "distill": distill})
+        return search_settings(SimpleNamespace(recipe=recipe))
+
+    assert settings(epochs=6)["epochs"] == 6.0 and settings(epochs=6) != settings(epochs=2)
+    assert settings()["allowance_pt"] == pytest.approx(1.0 - 0.5)  # the budget less INT8's share
+
+
+def test_what_cannot_search_widths_is_refused_before_any_work():
+    from compress.families.base import ModelFamily
+    from compress.plugins import choose
+    from compress.stages.widths import check_recipe, refuse_under_torchrun
+
+    class NoSearch(ModelFamily):  # a registered family that prunes but has no width search
+        name, kind, archs = "no-search", "image", ("no-search",)
+
+    auto = recipe_from_dict({"prune": {"ratio": "auto"}})
+    with pytest.raises(RecipeError, match="no-search models do not search pruning widths"):
+        check_recipe(auto, NoSearch())
+    with pytest.raises(RecipeError, match="it needs distill.enabled true"):
+        choose(recipe_from_dict({"prune": {"ratio": "auto"}, "distill": {"enabled": False}}))
+    with pytest.raises(CompressError, match=r"without torchrun \(--nproc 1\)"):
+        refuse_under_torchrun(auto, 2)
+    choose(auto)  # the bundled CNN searches
+    refuse_under_torchrun(auto, 1)
+
+
 def test_transformer_recipes_refuse_auto_before_any_work():
     from compress.families import for_arch
 
@@ -80,11 +114,21 @@ def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
     assert search["allowance_pt"] == pytest.approx(5.0 - 0.5)  # the small recipe's budget less INT8's share
     params = [curve[r]["params"] for r in ratios]
     assert params == sorted(params, reverse=True)
-    for c in curve.values():  # what is chosen is consistent with the rule, whatever the timings were
-        if c["verdict"] == "within the allowance":
-            assert c["p50_ms"] >= chosen["p50_ms"]
+    distilled = [c for c in curve.values() if c["val_accuracy"] is not None]
+    for c in curve.values():  # the verdicts follow the rule, whatever the timings were
         if c["drop_pt"] is not None:
             assert c["drop_pt"] == pytest.approx(100 * (search["baseline_val_accuracy"] - c["val_accuracy"]), abs=1e-3)
+        if c is chosen:
+            continue
+        if c["val_accuracy"] is not None:  # tried before the chosen one: at least as fast, and over the allowance
+            assert c["verdict"] == ws.OVER and c["p50_ms"] <= chosen["p50_ms"]
+        elif c["verdict"] == ws.NOT_TRIED:
+            assert c["p50_ms"] >= chosen["p50_ms"]
+        else:
+            wider = float(c["verdict"].rsplit(" ", 1)[1])
+            assert wider < c["ratio"] and curve[wider]["p50_ms"] <= c["p50_ms"] * (1 + ws.NOISE)
+    if chosen["drop_pt"] > search["allowance_pt"]:  # none within: the most accurate distilled width goes on
+        assert chosen["val_accuracy"] == max(c["val_accuracy"] for c in distilled)
     prune = next(s for s in report["stages"] if s["name"] == "prune")["metrics"]
     # the prune stage ran at the chosen ratio: the width search's one-step candidate had the same parameter count
     assert prune["params_after"] == chosen["params"]

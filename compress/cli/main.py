@@ -90,6 +90,9 @@ def run(recipe_ref: str | None, target: str | None, out_dir: Path, data_path: st
         click.echo(dump_recipe(recipe), nl=False)
         return
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from compress.stages.widths import refuse_under_torchrun
+
+        refuse_under_torchrun(recipe, nproc)
         if family.kind == "text":
             raise RecipeError("--nproc above 1 is not supported for Transformer recipes yet; run with --nproc 1")
         check_device(recipe.train.device, nproc)

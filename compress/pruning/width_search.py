@@ -1,9 +1,10 @@
 """`prune.ratio: auto`: which channel width to prune to, decided by measured latency rather than by MACs.
 
-Every candidate width is timed on the target's runtime in one interleaved run beside the unpruned model (MACs and
-latency part ways on small or depthwise layers: Torch-Pruning #382, TensorRT #3884), a width that is not measurably
-faster than a wider one is dropped, and the rest are distilled briefly, fastest first, until one is within the
-accuracy allowance: that one is chosen, and the full prune / fine-tune / distil stages run at its ratio.
+Every candidate width is timed on ONNX Runtime in one interleaved run beside the unpruned model (MACs and latency
+part ways on small or depthwise layers: Torch-Pruning #382, TensorRT #3884), a width that is not measurably faster
+than a wider one is dropped, and the rest are distilled (prune.auto_epochs, by default the distill schedule), fastest
+first, until one is within the accuracy allowance: that one is chosen, and the prune / fine-tune / distil stages run
+at its ratio.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ NOT_TRIED = "not distilled: a faster width was within the allowance"
 
 @dataclass(frozen=True)
 class WidthPoint:
-    """One candidate width: its size, its latencies and, once distilled briefly, its validation accuracy."""
+    """One candidate width: its size, its latencies and, once distilled, its validation accuracy."""
 
     ratio: float
     params: int

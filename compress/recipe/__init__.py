@@ -153,8 +153,8 @@ class TrainConfig:
 class PruneConfig:
     enabled: bool = True
     method: Literal["channels", "unstructured", "2:4"] = "channels"
-    # auto: the width search (compress.pruning.width_search) times auto_ratios on the target's runtime and keeps the
-    # fastest one that distillation (auto_epochs) brings within the budget
+    # auto: the width search (compress.stages.widths) times auto_ratios on ONNX Runtime and keeps the fastest one that
+    # distillation (auto_epochs) brings within the budget
     ratio: float | Literal["auto"] = 0.5
     scope: Literal["local", "global"] = "local"
     importance: Literal["magnitude", "taylor"] = "magnitude"

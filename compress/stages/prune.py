@@ -33,5 +33,13 @@ def checkpoint_format(run) -> str:
     return "pruning-plan-1/batchnorm-settled"
 
 
-STAGE = Stage("prune", ("key:train", "recipe:prune", checkpoint_format), outputs, body, enabled=enabled,
+def prune_settings(run) -> dict:
+    """The prune section as it shapes the model: with prune.ratio auto, the chosen ratio (compress.stages.widths sets
+    it) and not the search's own settings, so a width chosen twice reuses one pruned model."""
+    from compress.driver import plain
+
+    return {k: v for k, v in plain(run.recipe.prune).items() if not k.startswith("auto_")}
+
+
+STAGE = Stage("prune", ("key:train", prune_settings, checkpoint_format), outputs, body, enabled=enabled,
               all_ranks=True)

@@ -23,5 +23,16 @@ def body(run, out) -> dict:
             for name, source in sources(run).items()}
 
 
-STAGE = Stage("quantize", ("key:export", "recipe:quantize", "data:fingerprint", "run:student_name"), outputs, body,
+def qat_loss(run) -> dict:
+    """QAT, the search's last resort, learns from the teacher with the distill section's loss, the soft term alone on
+    unlabelled data."""
+    from compress.driver import plain
+
+    d = plain(run.recipe.distill)
+    return {"temperature": d["temperature"], "alpha": d["alpha"],
+            "soft_only": getattr(run.data, "truth", "labels") == "baseline"}
+
+
+STAGE = Stage("quantize", ("key:export", "recipe:quantize", "data:fingerprint", "run:student_name", qat_loss), outputs,
+              body,
               enabled=lambda run: run.target.SOURCE == "onnx" and run.recipe.quantize.enabled)

@@ -1,6 +1,6 @@
-"""`prune.ratio: auto`: time every candidate width on the target's runtime in one interleaved run, distil the
-fastest briefly until one is within the allowance, and hand its ratio to the prune stage
-(compress.pruning.width_search). The curve lands in widths.json, report.json's `width_search` and report.html."""
+"""`prune.ratio: auto`: time every candidate width on ONNX Runtime in one interleaved run, distil the fastest until
+one is within the allowance, and hand its ratio to the prune stage (compress.pruning.width_search). The curve lands
+in widths.json, report.json's `width_search` and report.html."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,13 +22,31 @@ def enabled(run) -> bool:
     return p.enabled and p.auto and not run.family.unsupported("prune")  # the prune stage says why it skips
 
 
-def refuse_under_torchrun(recipe) -> None:
+def searches(recipe) -> bool:
+    return recipe.prune.enabled and recipe.prune.auto
+
+
+def check_recipe(recipe, family) -> None:
+    """Before any work (one-line RecipeError): the family can search widths, and a width is judged distilled."""
+    from compress.families.base import ModelFamily
+    from compress.recipe import RecipeError
+
+    if not searches(recipe) or family.unsupported("prune"):
+        return
+    if type(family).pruned_at is ModelFamily.pruned_at or type(family).distill_width is ModelFamily.distill_width:
+        raise RecipeError(f"prune.ratio auto: {family.name} models do not search pruning widths in this version; "
+                          "give prune.ratio a number")
+    if not recipe.distill.enabled or family.unsupported("distill"):
+        raise RecipeError("prune.ratio auto judges each width distilled: it needs distill.enabled true")
+
+
+def refuse_under_torchrun(recipe, world_size: int | None = None) -> None:
     """Before any training: the search times and distils on one process."""
     from compress.training import distributed
 
-    if recipe.prune.enabled and recipe.prune.auto and distributed.world_size() > 1:
+    if searches(recipe) and (world_size or distributed.world_size()) > 1:
         raise CompressError("prune.ratio auto times and distils its candidate widths in one process; run it without "
-                            "torchrun, or give prune.ratio a number")
+                            "torchrun (--nproc 1), or give prune.ratio a number")
 
 
 def allowance(recipe) -> float:
@@ -40,8 +58,14 @@ def allowance(recipe) -> float:
     return max(0.0, recipe.budget.max_accuracy_drop - (q.max_accuracy_drop if q.enabled else 0.0))
 
 
+def distill_epochs(recipe) -> float:
+    return recipe.prune.auto_epochs if recipe.prune.auto_epochs is not None else recipe.distill.epochs
+
+
 def decision_batch(recipe) -> int:
-    return recipe.budget.latency_batch or recipe.bench.batch_sizes[0]
+    """The batch the budget decides "fastest" at: budget.latency_batch when benched, else the first bench batch."""
+    wanted = recipe.budget.latency_batch
+    return wanted if wanted in recipe.bench.batch_sizes else recipe.bench.batch_sizes[0]
 
 
 def ships_int8(recipe) -> bool:
@@ -52,10 +76,9 @@ def body(run, out) -> dict:
     from common.atomic import write_json
     from compress.pruning import width_search as ws
 
-    p, family, max_drop = run.recipe.prune, run.family, allowance(run.recipe)
-    epochs = p.auto_epochs if p.auto_epochs is not None else run.recipe.distill.epochs
+    p, family, max_drop, epochs = run.recipe.prune, run.family, allowance(run.recipe), distill_epochs(run.recipe)
     baseline_acc = run.done["train"].metrics["val_accuracy"]  # run.teacher's, on the rows distill_width scores
-    models = {r: family.pruned_at(run, r) for r in sorted(set(p.auto_ratios))}
+    models = {r: family.pruned_at(run, r) for r in sorted(set(p.auto_ratios))}  # logs what each keeps whole
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX, dir=run.out_dir) as work:
         points, baseline_p50 = timed_points(run, models, Path(work))
     dominated = ws.slower_than_a_wider(points)
@@ -76,8 +99,8 @@ def body(run, out) -> dict:
         "version": ws.CURVE_VERSION, "chosen_ratio": chosen.ratio, "allowance_pt": max_drop,
         "distill_epochs": epochs, "baseline_val_accuracy": baseline_acc,
         "batch": decision_batch(run.recipe), "baseline_p50_ms": baseline_p50, "timed_on": TIMED_ON,
-        "rule": "the fastest width within the allowance once distilled; widths no faster than a "
-                "wider one (within 10 %) are not distilled",
+        "rule": f"the fastest width within the allowance once distilled; widths no faster than a wider one "
+                f"(within {100 * ws.NOISE:g} %) are not distilled",
         "curve": [pt.to_dict() for pt in ws.final_curve(list(seen.values()), chosen, dominated)],
     }
     write_json(out["widths"], result)
@@ -127,13 +150,22 @@ def after(run, record) -> None:
     run.recipe = dataclasses.replace(r, prune=dataclasses.replace(r.prune, ratio=record.metrics["chosen_ratio"]))
 
 
-def curve_format(run) -> str:
-    """Part of the key: a record of an earlier curve format is not reused."""
+def search_settings(run) -> dict:
+    """The key: what the search reads, resolved (auto_epochs null names distill.epochs), and the curve's format;
+    settings that only bench or ship (bench.runs, budget.allow_baseline, ...) do not rerun it."""
+    from compress.driver import plain
     from compress.pruning.width_search import CURVE_VERSION
 
-    return f"width-curve-{CURVE_VERSION}"
+    r = run.recipe
+    p, q = plain(r.prune), plain(r.quantize)
+    return {"curve": CURVE_VERSION, "ratios": sorted(set(r.prune.auto_ratios)), "epochs": distill_epochs(r),
+            "allowance_pt": allowance(r), "batch": decision_batch(r), "threads": r.bench.threads,
+            "prune": {k: p[k] for k in ("method", "scope", "importance", "round_to") if k in p},
+            "distill": {k: v for k, v in plain(r.distill).items() if k not in ("enabled", "epochs")},
+            "quantize": {k: q[k] for k in ("enabled", "mode", "calibration", "per_channel", "activation_type",
+                                           "fp32_if_faster") if k in q},
+            "parity_atol": r.target.parity_atol}
 
 
-STAGE = Stage("widths", (curve_format, "key:train", "recipe:prune", "recipe:distill", "recipe:quantize",
-                         "recipe:budget", "recipe:bench", "recipe:target"),
-              outputs, body, enabled=enabled, after=after, all_ranks=True)
+# all_ranks: the driver ends the other ranks at the first stage without it, and prune after this one is data-parallel
+STAGE = Stage("widths", (search_settings, "key:train"), outputs, body, enabled=enabled, after=after, all_ranks=True)

@@ -98,9 +98,28 @@ def last_linear_width(model: nn.Module) -> int | None:
     return heads[-1].out_features if heads else None
 
 
-def load_pretrained(model: nn.Module, path: Path) -> nn.Module:
-    """A user's pretrained weights (read_weights) into their module; every key must fit (one-line error)."""
+def load_pretrained(model: nn.Module, path: Path, *, new_head: bool = False) -> nn.Module:
+    """A user's pretrained weights (read_weights) into their module; every key must fit (one-line error).
+
+    `new_head` (transfer learning: the data has other classes than the weights): when the only keys that do not fit
+    are the module's classifier head (its last nn.Linear), the head keeps its fresh initialisation and everything
+    else is loaded."""
     state = read_weights(path)
+    head = head_keys(model)
+    own = model.state_dict()
+    misfits = {k for k, v in state.items() if k in own and v.shape != own[k].shape}
+    if new_head and misfits and misfits <= head:
+        missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+        if unexpected or set(missing) - head:
+            first = (unexpected or sorted(set(missing) - head))[0]
+            raise CompressError(f"--weights {path} does not fit the model: {'unexpected' if unexpected else 'missing'}"
+                                f" key {first!r}")
+        from compress.driver import log
+
+        weight = max(misfits, key=lambda k: state[k].ndim)
+        log(f"[train] --weights {Path(path).name}: new classifier head {weight.rsplit('.', 1)[0]} "
+            f"({tuple(state[weight].shape)} -> {tuple(own[weight].shape)}), every other layer loaded")
+        return model
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -108,3 +127,9 @@ def load_pretrained(model: nn.Module, path: Path) -> nn.Module:
         first = lines[1] if len(lines) > 1 else lines[0]
         raise CompressError(f"--weights {path} does not fit the model: {first}") from None
     return model
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of the module's classifier head: its last nn.Linear, in the module's own order."""
+    heads = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return {f"{heads[-1]}.{p}" for p, _ in model.get_submodule(heads[-1]).named_parameters()} if heads else set()

@@ -121,7 +121,7 @@ class ImageClassifier(OneInputFamily):
         if r.model.weights:
             from compress.training.checkpoints import load_pretrained
 
-            load_pretrained(model, Path(r.model.weights))
+            load_pretrained(model, Path(r.model.weights), new_head=True)  # transfer: the data's own classes
         curve = [] if r.train.epochs == 0 else self.fit(run, model, r.train.epochs, r.train.lr, seed=r.seed,
                                                            label="train")
         self.save(model, out)
@@ -164,7 +164,7 @@ class ImageClassifier(OneInputFamily):
             metrics["note"] = prune.SPARSITY_NOTE
         return metrics
 
-    def _pruned(self, run, p, between_steps=None):
+    def _pruned(self, run, p, between_steps=None, stage: str = "prune"):
         """run.teacher pruned by the settings `p` (a PruneConfig with a number for ratio), BatchNorm statistics
         settled on the training rows; no fine-tuning after the last step."""
         import torch
@@ -184,7 +184,8 @@ class ImageClassifier(OneInputFamily):
         if result.kept_whole:
             shown = ", ".join(result.kept_whole[:6]) + (f" and {len(result.kept_whole) - 6} more"
                                                         if len(result.kept_whole) > 6 else "")
-            log(f"[prune] kept whole (coupled to what cannot shrink, or at round_to already): {shown}")
+            log(f"[{stage}] kept whole at ratio {p.ratio:g} (coupled to what cannot shrink, or at round_to already): "
+                f"{shown}")
         train.settle_batchnorm(result.model, data.train.x, steps_run=0, device=self.device(run))  # stats changed
         return result
 
@@ -193,7 +194,7 @@ class ImageClassifier(OneInputFamily):
         import dataclasses
 
         p = dataclasses.replace(run.recipe.prune, ratio=ratio, iterative_steps=1)
-        return self._pruned(run, p).model
+        return self._pruned(run, p, stage="widths").model
 
     def distill(self, run, source: Path, out: Path) -> dict[str, Any]:
         """The pruned weights, taught by the full model on its logits (and its last feature map when
@@ -222,6 +223,7 @@ class ImageClassifier(OneInputFamily):
         from compress.training import loop as train
 
         train.seed_everything(run.recipe.seed)
+        self.new_model(run)  # as distill() builds its student: the same random state reaches a feature projection
         self._teach(run, student, epochs)
         return self.accuracy(run, student)
 
