@@ -1,6 +1,6 @@
 """report.html's latency-vs-width section for `prune.ratio: auto` (report.json `width_search`): p50 of every
-candidate width, FP32 and INT8, timed in one run beside the unpruned model, the accuracy of each width distilled,
-and the chosen one."""
+candidate width, FP32 and INT8, timed in one run beside the unpruned model, the accuracy of each width's better
+student (fine-tuned or distilled), and the chosen one."""
 from __future__ import annotations
 
 from html import escape
@@ -64,14 +64,15 @@ def width_section(report: dict) -> list[str]:
     if not search or not search.get("curve"):
         return []
     rows = [[f"{c['ratio']:g}", f"{c['params']:,}", c["form"], f"{c['p50_ms']:.4g}", f"{c['speedup']:.2f}x",
-             "" if c.get("val_accuracy") is None else f"{100 * c['val_accuracy']:.2f}",
+             "" if c.get("val_accuracy") is None else f"{100 * c['val_accuracy']:.2f} ({c['student']})",
              "" if c.get("drop_pt") is None else f"{c['drop_pt']:+.2f}", c["verdict"]] for c in search["curve"]]
-    header = ["prune.ratio", "params", "form", "p50 ms", "speed-up vs FP32", "val acc % (distilled)", "drop pt",
+    header = ["prune.ratio", "params", "form", "p50 ms", "speed-up vs FP32", "val acc % (better student)", "drop pt",
               "verdict"]
     table = html_table(header, rows, left=1)
+    schedule = (f"{search['epochs']:g} epoch(s) of each" if search.get("epochs") is not None
+                else "the prune and distill stages' own schedules")
     note = (f"prune.ratio auto chose {search['chosen_ratio']:g} (ringed): {search['rule']}. Allowance "
-            f"{search['allowance_pt']:g} pt after {search['distill_epochs']:g} epoch(s) of distillation "
-            f"(labels under each width: its accuracy change against the unpruned model's "
-            f"{100 * search['baseline_val_accuracy']:.2f} %). Timed on {search['timed_on']}.")
+            f"{search['allowance_pt']:g} pt after {schedule} (labels under each width: its accuracy change against "
+            f"the unpruned model's {100 * search['baseline_val_accuracy']:.2f} %). Timed on {search['timed_on']}.")
     return ["<h2>Width search</h2>", f"<figure>{width_curve_svg(search)}</figure>",
             f'<p class="note">{escape(note)}</p>', table]

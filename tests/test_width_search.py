@@ -18,23 +18,25 @@ def point(ratio: float, p50: float, **kw) -> ws.WidthPoint:
                          speedup=10.0 / p50, **kw)
 
 
-def test_a_width_no_faster_than_a_wider_one_is_not_distilled():
+def test_a_width_no_faster_than_a_wider_one_is_not_trained():
     points = [point(0.25, 5.0), point(0.5, 4.8), point(0.75, 2.0), point(0.875, 2.1)]
     assert ws.slower_than_a_wider(points) == {0.5: 0.25, 0.875: 0.75}  # 4.8 is within 10 % of 5.0
-    assert [p.ratio for p in ws.distil_order(points)] == [0.75, 0.25]  # fastest first
+    assert [p.ratio for p in ws.training_order(points)] == [0.75, 0.25]  # fastest first
 
 
 def test_the_fastest_width_within_the_allowance_is_picked():
-    points = [ws.judged(point(0.25, 5.0), 0.90, 0.91, 1.0), ws.judged(point(0.5, 3.0), 0.905, 0.91, 1.0),
-              ws.judged(point(0.75, 2.0), 0.85, 0.91, 1.0)]
+    points = [ws.judged(point(0.25, 5.0), {"distilled": 0.90}, 0.91, 1.0),
+              ws.judged(point(0.5, 3.0), {"pruned": 0.905, "distilled": 0.88}, 0.91, 1.0),
+              ws.judged(point(0.75, 2.0), {"pruned": 0.85, "distilled": 0.85}, 0.91, 1.0)]
     assert [p.verdict for p in points] == [ws.WITHIN, ws.WITHIN, ws.OVER]
-    assert points[1].drop_pt == pytest.approx(0.5)
+    assert points[1].drop_pt == pytest.approx(0.5) and points[1].student == "pruned"  # judged by its better student
+    assert points[2].student == "distilled"  # a tie goes to the distilled one, as the pipeline's student rule
     assert ws.pick(points).ratio == 0.5
 
 
 def test_with_none_within_the_most_accurate_distilled_width_goes_on():
-    points = [point(0.25, 5.0), ws.judged(point(0.5, 3.0), 0.80, 0.91, 1.0),
-              ws.judged(point(0.75, 2.0), 0.85, 0.91, 1.0)]
+    points = [point(0.25, 5.0), ws.judged(point(0.5, 3.0), {"distilled": 0.80}, 0.91, 1.0),
+              ws.judged(point(0.75, 2.0), {"distilled": 0.85}, 0.91, 1.0)]
     chosen = ws.pick(points)
     assert chosen.ratio == 0.75
     curve = ws.final_curve(points, chosen, {})
@@ -54,7 +56,7 @@ def test_recipe_takes_auto_and_refuses_what_it_cannot_search():
 
 
 def test_the_search_key_names_the_schedule_a_null_default_resolves_to():
-    """auto_epochs null means distill.epochs: a run with another distill schedule must not reuse the search."""
+    """The students' schedules are in the key: a run with another distill schedule must not reuse the search."""
     from types import SimpleNamespace
 
     from compress.stages.widths import search_settings
@@ -63,7 +65,7 @@ def test_the_search_key_names_the_schedule_a_null_default_resolves_to():
         recipe = recipe_from_dict({"prune": {"ratio": "auto"}, "distill": distill})
         return search_settings(SimpleNamespace(recipe=recipe))
 
-    assert settings(epochs=6)["epochs"] == 6.0 and settings(epochs=6) != settings(epochs=2)
+    assert settings(epochs=6)["distill"]["epochs"] == 6.0 and settings(epochs=6) != settings(epochs=2)
     assert settings()["allowance_pt"] == pytest.approx(1.0 - 0.5)  # the budget less INT8's share
 
 
@@ -78,8 +80,8 @@ def test_what_cannot_search_widths_is_refused_before_any_work():
     auto = recipe_from_dict({"prune": {"ratio": "auto"}})
     with pytest.raises(RecipeError, match="no-search models do not search pruning widths"):
         check_recipe(auto, NoSearch())
-    with pytest.raises(RecipeError, match="it needs distill.enabled true"):
-        choose(recipe_from_dict({"prune": {"ratio": "auto"}, "distill": {"enabled": False}}))
+    with pytest.raises(RecipeError, match="it needs distill.enabled or prune.finetune_epochs > 0"):
+        choose(recipe_from_dict({"prune": {"ratio": "auto", "finetune_epochs": 0}, "distill": {"enabled": False}}))
     with pytest.raises(CompressError, match=r"without torchrun \(--nproc 1\)"):
         refuse_under_torchrun(auto, 2)
     choose(auto)  # the bundled CNN searches
@@ -110,11 +112,13 @@ def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
     assert sorted(curve) == list(ratios)
     chosen = curve[search["chosen_ratio"]]
     assert [c["verdict"] for c in curve.values()].count(ws.CHOSEN) == 1 and chosen["verdict"] == ws.CHOSEN
-    assert chosen["val_accuracy"] is not None  # only a distilled width can be chosen
+    assert chosen["val_accuracy"] is not None  # only a trained width can be chosen
+    assert chosen["val_accuracy"] == max(chosen["students"].values()) and set(chosen["students"]) == {"pruned",
+                                                                                                  "distilled"}
     assert search["allowance_pt"] == pytest.approx(5.0 - 0.5)  # the small recipe's budget less INT8's share
     params = [curve[r]["params"] for r in ratios]
     assert params == sorted(params, reverse=True)
-    distilled = [c for c in curve.values() if c["val_accuracy"] is not None]
+    trained = [c for c in curve.values() if c["val_accuracy"] is not None]
     for c in curve.values():  # the verdicts follow the rule, whatever the timings were
         if c["drop_pt"] is not None:
             assert c["drop_pt"] == pytest.approx(100 * (search["baseline_val_accuracy"] - c["val_accuracy"]), abs=1e-3)
@@ -128,7 +132,7 @@ def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
             wider = float(c["verdict"].rsplit(" ", 1)[1])
             assert wider < c["ratio"] and curve[wider]["p50_ms"] <= c["p50_ms"] * (1 + ws.NOISE)
     if chosen["drop_pt"] > search["allowance_pt"]:  # none within: the most accurate distilled width goes on
-        assert chosen["val_accuracy"] == max(c["val_accuracy"] for c in distilled)
+        assert chosen["val_accuracy"] == max(c["val_accuracy"] for c in trained)
     prune = next(s for s in report["stages"] if s["name"] == "prune")["metrics"]
     # the prune stage ran at the chosen ratio: the width search's one-step candidate had the same parameter count
     assert prune["params_after"] == chosen["params"]

@@ -95,9 +95,9 @@ class ModelFamily:
         whose check_recipe lets `auto` through."""
         raise NotImplementedError(f"{self.name} models do not search pruning widths in this version")
 
-    def distill_width(self, run, student, epochs: float) -> float:
-        """`prune.ratio: auto`'s schedule: `student` (from pruned_at) distilled in place for `epochs`; its validation
-        accuracy."""
+    def train_width(self, run, pruned, epochs: float | None) -> dict[str, float]:
+        """`prune.ratio: auto`'s students: `pruned` (from pruned_at) fine-tuned and distilled as the prune and
+        distill stages would (for `epochs`, or their own schedules when None); student name -> validation accuracy."""
         raise NotImplementedError(f"{self.name} models do not search pruning widths in this version")
 
     # -- helpers every family may use (not called by the stages) -------------------------------------------------
@@ -123,5 +123,5 @@ class OneInputFamily(ModelFamily):
 
 REQUIRED = tuple(name for name, value in vars(ModelFamily).items()
                  if callable(value) and name not in ("unsupported", "fit_data", "check_given", "given_logits",
-                                                     "extra_files", "pruned_at", "distill_width", "device")
+                                                     "extra_files", "pruned_at", "train_width", "device")
                  and not name.startswith("_"))

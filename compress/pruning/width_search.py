@@ -2,9 +2,9 @@
 
 Every candidate width is timed on ONNX Runtime in one interleaved run beside the unpruned model (MACs and latency
 part ways on small or depthwise layers: Torch-Pruning #382, TensorRT #3884), a width that is not measurably faster
-than a wider one is dropped, and the rest are distilled (prune.auto_epochs, by default the distill schedule), fastest
-first, until one is within the accuracy allowance: that one is chosen, and the prune / fine-tune / distil stages run
-at its ratio.
+than a wider one is dropped, and the rest are fine-tuned and distilled as the pipeline would (prune.auto_epochs, by
+default each stage's own schedule), fastest first, until the better student of one is within the accuracy allowance:
+that width is chosen, and the prune / fine-tune / distil stages run at its ratio.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ CURVE_VERSION = 1
 CHOSEN = "chosen"
 WITHIN = "within the allowance"
 OVER = "over the allowance"
-NOT_TRIED = "not distilled: a faster width was within the allowance"
+NOT_TRIED = "not trained: a faster width was within the allowance"
 
 
 @dataclass(frozen=True)
 class WidthPoint:
-    """One candidate width: its size, its latencies and, once distilled, its validation accuracy."""
+    """One candidate width: its size, its latencies and, once trained, its students' validation accuracy."""
 
     ratio: float
     params: int
@@ -32,7 +32,9 @@ class WidthPoint:
     p50_ms_fp32: float
     p50_ms_int8: float | None
     speedup: float  # the unpruned FP32 model's p50 over p50_ms, same run
-    val_accuracy: float | None = None
+    val_accuracy: float | None = None  # the better student's: what the pipeline would go on with
+    student: str | None = None  # "pruned" (fine-tuned without a teacher) or "distilled"
+    students: dict | None = None  # every student's validation accuracy
     drop_pt: float | None = None
     verdict: str = ""
 
@@ -41,7 +43,7 @@ class WidthPoint:
 
 
 def slower_than_a_wider(points: list[WidthPoint], noise: float = NOISE) -> dict[float, float]:
-    """Widths not worth distilling: ratio -> the smaller ratio (more channels, so at least as accurate) that is
+    """Widths not worth training: ratio -> the smaller ratio (more channels, so at least as accurate) that is
     at least as fast within the noise of one run."""
     out = {}
     by_ratio = sorted(points, key=lambda p: p.ratio)
@@ -52,20 +54,22 @@ def slower_than_a_wider(points: list[WidthPoint], noise: float = NOISE) -> dict[
     return out
 
 
-def distil_order(points: list[WidthPoint], noise: float = NOISE) -> list[WidthPoint]:
-    """The widths worth distilling, fastest first."""
+def training_order(points: list[WidthPoint], noise: float = NOISE) -> list[WidthPoint]:
+    """The widths worth training, fastest first."""
     dominated = slower_than_a_wider(points, noise)
     return sorted((p for p in points if p.ratio not in dominated), key=lambda p: (p.p50_ms, p.ratio))
 
 
-def judged(point: WidthPoint, val_accuracy: float, baseline_accuracy: float, max_drop_pt: float) -> WidthPoint:
-    drop = round(100 * (baseline_accuracy - val_accuracy), 4)
-    return dataclasses.replace(point, val_accuracy=val_accuracy, drop_pt=drop,
-                               verdict=WITHIN if drop <= max_drop_pt else OVER)
+def judged(point: WidthPoint, students: dict[str, float], baseline_accuracy: float, max_drop_pt: float) -> WidthPoint:
+    """The width judged by its better student, as the pipeline picks it (ties go to the distilled one)."""
+    best = max(students, key=lambda n: (students[n], n == "distilled"))
+    drop = round(100 * (baseline_accuracy - students[best]), 4)
+    return dataclasses.replace(point, val_accuracy=students[best], student=best, students=dict(students),
+                               drop_pt=drop, verdict=WITHIN if drop <= max_drop_pt else OVER)
 
 
 def pick(points: list[WidthPoint]) -> WidthPoint:
-    """The fastest width within the allowance; with none, the most accurate one distilled (then the widest)."""
+    """The fastest width within the allowance; with none, the most accurate one trained (then the widest)."""
     within = [p for p in points if p.verdict == WITHIN]
     if within:
         return min(within, key=lambda p: (p.p50_ms, p.ratio))
@@ -79,7 +83,7 @@ def final_curve(points: list[WidthPoint], chosen: WidthPoint, dominated: dict[fl
         if p.ratio == chosen.ratio:
             return CHOSEN
         if p.ratio in dominated:
-            return f"not distilled: no faster than ratio {dominated[p.ratio]:g}"
+            return f"not trained: no faster than ratio {dominated[p.ratio]:g}"
         return p.verdict or NOT_TRIED
 
     return [dataclasses.replace(p, verdict=verdict(p)) for p in sorted(points, key=lambda p: p.ratio)]

@@ -153,8 +153,8 @@ class TrainConfig:
 class PruneConfig:
     enabled: bool = True
     method: Literal["channels", "unstructured", "2:4"] = "channels"
-    # auto: the width search (compress.stages.widths) times auto_ratios on ONNX Runtime and keeps the fastest one that
-    # distillation (auto_epochs) brings within the budget
+    # auto: the width search (compress.stages.widths) times auto_ratios on ONNX Runtime and keeps the fastest one whose
+    # better student (fine-tuned or distilled, auto_epochs) is within the budget
     ratio: float | Literal["auto"] = 0.5
     scope: Literal["local", "global"] = "local"
     importance: Literal["magnitude", "taylor"] = "magnitude"
@@ -168,10 +168,11 @@ class PruneConfig:
     vocab: bool = False  # keep only the token ids that occur in the training texts (others map to [UNK])
     auto_ratios: tuple[float, ...] = field(default=(0.25, 0.5, 0.625, 0.75, 0.875),
                                            metadata={"key_omits_default": True})
-    # each width's distillation before it is judged; null: distill.epochs, what the chosen width will get (a shorter
-    # schedule is cheaper but leans wide: on the default CNN ratio 0.75 was 1.76 pt under after 1 epoch, 0.24 after 6)
+    # each width's fine-tuning and distillation before it is judged; null: prune.finetune_epochs and distill.epochs,
+    # what the chosen width will get (shorter is cheaper but leans wide: on the default CNN ratio 0.75 distilled was
+    # 1.76 pt under after 1 epoch, 0.24 after 6)
     auto_epochs: float | None = field(default=None, metadata={"key_omits_default": True})
-    # the accuracy drop (pt, validation, once distilled) a width may show; null: what the budget leaves
+    # the accuracy drop (pt, validation, its better student) a width may show; null: what the budget leaves
     # after INT8's share (budget.max_accuracy_drop - quantize.max_accuracy_drop when quantization is on)
     auto_max_drop: float | None = field(default=None, metadata={"key_omits_default": True})
 

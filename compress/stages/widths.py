@@ -33,11 +33,12 @@ def check_recipe(recipe, family) -> None:
 
     if not searches(recipe) or family.unsupported("prune"):
         return
-    if type(family).pruned_at is ModelFamily.pruned_at or type(family).distill_width is ModelFamily.distill_width:
+    if type(family).pruned_at is ModelFamily.pruned_at or type(family).train_width is ModelFamily.train_width:
         raise RecipeError(f"prune.ratio auto: {family.name} models do not search pruning widths in this version; "
                           "give prune.ratio a number")
-    if not recipe.distill.enabled or family.unsupported("distill"):
-        raise RecipeError("prune.ratio auto judges each width distilled: it needs distill.enabled true")
+    if not (recipe.distill.enabled and not family.unsupported("distill")) and recipe.prune.finetune_epochs <= 0:
+        raise RecipeError("prune.ratio auto judges each width by its trained student: it needs distill.enabled or "
+                          "prune.finetune_epochs > 0")
 
 
 def refuse_under_torchrun(recipe, world_size: int | None = None) -> None:
@@ -58,10 +59,6 @@ def allowance(recipe) -> float:
     return max(0.0, recipe.budget.max_accuracy_drop - (q.max_accuracy_drop if q.enabled else 0.0))
 
 
-def distill_epochs(recipe) -> float:
-    return recipe.prune.auto_epochs if recipe.prune.auto_epochs is not None else recipe.distill.epochs
-
-
 def decision_batch(recipe) -> int:
     """The batch the budget decides "fastest" at: budget.latency_batch when benched, else the first bench batch."""
     wanted = recipe.budget.latency_batch
@@ -76,31 +73,31 @@ def body(run, out) -> dict:
     from common.atomic import write_json
     from compress.pruning import width_search as ws
 
-    p, family, max_drop, epochs = run.recipe.prune, run.family, allowance(run.recipe), distill_epochs(run.recipe)
-    baseline_acc = run.done["train"].metrics["val_accuracy"]  # run.teacher's, on the rows distill_width scores
+    p, family, max_drop, epochs = run.recipe.prune, run.family, allowance(run.recipe), run.recipe.prune.auto_epochs
+    baseline_acc = run.done["train"].metrics["val_accuracy"]  # run.teacher's, on the rows train_width scores
     models = {r: family.pruned_at(run, r) for r in sorted(set(p.auto_ratios))}  # logs what each keeps whole
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX, dir=run.out_dir) as work:
         points, baseline_p50 = timed_points(run, models, Path(work))
     dominated = ws.slower_than_a_wider(points)
     seen = {pt.ratio: pt for pt in points}
-    for pt in ws.distil_order(points):
-        log(f"[widths] ratio {pt.ratio:g}: {pt.speedup:.2f}x, distilling {epochs:g} epoch(s)")
-        seen[pt.ratio] = ws.judged(pt, family.distill_width(run, models[pt.ratio], epochs), baseline_acc,
-                                   max_drop)
-        log(f"[widths] ratio {pt.ratio:g}: {seen[pt.ratio].drop_pt:.2f} pt below the unpruned model on validation "
-            f"({seen[pt.ratio].verdict}, {max_drop:g} pt)")
+    for pt in ws.training_order(points):
+        log(f"[widths] ratio {pt.ratio:g}: {pt.speedup:.2f}x, training its students")
+        seen[pt.ratio] = ws.judged(pt, family.train_width(run, models[pt.ratio], epochs), baseline_acc, max_drop)
+        log(f"[widths] ratio {pt.ratio:g}: the {seen[pt.ratio].student} student {seen[pt.ratio].drop_pt:.2f} pt below "
+            f"the unpruned model on validation ({seen[pt.ratio].verdict}, {max_drop:g} pt)")
         if seen[pt.ratio].verdict == ws.WITHIN:
             break
     chosen = ws.pick(list(seen.values()))
     if chosen.verdict != ws.WITHIN:
-        log(f"[widths] no width within {max_drop:g} pt after {epochs:g} epoch(s); going on with the most "
-            f"accurate, ratio {chosen.ratio:g} (the budget still judges what ships)")
+        log(f"[widths] no width within {max_drop:g} pt; going on with the most accurate, ratio {chosen.ratio:g} "
+            f"(the budget still judges what ships)")
     result = {
         "version": ws.CURVE_VERSION, "chosen_ratio": chosen.ratio, "allowance_pt": max_drop,
-        "distill_epochs": epochs, "baseline_val_accuracy": baseline_acc,
+        "epochs": epochs, "baseline_val_accuracy": baseline_acc,
         "batch": decision_batch(run.recipe), "baseline_p50_ms": baseline_p50, "timed_on": TIMED_ON,
-        "rule": f"the fastest width within the allowance once distilled; widths no faster than a wider one "
-                f"(within {100 * ws.NOISE:g} %) are not distilled",
+        "rule": f"the fastest width whose better student (fine-tuned or distilled, as the pipeline picks) is "
+                f"within the allowance; widths no faster than a wider one (within {100 * ws.NOISE:g} %) are not "
+                f"trained",
         "curve": [pt.to_dict() for pt in ws.final_curve(list(seen.values()), chosen, dominated)],
     }
     write_json(out["widths"], result)
@@ -151,17 +148,17 @@ def after(run, record) -> None:
 
 
 def search_settings(run) -> dict:
-    """The key: what the search reads, resolved (auto_epochs null names distill.epochs), and the curve's format;
+    """The key: what the search reads (the students' schedules included), and the curve's format;
     settings that only bench or ship (bench.runs, budget.allow_baseline, ...) do not rerun it."""
     from compress.driver import plain
     from compress.pruning.width_search import CURVE_VERSION
 
     r = run.recipe
     p, q = plain(r.prune), plain(r.quantize)
-    return {"curve": CURVE_VERSION, "ratios": sorted(set(r.prune.auto_ratios)), "epochs": distill_epochs(r),
+    return {"curve": CURVE_VERSION, "ratios": sorted(set(r.prune.auto_ratios)), "epochs": r.prune.auto_epochs,
             "allowance_pt": allowance(r), "batch": decision_batch(r), "threads": r.bench.threads,
-            "prune": {k: p[k] for k in ("method", "scope", "importance", "round_to") if k in p},
-            "distill": {k: v for k, v in plain(r.distill).items() if k not in ("enabled", "epochs")},
+            "prune": {k: p[k] for k in ("method", "scope", "importance", "round_to", "finetune_epochs", "lr") if k in p},
+            "distill": plain(r.distill),
             "quantize": {k: q[k] for k in ("enabled", "mode", "calibration", "per_channel", "activation_type",
                                            "fp32_if_faster") if k in q},
             "parity_atol": r.target.parity_atol}

@@ -217,15 +217,22 @@ class ImageClassifier(OneInputFamily):
                 "device": self.device(run), "soft_targets_only": d.alpha == 1.0,
                 "augmented_views_per_row": d.augment if augmented else 0}
 
-    def distill_width(self, run, student, epochs: float) -> float:
-        """The width search's schedule: `student` distilled for `epochs` (the recipe's distill settings otherwise);
-        its validation accuracy."""
+    def train_width(self, run, pruned, epochs: float | None) -> dict[str, float]:
+        """The width search's students, as the prune and distill stages would make them from `pruned` (epochs None:
+        their own schedules): validation accuracy of the fine-tuned copy and of the distilled one."""
         from compress.training import loop as train
 
-        train.seed_everything(run.recipe.seed)
-        self.new_model(run)  # as distill() builds its student: the same random state reaches a feature projection
-        self._teach(run, student, epochs)
-        return self.accuracy(run, student)
+        r, scores = run.recipe, {}
+        if r.prune.finetune_epochs > 0:
+            tuned = copy.deepcopy(pruned)
+            self.fit(run, tuned, epochs or r.prune.finetune_epochs, r.prune.lr, seed=r.seed + 1, label="fine-tune")
+            scores["pruned"] = self.accuracy(run, tuned)
+        if r.distill.enabled:
+            train.seed_everything(r.seed)
+            self.new_model(run)  # as distill() builds its student: the same random state reaches a feature projection
+            self._teach(run, pruned, epochs or r.distill.epochs)
+            scores["distilled"] = self.accuracy(run, pruned)
+        return scores
 
     def _teach(self, run, student, epochs: float):
         """Distil `student` in place for `epochs`; the distill settings used, the loss curve, whether views were
