@@ -12,7 +12,7 @@ from __future__ import annotations
 from html import escape
 from typing import Sequence
 
-from bench.html_parts import OTHER_COLOR, color_of, html_table, nice_ticks, tick_text
+from bench.html_parts import OTHER_COLOR, color_of, html_table, nice_ticks, plot_frame, tick_text
 from bench.width_plot import width_section
 from bench.formatting import budget_cell, budget_line, drop_interval, fmt_bytes, memory_batch, metric_word, peak_rss
 
@@ -92,19 +92,10 @@ def scatter_svg(report: dict, batch: str, width: int = 540, height: int = 380) -
     front = pareto_front([(t[0], a) for t, a in zip(lat, acc)])
     base_name = (report.get("comparison") or {}).get("baseline")
     parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="accuracy versus p50 latency at batch {escape(batch)}">',
-             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fcfcfc" stroke="#bbb"/>']
-    for t in xticks:
-        parts.append(f'<line x1="{sx(t):.1f}" y1="{mt}" x2="{sx(t):.1f}" y2="{mt + ph}" stroke="#eee"/>'
-                     f'<text x="{sx(t):.1f}" y="{mt + ph + 16}" font-size="11" text-anchor="middle" fill="#444">{tick_text(t)}</text>')
-    for t in yticks:
-        parts.append(f'<line x1="{ml}" y1="{sy(t):.1f}" x2="{ml + pw}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                     f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" font-size="11" text-anchor="end" fill="#444">{tick_text(t)}</text>')
-    parts.append(f'<text x="{ml + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">p50 latency at batch '
-                 f'{escape(batch)} (ms), bars: 95% CI of the median</text>')
-    parts.append(f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" font-size="12" text-anchor="middle">'
-                 f'accuracy (%)</text>')
-    parts.append(f'<text x="{ml}" y="18" font-size="13" font-weight="600">Accuracy vs latency, batch {escape(batch)}</text>')
+             f'aria-label="accuracy versus p50 latency at batch {escape(batch)}">']
+    parts += plot_frame((ml, mt, pw, ph), height, xticks, yticks, lambda x, y: (sx(x), sy(y)),
+                        (f"Accuracy vs latency, batch {escape(batch)}",
+                         f"p50 latency at batch {escape(batch)} (ms), bars: 95% CI of the median", "accuracy (%)"))
     on_front = sorted((t[0], a) for t, a, f in zip(lat, acc, front) if f)
     if len(on_front) > 1:  # a step line: the best accuracy reachable within a latency budget
         d = f"M{sx(on_front[0][0]):.1f},{sy(on_front[0][1]):.1f}"

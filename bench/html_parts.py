@@ -37,6 +37,30 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def plot_frame(box: tuple[float, float, float, float], height: float, xticks: list[float], yticks: list[float],
+               scale, labels: tuple[str, str, str]) -> list[str]:
+    """An x-y plot's frame, grid, tick labels and (title, x label, y label), already escaped: SVG pieces. `box` is
+    (left, top, width, height) of the plot area, `scale` maps (x, y) data to pixels."""
+    ml, mt, pw, ph = box
+    title, xlabel, ylabel = labels
+    parts = [f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fcfcfc" stroke="#bbb"/>']
+    for t in xticks:
+        x = scale(t, yticks[0])[0]
+        parts.append(f'<line x1="{x:.1f}" y1="{mt}" x2="{x:.1f}" y2="{mt + ph}" stroke="#eee"/>'
+                     f'<text x="{x:.1f}" y="{mt + ph + 16}" font-size="11" text-anchor="middle" fill="#444">'
+                     f'{tick_text(t)}</text>')
+    for t in yticks:
+        y = scale(xticks[0], t)[1]
+        parts.append(f'<line x1="{ml}" y1="{y:.1f}" x2="{ml + pw}" y2="{y:.1f}" stroke="#eee"/>'
+                     f'<text x="{ml - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#444">'
+                     f'{tick_text(t)}</text>')
+    parts.append(f'<text x="{ml + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">{xlabel}</text>')
+    parts.append(f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" font-size="12" text-anchor="middle">'
+                 f'{ylabel}</text>')
+    parts.append(f'<text x="{ml}" y="18" font-size="13" font-weight="600">{title}</text>')
+    return parts
+
+
 def html_table(header: list[str], rows: list[list], left: int = 1, row_classes: list[str] | None = None) -> str:
     th = "".join(f'<th{" class=l" if i < left else ""}>{escape(h)}</th>' for i, h in enumerate(header))
     body = []

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from html import escape
 
-from bench.html_parts import PRECISION_COLORS, html_table, nice_ticks, tick_text
+from bench.html_parts import PRECISION_COLORS, html_table, nice_ticks, plot_frame
 
 
 def width_curve_svg(search: dict, width: int = 540, height: int = 340) -> str:
     curve = search["curve"]
     series = {"fp32": [(0.0, search["baseline_p50_ms"])] + [(c["ratio"], c["p50_ms_fp32"]) for c in curve],
               "int8": [(c["ratio"], c["p50_ms_int8"]) for c in curve if c.get("p50_ms_int8") is not None]}
+    series = {form: pts for form, pts in series.items() if pts}  # no INT8 line when the recipe does not quantize
     ml, mr, mt, mb = 58, 16, 28, 46
     pw, ph = width - ml - mr, height - mt - mb
     xticks = nice_ticks(0.0, 1.0)
@@ -24,27 +25,21 @@ def width_curve_svg(search: dict, width: int = 540, height: int = 340) -> str:
         return mt + ph - (y - yticks[0]) / (yticks[-1] - yticks[0]) * ph
 
     parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="p50 latency versus fraction of channels removed">',
-             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fcfcfc" stroke="#bbb"/>',
-             f'<text x="{ml}" y="18" font-size="13" font-weight="600">Latency vs width, batch {search["batch"]}</text>',
-             f'<text x="{ml + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">fraction of channels '
-             f'removed (prune.ratio)</text>',
-             f'<text transform="translate(14 {mt + ph / 2}) rotate(-90)" font-size="12" text-anchor="middle">'
-             f'p50 latency (ms)</text>']
-    for t in xticks:
-        parts.append(f'<text x="{sx(t):.1f}" y="{mt + ph + 16}" font-size="11" text-anchor="middle">'
-                     f'{tick_text(t)}</text>')
-    for t in yticks:
-        parts.append(f'<line x1="{ml}" y1="{sy(t):.1f}" x2="{ml + pw}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                     f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" font-size="11" text-anchor="end">{tick_text(t)}</text>')
+             f'aria-label="p50 latency versus fraction of channels removed">']
+    parts += plot_frame((ml, mt, pw, ph), height, xticks, yticks, lambda x, y: (sx(x), sy(y)),
+                        (f"Latency vs width, batch {search['batch']}", "fraction of channels removed (prune.ratio)",
+                         "p50 latency (ms)"))
     for form, pts in series.items():
         color = PRECISION_COLORS[form]
         path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(pts))
         parts.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
         parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{color}"><title>{form} ratio {x:g}: '
                   f'{y:.4g} ms</title></circle>' for x, y in pts]
-        parts.append(f'<text x="{sx(pts[-1][0]) - 6:.1f}" y="{sy(pts[-1][1]) - 8:.1f}" font-size="11" '
-                     f'text-anchor="end" fill="{color}">{form}</text>')
+    for k, form in enumerate(series):  # legend, top right
+        y = mt + 16 + 16 * k
+        parts.append(f'<line x1="{ml + pw - 70}" y1="{y - 4}" x2="{ml + pw - 50}" y2="{y - 4}" '
+                     f'stroke="{PRECISION_COLORS[form]}" stroke-width="2"/>'
+                     f'<text x="{ml + pw - 44}" y="{y}" font-size="11">{form}</text>')
     parts.append(f'<text x="{sx(0) + 8:.1f}" y="{sy(search["baseline_p50_ms"]) - 8:.1f}" font-size="11">unpruned '
                  f'FP32</text>')
     for c in curve:
@@ -64,7 +59,7 @@ def width_section(report: dict) -> list[str]:
     if not search or not search.get("curve"):
         return []
     rows = [[f"{c['ratio']:g}", f"{c['params']:,}", c["form"], f"{c['p50_ms']:.4g}", f"{c['speedup']:.2f}x",
-             "" if c.get("val_accuracy") is None else f"{100 * c['val_accuracy']:.2f} ({c['student']})",
+             "" if c.get("val_accuracy") is None else f"{100 * c['val_accuracy']:.2f} ({c.get('student') or '?'})",
              "" if c.get("drop_pt") is None else f"{c['drop_pt']:+.2f}", c["verdict"]] for c in search["curve"]]
     header = ["prune.ratio", "params", "form", "p50 ms", "speed-up vs FP32", "val acc % (better student)", "drop pt",
               "verdict"]
