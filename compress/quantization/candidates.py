@@ -78,8 +78,10 @@ def _json(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def latencies(paths: dict[str, Path], make_feeds: Callable[[Any], dict], batch: int, threads: int) -> dict[str, float]:
-    """p50 ms of each model, interleaved in one run; `make_feeds(runner)` gives the inputs to time."""
+def latencies(paths: dict[str, Path], make_feeds: Callable[[Any], dict], batch: int, threads: int, *,
+              warmup: int = 10, runs: int = 120, rounds: int = 2) -> dict[str, float]:
+    """p50 ms of each model, interleaved in one run (`rounds` blocks of `runs` each); `make_feeds(runner)` gives the
+    inputs to time."""
     from bench.latency import measure_interleaved
     from runtime import load
 
@@ -92,7 +94,8 @@ def latencies(paths: dict[str, Path], make_feeds: Callable[[Any], dict], batch: 
 
         return open_run
 
-    stats = measure_interleaved({n: opener(p) for n, p in paths.items()}, batch, warmup=10, runs=120, rounds=2)
+    stats = measure_interleaved({n: opener(p) for n, p in paths.items()}, batch, warmup=warmup, runs=runs,
+                                rounds=rounds)
     return {n: s.p50 for n, s in stats.items()}
 
 

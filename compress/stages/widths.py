@@ -106,8 +106,8 @@ def body(run, out) -> dict:
 
 def timed_points(run, models: dict, work: Path) -> tuple[list, float]:
     """Each width exported (and, when the recipe quantizes statically, plain-PTQ INT8 with its settings), then every
-    file and the unpruned FP32 model timed in one interleaved run at the decision batch; the points and the unpruned
-    model's p50."""
+    file and the unpruned FP32 model timed in one interleaved run at the decision batch with the bench section's
+    warmup / runs / rounds; the points and the unpruned model's p50."""
     from bench.accuracy import latency_feeds
     from compress.pruning.structured import count_params
     from compress.quantization.candidates import latencies
@@ -124,8 +124,9 @@ def timed_points(run, models: dict, work: Path) -> tuple[list, float]:
             quantize_static_qdq(paths[f"{ratio}-fp32"], paths[f"{ratio}-int8"], data.calib.x, recipe.quantize)
     batch = decision_batch(recipe)
     log(f"[widths] timing {len(models)} widths at batch {batch}, interleaved")
-    p50 = latencies(paths, lambda runner: latency_feeds(data.val, batch, runner.inputs[0].name), batch,
-                    recipe.bench.threads)
+    b = recipe.bench  # the final bench's settings: sub-millisecond widths moved 10-20 % between 2-round timings
+    p50 = latencies(paths, lambda runner: latency_feeds(data.val, batch, runner.inputs[0].name), batch, b.threads,
+                    warmup=b.warmup, runs=b.runs, rounds=b.rounds)
     points = [_point(recipe, ratio, count_params(model), p50) for ratio, model in models.items()]
     return points, round(p50["baseline"], 4)
 
@@ -148,15 +149,17 @@ def after(run, record) -> None:
 
 
 def search_settings(run) -> dict:
-    """The key: what the search reads (the students' schedules included), and the curve's format;
-    settings that only bench or ship (bench.runs, budget.allow_baseline, ...) do not rerun it."""
+    """The key: what the search reads (the students' schedules and the timing settings included), and the curve's
+    format; settings that only ship (budget.allow_baseline, bench.batch_sizes past the decision batch, ...) do not
+    rerun it."""
     from compress.driver import plain
     from compress.pruning.width_search import CURVE_VERSION
 
     r = run.recipe
     p, q = plain(r.prune), plain(r.quantize)
     return {"curve": CURVE_VERSION, "ratios": sorted(set(r.prune.auto_ratios)), "epochs": r.prune.auto_epochs,
-            "allowance_pt": allowance(r), "batch": decision_batch(r), "threads": r.bench.threads,
+            "allowance_pt": allowance(r), "batch": decision_batch(r),
+            "timing": [r.bench.threads, r.bench.warmup, r.bench.runs, r.bench.rounds],
             "prune": {k: p[k] for k in ("method", "scope", "importance", "round_to", "finetune_epochs", "lr") if k in p},
             "distill": plain(r.distill),
             "quantize": {k: q[k] for k in ("enabled", "mode", "calibration", "per_channel", "activation_type",
