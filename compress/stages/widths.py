@@ -1,5 +1,5 @@
-"""`prune.ratio: auto`: time every candidate width on ONNX Runtime in one interleaved run, distil the fastest until
-one is within the allowance, and hand its ratio to the prune stage (compress.pruning.width_search). The curve lands
+"""`prune.ratio: auto`: time every candidate width on ONNX Runtime in one interleaved run, train the fastest widths'
+students until one is within the allowance, and hand its ratio to the prune stage (compress.pruning.width_search). The curve lands
 in widths.json, report.json's `width_search` and report.html."""
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ def outputs(run):
 
 
 def enabled(run) -> bool:
-    p = run.recipe.prune
-    return p.enabled and p.auto and not run.family.unsupported("prune")  # the prune stage says why it skips
+    return searches(run.recipe) and not run.family.unsupported("prune")  # the prune stage says why it skips
 
 
 def searches(recipe) -> bool:
@@ -27,7 +26,7 @@ def searches(recipe) -> bool:
 
 
 def check_recipe(recipe, family) -> None:
-    """Before any work (one-line RecipeError): the family can search widths, and a width is judged distilled."""
+    """Before any work (one-line RecipeError): the family can search widths, and a width has a student to judge."""
     from compress.families.base import ModelFamily
     from compress.recipe import RecipeError
 
@@ -42,7 +41,7 @@ def check_recipe(recipe, family) -> None:
 
 
 def refuse_under_torchrun(recipe, world_size: int | None = None) -> None:
-    """Before any training: the search times and distils on one process."""
+    """Before any training: the search times and trains on one process."""
     from compress.training import distributed
 
     if searches(recipe) and (world_size or distributed.world_size()) > 1:
@@ -51,7 +50,7 @@ def refuse_under_torchrun(recipe, world_size: int | None = None) -> None:
 
 
 def allowance(recipe) -> float:
-    """The validation drop (pt) a width may show once distilled: prune.auto_max_drop, or what the budget
+    """The validation drop (pt) a width's better student may show: prune.auto_max_drop, or what the budget
     leaves after INT8's share."""
     if recipe.prune.auto_max_drop is not None:
         return recipe.prune.auto_max_drop

@@ -83,19 +83,25 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 def classes_in_weights(path: Path, probe: nn.Module) -> int:
     """The number of classes a classifier's weights were trained for: the output rows of the module's last Linear
     (its head, in the module's own order: a file's keys may be sorted by name), read from the weights."""
-    state = read_weights(path)
-    heads = [name for name, m in probe.named_modules() if isinstance(m, nn.Linear)]
-    weight = state.get(f"{heads[-1]}.weight") if heads else None
+    state, head = read_weights(path), last_linear(probe)
+    weight = state.get(f"{head[0]}.weight") if head else None
     if weight is None or weight.ndim != 2:
         raise CompressError(f"--weights {path}: no classifier head (a last nn.Linear) to read the number of classes "
                             "from; give labelled data")
     return int(weight.shape[0])
 
 
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The module's classifier head: its last nn.Linear in the module's own order (a file's keys may be sorted by
+    name), with its name; None without one."""
+    heads = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return heads[-1] if heads else None
+
+
 def last_linear_width(model: nn.Module) -> int | None:
-    """The output width of the module's last nn.Linear (its classifier head, in the module's own order)."""
-    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return heads[-1].out_features if heads else None
+    """The output width of the module's classifier head (last_linear)."""
+    head = last_linear(model)
+    return head[1].out_features if head else None
 
 
 def load_pretrained(model: nn.Module, path: Path, *, new_head: bool = False) -> nn.Module:
@@ -105,10 +111,18 @@ def load_pretrained(model: nn.Module, path: Path, *, new_head: bool = False) -> 
     are the module's classifier head (its last nn.Linear), the head keeps its fresh initialisation and everything
     else is loaded."""
     state = read_weights(path)
-    head = head_keys(model)
+    loaded = _with_new_head(model, state, path) if new_head else None
+    return loaded if loaded is not None else _load_strict(model, state, path)
+
+
+def _with_new_head(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module | None:
+    """`state` into `model` but for its classifier head, when the head's keys are the only ones that misfit; None
+    when they are not (the strict load then says what does not fit)."""
+    last = last_linear(model)
+    head = {f"{last[0]}.{p}" for p, _ in last[1].named_parameters()} if last else set()
     own = model.state_dict()
     misfits = {k for k, v in state.items() if k in own and v.shape != own[k].shape}
-    if new_head and misfits and misfits <= head:
+    if misfits and misfits <= head:
         missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
         if unexpected or set(missing) - head:
             first = (unexpected or sorted(set(missing) - head))[0]
@@ -120,6 +134,10 @@ def load_pretrained(model: nn.Module, path: Path, *, new_head: bool = False) -> 
         log(f"[train] --weights {Path(path).name}: new classifier head {weight.rsplit('.', 1)[0]} "
             f"({tuple(state[weight].shape)} -> {tuple(own[weight].shape)}), every other layer loaded")
         return model
+    return None
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -128,8 +146,3 @@ def load_pretrained(model: nn.Module, path: Path, *, new_head: bool = False) -> 
         raise CompressError(f"--weights {path} does not fit the model: {first}") from None
     return model
 
-
-def head_keys(model: nn.Module) -> set[str]:
-    """The state-dict keys of the module's classifier head: its last nn.Linear, in the module's own order."""
-    heads = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return {f"{heads[-1]}.{p}" for p, _ in model.get_submodule(heads[-1]).named_parameters()} if heads else set()
