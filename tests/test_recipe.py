@@ -38,6 +38,8 @@ def test_every_builtin_recipe_loads_and_round_trips():
         ({"train": {"batch_size": 12.5}}, r"train.batch_size = 12.5 has the wrong type; expected an integer"),
         ({"prune": {"ratio": 1.5}}, r"prune.ratio must be in \[0, 1\)"),
         ({"prune": {"importance": "magnitud"}}, r"did you mean 'magnitude'\?"),
+        ({"prune": {"blocks": 1.5}}, r"prune.blocks must be in \[0, 1\]"),
+        ({"prune": {"blocks": 0.5, "method": "unstructured"}}, r"prune.blocks .* needs prune.method channels"),
         ({"prune": {"enabled": "yes"}}, r"prune.enabled = 'yes' has the wrong type; expected true/false"),
         ({"distill": {"alpha": 2}}, r"distill.alpha must be in \[0, 1\]"),
         ({"distill": {"augment": -1}}, r"distill.augment must be >= 0"),

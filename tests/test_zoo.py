@@ -68,6 +68,32 @@ def test_pruning_shrinks_every_architecture_and_its_checkpoint_reloads_exactly(a
     assert float((got - expected).abs().max()) <= 1e-6 * max(1.0, float(expected.abs().max()))
 
 
+@pytest.mark.parametrize("arch", sorted(ZOO))
+def test_dropping_blocks_then_channels_works_on_every_architecture_and_reloads_exactly(arch, tmp_path):
+    """prune.blocks 0.5 with channels 0.5: half of each net's droppable blocks (its residual blocks, a ViT's
+    blocks) become SkippedBlock, the rest is channel-pruned through the dependency graph, and the checkpoint
+    replays both (bound as above)."""
+    from compress.pruning import depth
+    from compress.pruning.structured import prune
+    from compress.recipe import PruneConfig
+    from compress.training.checkpoints import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = ZOO[arch](SHAPE, CLASSES).eval()
+    result = prune(model, PruneConfig(ratio=0.5, blocks=0.5, round_to=4), torch.from_numpy(_rows(2)), CLASSES,
+                   taylor_batch=(torch.from_numpy(_rows(16, seed=2)), None))
+    assert len(result.block_influence) >= 2, result.block_influence  # every zoo net has residual blocks
+    assert len(result.blocks_dropped) == round(0.5 * len(result.block_influence))
+    assert all(isinstance(result.model.get_submodule(n), depth.SkippedBlock) for n in result.blocks_dropped)
+    x = torch.from_numpy(_rows(4, seed=1))
+    save_checkpoint(result.model, tmp_path / "pruned.pt")
+    torch.manual_seed(123)
+    reloaded = load_checkpoint(ZOO[arch](SHAPE, CLASSES), tmp_path / "pruned.pt", torch.from_numpy(_rows(2)))
+    with torch.no_grad():
+        expected, got = result.model.eval()(x), reloaded(x)
+    assert float((got - expected).abs().max()) <= 1e-6 * max(1.0, float(expected.abs().max()))
+
+
 def test_a_checkpoint_whose_plan_does_not_fit_is_one_line(tmp_path):
     from common.errors import CompressError
     from compress.training.checkpoints import load_checkpoint, save_checkpoint

@@ -14,7 +14,7 @@ from torch.nn.utils import prune as torch_prune
 from compress.recipe import PruneConfig
 
 PLAN_ATTR = "compress_pruning_plan"  # on a channel-pruned model: how to rebuild it from a fresh one (checkpoints)
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: blocks dropped (compress.pruning.depth) before the channels; 1 (channels only) still loads
 
 SPARSITY_NOTE = ("unstructured and 2:4 sparsity keep dense weight tensors: ONNX Runtime on CPU runs them at "
                  "dense speed and the file does not shrink; use method: channels for speed")
@@ -30,6 +30,8 @@ class PruneResult:
     sparsity: float  # fraction of zero weights in conv / linear layers
     kept_whole: list[str]  # conv / linear layers channel pruning left at full width (the classifier head aside)
     heads: dict[str, int]  # attention modules (timm layout: qkv Linear, num_heads) -> heads kept
+    block_influence: dict[str, float]  # droppable block -> KL (nats) of the logits with it skipped; {} if none dropped
+    blocks_dropped: list[str]
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
@@ -86,10 +88,15 @@ def prune(model: nn.Module, cfg: PruneConfig, example_inputs: torch.Tensor, num_
     pruned = copy.deepcopy(model).eval()
     before, widths_before = conv_widths(pruned), layer_widths(pruned)
     params_before = count_params(pruned)
+    influence, dropped = {}, []
+    if cfg.blocks > 0:
+        influence, dropped = _drop_blocks(pruned, cfg.blocks, example_inputs,
+                                          example_inputs if taylor_batch is None else taylor_batch[0])
     if cfg.method == "channels":
-        history = _prune_channels(pruned, cfg, example_inputs, num_classes, taylor_batch, between_steps, device)
-        setattr(pruned, PLAN_ATTR, {"version": PLAN_VERSION, "history": _plain_history(history),
-                                    "attributes": head_attributes(pruned)})
+        history = (_prune_channels(pruned, cfg, example_inputs, num_classes, taylor_batch, between_steps, device)
+                   if cfg.ratio > 0 else [])
+        setattr(pruned, PLAN_ATTR, {"version": PLAN_VERSION, "dropped_blocks": dropped,
+                                    "history": _plain_history(history), "attributes": head_attributes(pruned)})
     else:
         _prune_unstructured(pruned, cfg, num_classes)
     pruned.zero_grad(set_to_none=True)
@@ -98,7 +105,23 @@ def prune(model: nn.Module, cfg: PruneConfig, example_inputs: torch.Tensor, num_
     named = dict(pruned.named_modules())
     kept = sorted(n for n, w in after.items() if w == widths_before.get(n) and id(named[n]) not in head)
     return PruneResult(pruned, params_before, count_params(pruned), before, conv_widths(pruned),
-                       weight_sparsity(pruned), kept if cfg.method == "channels" else [], attention_heads(pruned))
+                       weight_sparsity(pruned), kept if cfg.method == "channels" and cfg.ratio > 0 else [],
+                       attention_heads(pruned), influence, dropped)
+
+
+def _drop_blocks(model: nn.Module, fraction: float, example_inputs: torch.Tensor,
+                 rows: torch.Tensor) -> tuple[dict[str, float], list[str]]:
+    """Skip the `fraction` of droppable blocks whose skipping moves the logits on `rows` least, in place."""
+    from compress.pruning import depth
+
+    candidates = depth.droppable_blocks(model, example_inputs)
+    if not candidates:
+        raise UntraceableModel("prune.blocks: this model has no droppable block (a module in an nn.Sequential or "
+                               "nn.ModuleList whose output keeps its input's shape); set prune.blocks: 0")
+    influence = depth.block_influence(model, candidates, rows)
+    dropped = depth.least_influential(influence, fraction)
+    depth.skip(model, dropped)
+    return influence, dropped
 
 
 def _prune_channels(model, cfg, example_inputs, num_classes, taylor_batch, between_steps, device=None) -> list:
@@ -151,8 +174,11 @@ def replay_plan(model: nn.Module, plan: dict, example_inputs: torch.Tensor) -> n
     the model's own dependency graph, so grouped and depthwise layers keep their groups), then attach the plan."""
     import torch_pruning as tp
 
-    if plan.get("version") != PLAN_VERSION:
-        raise ValueError(f"pruning plan version {plan.get('version')!r}, expected {PLAN_VERSION}")
+    if plan.get("version") not in (1, PLAN_VERSION):
+        raise ValueError(f"pruning plan version {plan.get('version')!r}, expected 1 or {PLAN_VERSION}")
+    from compress.pruning.depth import skip
+
+    skip(model, plan.get("dropped_blocks", []))
     graph = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=example_inputs, verbose=False)
     graph.load_pruning_history([(name, out, list(idxs)) for name, out, idxs in plan["history"]])
     for name, attributes in plan.get("attributes", {}).items():

@@ -166,6 +166,9 @@ class PruneConfig:
     layers: int = 0  # layers the student keeps, evenly spaced from the teacher's (0 = all)
     heads_ratio: float = 0.0  # fraction of attention heads removed per layer
     vocab: bool = False  # keep only the token ids that occur in the training texts (others map to [UNK])
+    # CNNs and ViTs: the fraction of droppable blocks (residual blocks that keep their input's shape) removed before the
+    # channels, those whose skipping moves the logits least (compress.pruning.depth); 0 = none
+    blocks: float = field(default=0.0, metadata={"key_omits_default": True})
     auto_ratios: tuple[float, ...] = field(default=(0.25, 0.5, 0.625, 0.75, 0.875),
                                            metadata={"key_omits_default": True})
     # each width's fine-tuning and distillation before it is judged; null: prune.finetune_epochs and distill.epochs,
@@ -187,6 +190,12 @@ class PruneConfig:
         for where, r in ratios.items():
             if not 0.0 <= r < 1.0:
                 raise RecipeError(f"prune.{where} must be in [0, 1) (the fraction of channels removed), got {r}")
+        if not 0.0 <= self.blocks <= 1.0:
+            raise RecipeError(f"prune.blocks must be in [0, 1] (the fraction of droppable blocks removed), "
+                              f"got {self.blocks}")
+        if self.blocks > 0 and self.method != "channels":
+            raise RecipeError("prune.blocks drops whole blocks as part of structured pruning: it needs prune.method "
+                              "channels")
         if self.auto and (self.method != "channels" or not self.auto_ratios):
             raise RecipeError("prune.ratio auto times channel widths: it needs prune.method channels and at least "
                               "one prune.auto_ratios entry")

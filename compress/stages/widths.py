@@ -75,6 +75,10 @@ def body(run, out) -> dict:
     p, family, max_drop, epochs = run.recipe.prune, run.family, allowance(run.recipe), run.recipe.prune.auto_epochs
     baseline_acc = run.done["train"].metrics["val_accuracy"]  # run.teacher's, on the rows train_width scores
     models = {r: family.pruned_at(run, r) for r in sorted(set(p.auto_ratios))}  # logs what each keeps whole
+    dropped = dropped_blocks(next(iter(models.values())))
+    if dropped:
+        log(f"[widths] every width drops {len(dropped)} block(s) first (prune.blocks {p.blocks:g}): "
+            + ", ".join(dropped))
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX, dir=run.out_dir) as work:
         points, baseline_p50 = timed_points(run, models, Path(work))
     dominated = ws.slower_than_a_wider(points)
@@ -92,7 +96,7 @@ def body(run, out) -> dict:
             f"(the budget still judges what ships)")
     result = {
         "version": ws.CURVE_VERSION, "chosen_ratio": chosen.ratio, "allowance_pt": max_drop,
-        "epochs": epochs, "baseline_val_accuracy": baseline_acc,
+        "epochs": epochs, "blocks_dropped": dropped, "baseline_val_accuracy": baseline_acc,
         "batch": decision_batch(run.recipe), "baseline_p50_ms": baseline_p50, "timed_on": TIMED_ON,
         "rule": f"the fastest width whose better student (fine-tuned or distilled, as the pipeline picks) is "
                 f"within the allowance; widths no faster than a wider one (within {100 * ws.NOISE:g} %) are not "
@@ -101,6 +105,13 @@ def body(run, out) -> dict:
     }
     write_json(out["widths"], result)
     return result
+
+
+def dropped_blocks(model) -> list[str]:
+    """The blocks prune.blocks dropped from `model` (its pruning plan's record)."""
+    from compress.pruning.structured import PLAN_ATTR
+
+    return list(getattr(model, PLAN_ATTR, {}).get("dropped_blocks", []))
 
 
 def timed_points(run, models: dict, work: Path) -> tuple[list, float]:
@@ -159,7 +170,8 @@ def search_settings(run) -> dict:
     return {"curve": CURVE_VERSION, "ratios": sorted(set(r.prune.auto_ratios)), "epochs": r.prune.auto_epochs,
             "allowance_pt": allowance(r), "batch": decision_batch(r),
             "timing": [r.bench.threads, r.bench.warmup, r.bench.runs, r.bench.rounds],
-            "prune": {k: p[k] for k in ("method", "scope", "importance", "round_to", "finetune_epochs", "lr") if k in p},
+            "prune": {k: p[k] for k in ("method", "scope", "importance", "round_to", "finetune_epochs", "lr", "blocks")
+                      if k in p},
             "distill": plain(r.distill),
             "quantize": {k: q[k] for k in ("enabled", "mode", "calibration", "per_channel", "activation_type",
                                            "fp32_if_faster") if k in q},

@@ -122,6 +122,9 @@ class TextEncoder(ModelFamily):
         if recipe.prune.enabled and recipe.prune.auto:
             raise RecipeError("prune.ratio auto chooses CNN channel widths in this version; give Transformer recipes a "
                               "number (the fraction of FFN neurons removed)")
+        if recipe.prune.enabled and recipe.prune.blocks > 0:
+            raise RecipeError("prune.blocks drops CNN / ViT blocks; Transformer recipes keep fewer encoder layers with "
+                              "prune.layers")
         m = recipe.model
         if m.pretrained and m.path and (Path(m.path) / "config.json").is_file():  # a folder of the wrong kind:
             from compress.families.encoder.hf_adapters import read_folder  # refused before any work (a missing one: at prepare)

@@ -129,7 +129,7 @@ class ImageClassifier(OneInputFamily):
                 "device": self.device(run)}
 
     def shrinks(self, recipe) -> bool:
-        return recipe.prune.enabled and (recipe.prune.auto or recipe.prune.ratio > 0)
+        return recipe.prune.enabled and (recipe.prune.auto or recipe.prune.ratio > 0 or recipe.prune.blocks > 0)
 
     def prune(self, run, raw_out: Path, pruned_out: Path) -> dict[str, Any]:
         """Channel pruning (iterative steps fine-tuned in between), then fine-tuning without a teacher: the
@@ -157,6 +157,7 @@ class ImageClassifier(OneInputFamily):
             "channels_before": result.channels_before, "channels_after": result.channels_after,
             "weight_sparsity": prune.weight_sparsity(result.model), "kept_whole": result.kept_whole,
             "attention_heads_before": prune.attention_heads(run.teacher), "attention_heads_after": result.heads,
+            "blocks_dropped": result.blocks_dropped, "block_influence": result.block_influence,
             "val_accuracy_pruned": acc_pruned, "val_accuracy": self.accuracy(run, result.model), "loss_curve": curve,
             "device": self.device(run),
         }
@@ -181,6 +182,10 @@ class ImageClassifier(OneInputFamily):
                                  between_steps=between_steps, device=self.device(run))
         except prune.UntraceableModel as e:
             raise CompressError(str(e)) from None
+        if result.blocks_dropped and stage == "prune":  # the width search logs them once for all its widths
+            log(f"[{stage}] dropped {len(result.blocks_dropped)} of {len(result.block_influence)} droppable blocks "
+                f"(those whose skipping moves the logits least): " + ", ".join(
+                    f"{n} ({result.block_influence[n]:.3g} nats)" for n in result.blocks_dropped))
         if result.kept_whole:
             shown = ", ".join(result.kept_whole[:6]) + (f" and {len(result.kept_whole) - 6} more"
                                                         if len(result.kept_whole) > 6 else "")
