@@ -30,7 +30,7 @@ class PruneResult:
     sparsity: float  # fraction of zero weights in conv / linear layers
     kept_whole: list[str]  # conv / linear layers channel pruning left at full width (the classifier head aside)
     heads: dict[str, int]  # attention modules (timm layout: qkv Linear, num_heads) -> heads kept
-    block_influence: dict[str, float]  # droppable block -> KL (nats) of the logits with it skipped; {} if none dropped
+    block_influence: dict[str, float]  # droppable block -> KL (nats) of the logits with it skipped; {} when blocks 0
     blocks_dropped: list[str]
 
 
@@ -91,7 +91,7 @@ def prune(model: nn.Module, cfg: PruneConfig, example_inputs: torch.Tensor, num_
     influence, dropped = {}, []
     if cfg.blocks > 0:
         influence, dropped = _drop_blocks(pruned, cfg.blocks, example_inputs,
-                                          example_inputs if taylor_batch is None else taylor_batch[0])
+                                          example_inputs if taylor_batch is None else taylor_batch[0], device)
     if cfg.method == "channels":
         history = (_prune_channels(pruned, cfg, example_inputs, num_classes, taylor_batch, between_steps, device)
                    if cfg.ratio > 0 else [])
@@ -109,16 +109,24 @@ def prune(model: nn.Module, cfg: PruneConfig, example_inputs: torch.Tensor, num_
                        attention_heads(pruned), influence, dropped)
 
 
-def _drop_blocks(model: nn.Module, fraction: float, example_inputs: torch.Tensor,
-                 rows: torch.Tensor) -> tuple[dict[str, float], list[str]]:
-    """Skip the `fraction` of droppable blocks whose skipping moves the logits on `rows` least, in place."""
+def _drop_blocks(model: nn.Module, fraction: float, example_inputs: torch.Tensor, rows: torch.Tensor,
+                 device: str | None) -> tuple[dict[str, float], list[str]]:
+    """Skip the `fraction` of droppable blocks whose skipping moves the logits on `rows` least, in place (the
+    skipped forward passes run on `device`)."""
     from compress.pruning import depth
+    from compress.training.device import placed, to_device
 
-    candidates = depth.droppable_blocks(model, example_inputs)
+    try:
+        candidates = depth.droppable_blocks(model, example_inputs)
+        with placed(device, model):
+            influence = depth.block_influence(model, candidates, to_device(rows, device)) if candidates else {}
+    except Exception as e:  # a forward that reads a block's attributes cannot run with the block skipped
+        raise UntraceableModel(f"prune.blocks: this model's blocks cannot be skipped one at a time "
+                               f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); set prune.blocks: 0"
+                               ) from None
     if not candidates:
-        raise UntraceableModel("prune.blocks: this model has no droppable block (a module in an nn.Sequential or "
+        raise UntraceableModel("prune.blocks: this model has no droppable block (a block of an nn.Sequential or "
                                "nn.ModuleList whose output keeps its input's shape); set prune.blocks: 0")
-    influence = depth.block_influence(model, candidates, rows)
     dropped = depth.least_influential(influence, fraction)
     depth.skip(model, dropped)
     return influence, dropped

@@ -28,9 +28,9 @@ def enabled(run) -> bool:
 
 
 def checkpoint_format(run) -> str:
-    """Part of the key: a pruned checkpoint stores its pruning plan and settled BatchNorm statistics (earlier ones,
-    shapes only or stale statistics, are not reused)."""
-    return "pruning-plan-1/batchnorm-settled"
+    """Part of the key: a pruned checkpoint stores its pruning plan (version 2: the dropped blocks too) and settled
+    BatchNorm statistics (earlier ones, shapes only or stale statistics, are not reused)."""
+    return "pruning-plan-2/batchnorm-settled"
 
 
 def prune_settings(run) -> dict:
