@@ -149,6 +149,23 @@ def test_every_stage_runs_on_the_architecture(arch, tmp_path):
     assert prune["params_after"] < prune["params_before"]
 
 
+def test_dropped_blocks_go_through_every_stage(tmp_path):
+    """prune.blocks on EfficientNet-B0 (depthwise, squeeze-and-excite, blocks in Sequential stages): the pruned
+    checkpoint reloads for distillation, exports with parity and quantizes; the report names the blocks."""
+    import dataclasses
+
+    from compress.pipeline import run
+
+    np.savez(tmp_path / "rows.npz", x=_rows(32))
+    recipe = _zoo_recipe("efficientnet_b0", tmp_path / "rows.npz")
+    recipe = dataclasses.replace(recipe, prune=dataclasses.replace(recipe.prune, blocks=0.5))
+    report = run(recipe, tmp_path / "out")
+    prune = next(s["metrics"] for s in report["stages"] if s["name"] == "prune")
+    assert len(prune["blocks_dropped"]) == 5 and len(prune["block_influence"]) == 9, prune["block_influence"]
+    assert all(p["ok"] for p in report["parity"].values()), report["parity"]
+    assert {"distill", "export", "quantize", "bench"} <= {s["name"] for s in report["stages"] if not s["cached"]}
+
+
 _LITERT = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
 
 
