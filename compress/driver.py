@@ -73,6 +73,7 @@ class Run:
     done: dict[str, StageRecord] = field(default_factory=dict)
     records: list[tuple[StageRecord, bool]] = field(default_factory=list)
     teacher: Any = None  # the trained baseline, loaded once training is done
+    handoff: dict[str, Any] = field(default_factory=dict)  # models a stage trained in memory for a later stage
 
     def __post_init__(self) -> None:
         if self.cache is None:

@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import CompressError
 from compress.pruning import width_search as ws
-from compress.recipe import PruneConfig, RecipeError, recipe_from_dict
+from compress.recipe import DistillConfig, PruneConfig, RecipeError, recipe_from_dict
 from tests.conftest import needs_fashion_mnist, small_recipe
 
 
@@ -103,8 +103,8 @@ def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
     from compress.pipeline import run
 
     ratios = (0.25, 0.5, 0.75)
-    recipe = small_recipe(prune=PruneConfig(ratio="auto", round_to=4, finetune_epochs=0.5, auto_ratios=ratios,
-                                            auto_epochs=0.5))
+    recipe = small_recipe(prune=PruneConfig(ratio="auto", round_to=4, finetune_epochs=0.5, auto_ratios=ratios),
+                          distill=DistillConfig(epochs=0.5))  # the students' schedules are the stages' own
     report = run(recipe, tmp_path)
     search = report["width_search"]
     assert search == json.loads((tmp_path / "widths.json").read_text())
@@ -136,6 +136,12 @@ def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
     prune = next(s for s in report["stages"] if s["name"] == "prune")["metrics"]
     # the prune stage ran at the chosen ratio: the width search's one-step candidate had the same parameter count
     assert prune["params_after"] == chosen["params"]
+    # the stages take the search's students of that width instead of training them again (before they were reused,
+    # retraining gave the very same validation accuracy: same pruning, schedule and seeds)
+    distill = next(s for s in report["stages"] if s["name"] == "distill")["metrics"]
+    assert prune["reused_from_width_search"] and distill["reused_from_width_search"]
+    assert prune["val_accuracy"] == chosen["students"]["pruned"] and prune["loss_curve"] == []
+    assert distill["val_accuracy"] == chosen["students"]["distilled"]
     assert report["recipe"]["prune"]["ratio"] == search["chosen_ratio"]
     section = to_html(report).split("<h2>Width search</h2>")[1]
     svg = section[section.index("<svg"):section.index("</svg>") + len("</svg>")]

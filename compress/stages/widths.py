@@ -82,15 +82,18 @@ def body(run, out) -> dict:
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX, dir=run.out_dir) as work:
         points, baseline_p50 = timed_points(run, models, Path(work))
     dominated = ws.slower_than_a_wider(points)
-    seen = {pt.ratio: pt for pt in points}
+    seen, students = {pt.ratio: pt for pt in points}, {}
     for pt in ws.training_order(points):
         log(f"[widths] ratio {pt.ratio:g}: {pt.speedup:.2f}x, training its students")
-        seen[pt.ratio] = ws.judged(pt, family.train_width(run, models[pt.ratio], epochs), baseline_acc, max_drop)
+        scores, students[pt.ratio] = family.train_width(run, models[pt.ratio], epochs)
+        seen[pt.ratio] = ws.judged(pt, scores, baseline_acc, max_drop)
         log(f"[widths] ratio {pt.ratio:g}: the {seen[pt.ratio].student} student {seen[pt.ratio].drop_pt:.2f} pt below "
             f"the unpruned model on validation ({seen[pt.ratio].verdict}, {max_drop:g} pt)")
         if seen[pt.ratio].verdict == ws.WITHIN:
             break
     chosen = ws.pick(list(seen.values()))
+    if epochs is None and p.iterative_steps == 1:  # the stages would train these very students again
+        run.handoff["widths"] = {"ratio": chosen.ratio, "students": students.get(chosen.ratio, {})}
     if chosen.verdict != ws.WITHIN:
         log(f"[widths] no width within {max_drop:g} pt; going on with the most accurate, ratio {chosen.ratio:g} "
             f"(the budget still judges what ships)")

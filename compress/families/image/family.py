@@ -4,6 +4,7 @@ on arrays of images. It trains with cross-entropy (SGD or AdamW, one-cycle), shr
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,10 @@ class ImageClassifier(OneInputFamily):
         raw = copy.deepcopy(result.model)
         prune.make_sparsity_permanent(raw)
         self.save(raw, raw_out)
-        curve = []
-        if p.finetune_epochs > 0:
+        curve, searched = [], handed_student(run, "pruned")
+        if searched is not None:
+            result = dataclasses.replace(result, model=searched)
+        elif p.finetune_epochs > 0:
             curve = self.fit(run, result.model, step_epochs, p.lr, seed=r.seed + 1, label="fine-tune")
         prune.make_sparsity_permanent(result.model)
         self.save(result.model, pruned_out)
@@ -159,7 +162,7 @@ class ImageClassifier(OneInputFamily):
             "attention_heads_before": prune.attention_heads(run.teacher), "attention_heads_after": result.heads,
             "blocks_dropped": result.blocks_dropped, "block_influence": result.block_influence,
             "val_accuracy_pruned": acc_pruned, "val_accuracy": self.accuracy(run, result.model), "loss_curve": curve,
-            "device": self.device(run),
+            "device": self.device(run), "reused_from_width_search": searched is not None,
         }
         if p.method != "channels":
             metrics["note"] = prune.SPARSITY_NOTE
@@ -196,8 +199,6 @@ class ImageClassifier(OneInputFamily):
 
     def pruned_at(self, run, ratio: float):
         """The width search's candidate: run.teacher's channels pruned by `ratio` in one step, not fine-tuned."""
-        import dataclasses
-
         p = dataclasses.replace(run.recipe.prune, ratio=ratio, iterative_steps=1)
         return self._pruned(run, p, stage="widths").model
 
@@ -215,29 +216,37 @@ class ImageClassifier(OneInputFamily):
         if r.prune.method != "channels" and "prune" in run.done:
             prune.keep_zeros(student)
         before = self.accuracy(run, student)
-        d, curve, augmented = self._teach(run, student, r.distill.epochs)
+        searched = handed_student(run, "distilled") if source == run.path("pruned.raw" + self.suffix) else None
+        if searched is not None:  # distilled as _teach would have
+            student, d, curve = searched, kd_settings(run), []
+            augmented = d.augment > 0 and run.data.train.x.ndim == 4
+        else:
+            d, curve, augmented = self._teach(run, student, r.distill.epochs)
         prune.make_sparsity_permanent(student)
         self.save(student, out)
         return {"val_accuracy_before": before, "val_accuracy": self.accuracy(run, student), "loss_curve": curve,
                 "device": self.device(run), "soft_targets_only": d.alpha == 1.0,
-                "augmented_views_per_row": d.augment if augmented else 0}
+                "augmented_views_per_row": d.augment if augmented else 0,
+                "reused_from_width_search": searched is not None}
 
-    def train_width(self, run, pruned, epochs: float | None) -> dict[str, float]:
+    def train_width(self, run, pruned, epochs: float | None) -> tuple[dict[str, float], dict[str, Any]]:
         """The width search's students, as the prune and distill stages would make them from `pruned` (epochs None:
-        their own schedules): validation accuracy of the fine-tuned copy and of the distilled one."""
+        their own schedules): validation accuracy of the fine-tuned copy and of the distilled one, and the two
+        models (`pruned` itself is distilled in place)."""
         from compress.training import loop as train
 
-        r, scores = run.recipe, {}
+        r, scores, students = run.recipe, {}, {}
         if r.prune.finetune_epochs > 0:
-            tuned = copy.deepcopy(pruned)
+            students["pruned"] = tuned = copy.deepcopy(pruned)
             self.fit(run, tuned, epochs or r.prune.finetune_epochs, r.prune.lr, seed=r.seed + 1, label="fine-tune")
             scores["pruned"] = self.accuracy(run, tuned)
         if r.distill.enabled:
             train.seed_everything(r.seed)
             self.new_model(run)  # as distill() builds its student: the same random state reaches a feature projection
             self._teach(run, pruned, epochs or r.distill.epochs)
+            students["distilled"] = pruned
             scores["distilled"] = self.accuracy(run, pruned)
-        return scores
+        return scores, students
 
     def _teach(self, run, student, epochs: float):
         """Distil `student` in place for `epochs`; the distill settings used, the loss curve, whether views were
@@ -313,10 +322,22 @@ class ImageClassifier(OneInputFamily):
 
 
 
+def handed_student(run, name: str):
+    """The width search's trained `name` student ("pruned": fine-tuned, "distilled") when the search chose the
+    recipe's ratio and trained it as this stage would (same pruning, schedule and seeds: its validation accuracy
+    equalled the retrained one's); None otherwise. Taken once: the stage owns it afterwards."""
+    from compress.driver import log
+
+    handed = run.handoff.get("widths")
+    if not handed or handed["ratio"] != run.recipe.prune.ratio or name not in handed["students"]:
+        return None
+    log(f"[{'prune' if name == 'pruned' else 'distill'}] the width search's {name} student at ratio "
+        f"{handed['ratio']:g} is this stage's (trained the same way): not trained again")
+    return handed["students"].pop(name)
+
+
 def kd_settings(run, **changes):
     """The distill section with `changes`; on unlabelled data the soft term alone (alpha 1: no stand-in label read)."""
-    import dataclasses
-
     if getattr(run.data, "truth", "labels") == "baseline":
         changes["alpha"] = 1.0
     return dataclasses.replace(run.recipe.distill, **changes)
