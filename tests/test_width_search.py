@@ -140,7 +140,7 @@ def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
     # retraining gave the very same validation accuracy: same pruning, schedule and seeds)
     distill = next(s for s in report["stages"] if s["name"] == "distill")["metrics"]
     assert prune["reused_from_width_search"] and distill["reused_from_width_search"]
-    assert prune["val_accuracy"] == chosen["students"]["pruned"] and prune["loss_curve"] == []
+    assert prune["val_accuracy"] == chosen["students"]["pruned"] and prune["loss_curve"]  # the search's curve
     assert distill["val_accuracy"] == chosen["students"]["distilled"]
     assert report["recipe"]["prune"]["ratio"] == search["chosen_ratio"]
     section = to_html(report).split("<h2>Width search</h2>")[1]
@@ -150,3 +150,30 @@ def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
     again = run(recipe, tmp_path)  # a rerun reuses the search and prunes at the same ratio
     cached = {s["name"]: s["cached"] for s in again["stages"]}
     assert cached["widths"] and cached["prune"] and again["width_search"] == search
+
+
+def test_a_searched_student_is_handed_over_only_when_pruned_by_the_same_plan_at_the_recipe_ratio():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from compress.families.image.family import handed_student
+    from compress.pruning.structured import PLAN_ATTR
+
+    def pruned(plan):
+        model = nn.Linear(2, 2)
+        setattr(model, PLAN_ATTR, plan)
+        return model
+
+    def run(ratio):
+        student = pruned({"version": 2, "history": [["fc", True, [0]]]})
+        return SimpleNamespace(recipe=recipe_from_dict({"name": "h", "prune": {"ratio": ratio}}),
+                               handoff={"widths": {"ratio": 0.5, "students": {"pruned": (student, [1.0])}}})
+
+    same, other = {"version": 2, "history": [["fc", True, [0]]]}, {"version": 2, "history": [["fc", True, [1]]]}
+    assert handed_student(run(0.25), "pruned", pruned(same)) is None  # another ratio
+    assert handed_student(run(0.5), "pruned", pruned(other)) is None  # another pruning plan
+    assert handed_student(run(0.5), "distilled", pruned(same)) is None  # not trained in the search
+    r = run(0.5)
+    model, curve = handed_student(r, "pruned", pruned(same))
+    assert curve == [1.0] and handed_student(r, "pruned", pruned(same)) is None  # taken once

@@ -98,7 +98,8 @@ class ModelFamily:
     def train_width(self, run, pruned, epochs: float | None) -> tuple[dict[str, float], dict[str, Any]]:
         """`prune.ratio: auto`'s students: `pruned` (from pruned_at) fine-tuned and distilled as the prune and
         distill stages would (for `epochs`, or their own schedules when None); student name -> validation accuracy,
-        and student name -> the trained model (the prune and distill stages reuse the chosen width's)."""
+        and student name -> (the trained model, what its training returned) (the prune and distill stages reuse the
+        chosen width's)."""
         raise NotImplementedError(f"{self.name} models do not search pruning widths in this version")
 
     # -- helpers every family may use (not called by the stages) -------------------------------------------------

@@ -148,9 +148,9 @@ class ImageClassifier(OneInputFamily):
         raw = copy.deepcopy(result.model)
         prune.make_sparsity_permanent(raw)
         self.save(raw, raw_out)
-        curve, searched = [], handed_student(run, "pruned")
+        curve, searched = [], handed_student(run, "pruned", result.model)
         if searched is not None:
-            result = dataclasses.replace(result, model=searched)
+            result, curve = dataclasses.replace(result, model=searched[0]), searched[1]
         elif p.finetune_epochs > 0:
             curve = self.fit(run, result.model, step_epochs, p.lr, seed=r.seed + 1, label="fine-tune")
         prune.make_sparsity_permanent(result.model)
@@ -216,10 +216,9 @@ class ImageClassifier(OneInputFamily):
         if r.prune.method != "channels" and "prune" in run.done:
             prune.keep_zeros(student)
         before = self.accuracy(run, student)
-        searched = handed_student(run, "distilled") if source == run.path("pruned.raw" + self.suffix) else None
-        if searched is not None:  # distilled as _teach would have
-            student, d, curve = searched, kd_settings(run), []
-            augmented = d.augment > 0 and run.data.train.x.ndim == 4
+        searched = handed_student(run, "distilled", student) if source == run.path("pruned.raw" + self.suffix) else None
+        if searched is not None:
+            student, (d, curve, augmented) = searched
         else:
             d, curve, augmented = self._teach(run, student, r.distill.epochs)
         prune.make_sparsity_permanent(student)
@@ -237,14 +236,14 @@ class ImageClassifier(OneInputFamily):
 
         r, scores, students = run.recipe, {}, {}
         if r.prune.finetune_epochs > 0:
-            students["pruned"] = tuned = copy.deepcopy(pruned)
-            self.fit(run, tuned, epochs or r.prune.finetune_epochs, r.prune.lr, seed=r.seed + 1, label="fine-tune")
-            scores["pruned"] = self.accuracy(run, tuned)
+            tuned = copy.deepcopy(pruned)
+            curve = self.fit(run, tuned, epochs or r.prune.finetune_epochs, r.prune.lr, seed=r.seed + 1,
+                             label="fine-tune")
+            students["pruned"], scores["pruned"] = (tuned, curve), self.accuracy(run, tuned)
         if r.distill.enabled:
             train.seed_everything(r.seed)
             self.new_model(run)  # as distill() builds its student: the same random state reaches a feature projection
-            self._teach(run, pruned, epochs or r.distill.epochs)
-            students["distilled"] = pruned
+            students["distilled"] = (pruned, self._teach(run, pruned, epochs or r.distill.epochs))
             scores["distilled"] = self.accuracy(run, pruned)
         return scores, students
 
@@ -322,14 +321,21 @@ class ImageClassifier(OneInputFamily):
 
 
 
-def handed_student(run, name: str):
-    """The width search's trained `name` student ("pruned": fine-tuned, "distilled") when the search chose the
-    recipe's ratio and trained it as this stage would (same pruning, schedule and seeds: its validation accuracy
-    equalled the retrained one's); None otherwise. Taken once: the stage owns it afterwards."""
+def handed_student(run, name: str, start):
+    """The width search's trained `name` student ("pruned": fine-tuned, "distilled") with what its training returned
+    (the fine-tuning's loss curve; _teach's settings, curve and whether views were drawn), when the search chose the
+    recipe's ratio, trained it as this stage would (same schedule and seeds: retrained, it scored the same
+    validation accuracy) and pruned it exactly as `start`, the model the stage would train, was pruned (the same
+    pruning plan); None otherwise. Taken once: the stage owns it afterwards."""
     from compress.driver import log
+    from compress.pruning.structured import PLAN_ATTR
 
     handed = run.handoff.get("widths")
     if not handed or handed["ratio"] != run.recipe.prune.ratio or name not in handed["students"]:
+        return None
+    if getattr(handed["students"][name][0], PLAN_ATTR, None) != getattr(start, PLAN_ATTR, None):
+        log(f"[{'prune' if name == 'pruned' else 'distill'}] the width search pruned ratio {handed['ratio']:g} "
+            "otherwise (another pruning plan): training its student again")
         return None
     log(f"[{'prune' if name == 'pruned' else 'distill'}] the width search's {name} student at ratio "
         f"{handed['ratio']:g} is this stage's (trained the same way): not trained again")
