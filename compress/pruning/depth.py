@@ -70,11 +70,19 @@ def droppable_blocks(model: nn.Module, example_inputs: torch.Tensor) -> list[str
     return list(dict.fromkeys(shape_kept))
 
 
+def _swap(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put `module` where the submodule `name` is; the one it replaced."""
+    parent, _, child = name.rpartition(".")
+    holder = model.get_submodule(parent)
+    replaced = holder.get_submodule(child)
+    setattr(holder, child, module)
+    return replaced
+
+
 def skip(model: nn.Module, names: list[str]) -> None:
     """Replace the named blocks by SkippedBlock, in place."""
     for name in names:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, SkippedBlock())
+        _swap(model, name, SkippedBlock())
 
 
 def block_influence(model: nn.Module, names: list[str], rows: torch.Tensor) -> dict[str, float]:
@@ -84,14 +92,11 @@ def block_influence(model: nn.Module, names: list[str], rows: torch.Tensor) -> d
     with torch.no_grad():
         reference = torch.log_softmax(model(rows).float(), dim=-1)
         for name in names:
-            parent, _, child = name.rpartition(".")
-            holder = model.get_submodule(parent)
-            block = holder.get_submodule(child)
-            setattr(holder, child, SkippedBlock())
+            block = _swap(model, name, SkippedBlock())
             try:
                 skipped = torch.log_softmax(model(rows).float(), dim=-1)
             finally:
-                setattr(holder, child, block)
+                _swap(model, name, block)
             influence[name] = float(nn.functional.kl_div(skipped, reference, log_target=True,
                                                          reduction="batchmean"))
     return influence

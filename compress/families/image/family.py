@@ -333,12 +333,13 @@ def handed_student(run, name: str, start):
     handed = run.handoff.get("widths")
     if not handed or handed["ratio"] != run.recipe.prune.ratio or name not in handed["students"]:
         return None
+    stage = "prune" if name == "pruned" else "distill"
     if getattr(handed["students"][name][0], PLAN_ATTR, None) != getattr(start, PLAN_ATTR, None):
-        log(f"[{'prune' if name == 'pruned' else 'distill'}] the width search pruned ratio {handed['ratio']:g} "
-            "otherwise (another pruning plan): training its student again")
+        log(f"[{stage}] the width search pruned ratio {handed['ratio']:g} otherwise (another pruning plan): "
+            "training its student again")
         return None
-    log(f"[{'prune' if name == 'pruned' else 'distill'}] the width search's {name} student at ratio "
-        f"{handed['ratio']:g} is this stage's (trained the same way): not trained again")
+    log(f"[{stage}] the width search's {name} student at ratio {handed['ratio']:g} is this stage's (trained the "
+        "same way): not trained again")
     return handed["students"].pop(name)
 
 
