@@ -221,3 +221,30 @@ def test_min_sqnr_is_part_of_the_bar(hardswish_onnx, tmp_path):
     passing = search_int8(path, tmp_path / "ok.onnx", calib, val, None, QuantConfig(max_accuracy_drop=100.0,
                           min_sqnr_db=1.0, latency_search=False), tmp_path / "work2")
     assert passing.chosen.meets_bar and passing.chosen.sqnr_db >= 1.0
+
+
+@pytest.mark.parametrize("calibration", ["minmax", "percentile"])
+def test_cached_ranges_give_the_same_int8_files(hardswish_onnx, tmp_path, calibration):
+    """The search quantizes one graph many ways (a layer alone, layers excluded, op types float) from ranges it
+    calibrated once: each file equals the one calibrated afresh, and one cache entry serves a calibration method."""
+    import onnx
+
+    from compress.quantization.static import preprocess_for_quantization, quantizable_nodes
+
+    path, calib, _ = hardswish_onnx
+    pre, cache = tmp_path / "pre.onnx", tmp_path / "ranges"
+    preprocess_for_quantization(path, pre)
+    cfg = QuantConfig(calibration=calibration)
+    first = quantizable_nodes(pre)[0][0]
+    variants = {"alone": {"only_nodes": (first,)}, "excluded": {"exclude_nodes": (first,)}, "plain": {}}
+    for name, kwargs in variants.items():
+        fresh, cached = tmp_path / f"{name}.onnx", tmp_path / f"{name}.cached.onnx"
+        quantize_static_qdq(pre, fresh, calib, cfg, preprocessed=True, **kwargs)
+        quantize_static_qdq(pre, cached, calib, cfg, preprocessed=True, ranges_cache=cache, **kwargs)
+        assert onnx.load(str(fresh)).graph == onnx.load(str(cached)).graph, name
+    assert len(list(cache.glob("*.json"))) == 1
+    # another calibration set or other float op types: other ranges, another entry
+    quantize_static_qdq(pre, tmp_path / "b.onnx", calib[:16], cfg, preprocessed=True, ranges_cache=cache)
+    quantize_static_qdq(pre, tmp_path / "c.onnx", calib, cfg, preprocessed=True, ranges_cache=cache,
+                        float_op_types=("Add", "Mul"))
+    assert len(list(cache.glob("*.json"))) == 3

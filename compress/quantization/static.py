@@ -65,11 +65,14 @@ def quantizable_nodes(onnx_path: Path) -> list[tuple[str, str]]:
 def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray, cfg: QuantConfig, *,
                         input_name: str | None = None, exclude_nodes: tuple[str, ...] = (),
                         only_nodes: tuple[str, ...] = (), preprocessed: bool = False,
-                        float_op_types: tuple[str, ...] = ()) -> None:
+                        float_op_types: tuple[str, ...] = (), ranges_cache: Path | None = None) -> None:
     """Write a QDQ INT8 copy of `fp32_path` to `out_path`; the input file is not modified.
 
     `input_name`: the input the calibration samples feed; by default the model's one input, read from the graph.
     `float_op_types`: op types kept in float (see `float_op_settings`), on top of the nodes in `exclude_nodes`.
+    `ranges_cache`: a folder where the calibrated activation ranges are kept, one file per graph, calibration rows,
+    method and quantized op types; a call that finds them skips calibration (the ranges are the FP32 model's, whatever
+    is kept in float), so a search that quantizes one graph many ways calibrates it once.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -86,6 +89,7 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray, cfg:
             pre = Path(tmp) / "pre.onnx"
             preprocess_for_quantization(fp32_path, pre)
         op_types, float_nodes = float_op_settings(pre, float_op_types)
+        cache = ranges_cache and ranges_cache / f"{_ranges_key(pre, calib, cfg.calibration, op_types)}.json"
         with atomic_path(out_path) as target:
             quantize_static(
                 str(pre), str(target), _Reader(input_name or model_input_name(pre), calib),
@@ -94,7 +98,17 @@ def quantize_static_qdq(fp32_path: Path, out_path: Path, calib: np.ndarray, cfg:
                 calibrate_method=method, nodes_to_exclude=sorted(set(exclude_nodes) | set(float_nodes)),
                 nodes_to_quantize=list(only_nodes) or None, op_types_to_quantize=op_types,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                calibration_cache_path=cache,
             )
+
+
+def _ranges_key(graph: Path, calib: np.ndarray, method: str, op_types: list[str] | None) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(Path(graph).read_bytes())
+    digest.update(np.ascontiguousarray(calib).tobytes())
+    digest.update(repr((calib.shape, str(calib.dtype), method, op_types)).encode())
+    return digest.hexdigest()[:32]
 
 
 def model_input_name(onnx_path: Path) -> str:
