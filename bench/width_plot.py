@@ -60,14 +60,15 @@ def width_section(report: dict) -> list[str]:
         return []
     rows = [[f"{c['ratio']:g}", f"{c['params']:,}", c["form"], f"{c['p50_ms']:.4g}", f"{c['speedup']:.2f}x",
              "" if c.get("val_accuracy") is None else f"{100 * c['val_accuracy']:.2f} ({c.get('student') or '?'})",
-             "" if c.get("drop_pt") is None else f"{c['drop_pt']:+.2f}", c["verdict"]] for c in search["curve"]]
+             "" if c.get("drop_pt") is None else f"{c['drop_pt']:+.2f}",
+             "" if c.get("allowance_pt") is None else f"{c['allowance_pt']:g}", c["verdict"]] for c in search["curve"]]
     header = ["prune.ratio", "params", "form", "p50 ms", "speed-up vs FP32", "val acc % (better student)", "drop pt",
-              "verdict"]
+              "allowance pt", "verdict"]
     table = html_table(header, rows, left=1)
     schedule = (f"{search['epochs']:g} epoch(s) of each" if search.get("epochs") is not None
                 else "the prune and distill stages' own schedules")
-    note = (f"prune.ratio auto chose {search['chosen_ratio']:g} (ringed): {search['rule']}. Allowance "
-            f"{search['allowance_pt']:g} pt after {schedule} (labels under each width: its accuracy change against "
-            f"the unpruned model's {100 * search['baseline_val_accuracy']:.2f} %). Timed on {search['timed_on']}.")
+    note = (f"prune.ratio auto chose {search['chosen_ratio']:g} (ringed): {search['rule']}. The chosen "
+            f"width's allowance {search['allowance_pt']:g} pt after {schedule} (labels under each width: its accuracy "
+            f"change against the unpruned model's {100 * search['baseline_val_accuracy']:.2f} %). Timed on {search['timed_on']}.")
     return ["<h2>Width search</h2>", f"<figure>{width_curve_svg(search)}</figure>",
             f'<p class="note">{escape(note)}</p>', table]

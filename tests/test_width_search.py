@@ -66,7 +66,26 @@ def test_the_search_key_names_the_schedule_a_null_default_resolves_to():
         return search_settings(SimpleNamespace(recipe=recipe))
 
     assert settings(epochs=6)["distill"]["epochs"] == 6.0 and settings(epochs=6) != settings(epochs=2)
-    assert settings()["allowance_pt"] == pytest.approx(1.0 - 0.5)  # the budget less INT8's share
+    assert settings()["allowance_pt"] == pytest.approx([1.0 - 0.5, 1.0])  # less INT8's share; all where INT8 is slower
+
+
+def test_a_width_whose_int8_is_slower_may_use_the_whole_budget():
+    """It would ship in FP32 (fp32_if_faster), which spends none of INT8's share; auto_max_drop overrides both."""
+    from compress.stages.widths import _point, allowance
+
+    recipe = recipe_from_dict({"prune": {"ratio": "auto"}, "budget": {"max_accuracy_drop": 1.0},
+                               "quantize": {"max_accuracy_drop": 0.5}})
+    int8_faster = _point(recipe, 0.5, 1000, {"baseline": 4.0, "0.5-fp32": 1.0, "0.5-int8": 0.8})
+    int8_slower = _point(recipe, 0.5, 1000, {"baseline": 4.0, "0.5-fp32": 1.0, "0.5-int8": 1.2})
+    assert (int8_faster.form, int8_faster.allowance_pt, int8_faster.speedup) == ("int8", 0.5, 5.0)
+    assert (int8_slower.form, int8_slower.allowance_pt, int8_slower.speedup) == ("fp32", 1.0, 4.0)
+    assert ws.judged(int8_slower, {"distilled": 0.9}, 0.908, int8_slower.allowance_pt).verdict == ws.WITHIN
+    assert ws.judged(int8_faster, {"distilled": 0.9}, 0.908, int8_faster.allowance_pt).verdict == ws.OVER
+    no_fallback = recipe_from_dict({"prune": {"ratio": "auto"}, "quantize": {"fp32_if_faster": False}})
+    assert _point(no_fallback, 0.5, 1000, {"baseline": 4.0, "0.5-fp32": 1.0, "0.5-int8": 1.2}).allowance_pt == 0.5
+    fixed = recipe_from_dict({"prune": {"ratio": "auto", "auto_max_drop": 0.7}})
+    assert allowance(fixed) == allowance(fixed, int8_slower=True) == 0.7
+    assert allowance(recipe_from_dict({"quantize": {"enabled": False}})) == 1.0
 
 
 def test_what_cannot_search_widths_is_refused_before_any_work():
@@ -115,7 +134,10 @@ def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
     assert chosen["val_accuracy"] is not None  # only a trained width can be chosen
     assert chosen["val_accuracy"] == max(chosen["students"].values()) and set(chosen["students"]) == {"pruned",
                                                                                                   "distilled"}
-    assert search["allowance_pt"] == pytest.approx(5.0 - 0.5)  # the small recipe's budget less INT8's share
+    assert search["allowance_pt"] == chosen["allowance_pt"]
+    for c in curve.values():  # the small recipe's budget less INT8's share, or all of it where INT8 was slower
+        slower = c["p50_ms_int8"] is not None and c["form"] == "fp32"
+        assert c["allowance_pt"] == pytest.approx(5.0 if slower else 5.0 - 0.5)
     params = [curve[r]["params"] for r in ratios]
     assert params == sorted(params, reverse=True)
     trained = [c for c in curve.values() if c["val_accuracy"] is not None]
@@ -124,7 +146,7 @@ def test_auto_prunes_at_the_chosen_width_and_reports_the_curve(tmp_path):
             assert c["drop_pt"] == pytest.approx(100 * (search["baseline_val_accuracy"] - c["val_accuracy"]), abs=1e-3)
         if c is chosen:
             continue
-        if c["val_accuracy"] is not None:  # tried before the chosen one: at least as fast, and over the allowance
+        if c["val_accuracy"] is not None:  # tried before the chosen one: at least as fast, and over its allowance
             assert c["verdict"] == ws.OVER and c["p50_ms"] <= chosen["p50_ms"]
         elif c["verdict"] == ws.NOT_TRIED:
             assert c["p50_ms"] >= chosen["p50_ms"]

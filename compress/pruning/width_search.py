@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from compress.quantization.candidates import NOISE
 
-CURVE_VERSION = 1
+CURVE_VERSION = 2  # 2: allowance_pt per width (the whole budget where INT8 was timed slower)
 
 CHOSEN = "chosen"
 WITHIN = "within the allowance"
@@ -32,6 +32,7 @@ class WidthPoint:
     p50_ms_fp32: float
     p50_ms_int8: float | None
     speedup: float  # the unpruned FP32 model's p50 over p50_ms, same run
+    allowance_pt: float = 0.0  # the validation drop its better student may show
     val_accuracy: float | None = None  # the better student's: what the pipeline would go on with
     student: str | None = None  # "pruned" (fine-tuned without a teacher) or "distilled"
     students: dict | None = None  # every student's validation accuracy
@@ -65,7 +66,7 @@ def judged(point: WidthPoint, students: dict[str, float], baseline_accuracy: flo
     best = max(students, key=lambda n: (students[n], n == "distilled"))
     drop = round(100 * (baseline_accuracy - students[best]), 4)
     return dataclasses.replace(point, val_accuracy=students[best], student=best, students=dict(students),
-                               drop_pt=drop, verdict=WITHIN if drop <= max_drop_pt else OVER)
+                               drop_pt=drop, allowance_pt=max_drop_pt, verdict=WITHIN if drop <= max_drop_pt else OVER)
 
 
 def pick(points: list[WidthPoint]) -> WidthPoint:
