@@ -1,4 +1,4 @@
-"""Transfer learning: EfficientNet-Lite's ImageNet backbone, a new head for the data's classes (the --model factories)."""
+"""EfficientNet-Lite's ImageNet backbone with a new head for the data's classes: the --model factories."""
 
 
 def lite0(input_shape, num_classes):
