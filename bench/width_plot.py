@@ -61,7 +61,8 @@ def width_section(report: dict) -> list[str]:
     rows = [[f"{c['ratio']:g}", f"{c['params']:,}", c["form"], f"{c['p50_ms']:.4g}", f"{c['speedup']:.2f}x",
              "" if c.get("val_accuracy") is None else f"{100 * c['val_accuracy']:.2f} ({c.get('student') or '?'})",
              "" if c.get("drop_pt") is None else f"{c['drop_pt']:+.2f}",
-             "" if c.get("allowance_pt") is None else f"{c['allowance_pt']:g}", c["verdict"]] for c in search["curve"]]
+             "" if c.get("allowance_pt") is None else f"{c['allowance_pt']:g}", c["verdict"]]
+            for c in search["curve"]]
     header = ["prune.ratio", "params", "form", "p50 ms", "speed-up vs FP32", "val acc % (better student)", "drop pt",
               "allowance pt", "verdict"]
     table = html_table(header, rows, left=1)

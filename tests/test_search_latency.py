@@ -223,7 +223,7 @@ def test_min_sqnr_is_part_of_the_bar(hardswish_onnx, tmp_path):
     assert passing.chosen.meets_bar and passing.chosen.sqnr_db >= 1.0
 
 
-@pytest.mark.parametrize("calibration", ["minmax", "percentile"])
+@pytest.mark.parametrize("calibration", ["minmax", "entropy", "percentile"])
 def test_cached_ranges_give_the_same_int8_files(hardswish_onnx, tmp_path, calibration):
     """The search quantizes one graph many ways (a layer alone, layers excluded, op types float) from ranges it
     calibrated once: each file equals the one calibrated afresh, and one cache entry serves a calibration method."""
@@ -248,3 +248,7 @@ def test_cached_ranges_give_the_same_int8_files(hardswish_onnx, tmp_path, calibr
     quantize_static_qdq(pre, tmp_path / "c.onnx", calib, cfg, preprocessed=True, ranges_cache=cache,
                         float_op_types=("Add", "Mul"))
     assert len(list(cache.glob("*.json"))) == 3
+    other = tmp_path / "other.onnx"  # another graph, the same rows and settings
+    _export(_HardSwishNet(c=8), other, "pixel_values")
+    quantize_static_qdq(other, tmp_path / "d.onnx", calib, cfg, ranges_cache=cache)
+    assert len(list(cache.glob("*.json"))) == 4

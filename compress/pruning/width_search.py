@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from compress.quantization.candidates import NOISE
 
-CURVE_VERSION = 2  # 2: allowance_pt per width (the whole budget where INT8 was timed slower)
+CURVE_VERSION = 2  # 2: allowance_pt per width (the whole budget where its INT8 was timed slower than FP32)
 
 CHOSEN = "chosen"
 WITHIN = "within the allowance"
@@ -32,7 +32,7 @@ class WidthPoint:
     p50_ms_fp32: float
     p50_ms_int8: float | None
     speedup: float  # the unpruned FP32 model's p50 over p50_ms, same run
-    allowance_pt: float = 0.0  # the validation drop its better student may show
+    allowance_pt: float | None = None  # the validation drop its better student may show (compress.stages.widths)
     val_accuracy: float | None = None  # the better student's: what the pipeline would go on with
     student: str | None = None  # "pruned" (fine-tuned without a teacher) or "distilled"
     students: dict | None = None  # every student's validation accuracy

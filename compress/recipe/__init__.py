@@ -177,7 +177,7 @@ class PruneConfig:
     auto_epochs: float | None = field(default=None, metadata={"key_omits_default": True})
     # the accuracy drop (pt, validation, its better student) a width may show; null: what the budget leaves
     # after INT8's share (budget.max_accuracy_drop - quantize.max_accuracy_drop when quantization is on), or the
-    # whole budget for a width whose INT8 file was timed slower than its FP32 one beyond the noise (it ships FP32)
+    # whole budget for a width whose INT8 file was timed slower than its FP32 one (its FP32 student can ship)
     auto_max_drop: float | None = field(default=None, metadata={"key_omits_default": True})
 
     @property
