@@ -70,6 +70,7 @@ def width_section(report: dict) -> list[str]:
                 else "the prune and distill stages' own schedules")
     note = (f"prune.ratio auto chose {search['chosen_ratio']:g} (ringed): {search['rule']}. The chosen "
             f"width's allowance {search['allowance_pt']:g} pt after {schedule} (labels under each width: its accuracy "
-            f"change against the unpruned model's {100 * search['baseline_val_accuracy']:.2f} %). Timed on {search['timed_on']}.")
+            f"change against the unpruned model's {100 * search['baseline_val_accuracy']:.2f} %). "
+            f"Timed on {search['timed_on']}.")
     return ["<h2>Width search</h2>", f"<figure>{width_curve_svg(search)}</figure>",
             f'<p class="note">{escape(note)}</p>', table]

@@ -61,12 +61,15 @@ def training_order(points: list[WidthPoint], noise: float = NOISE) -> list[Width
     return sorted((p for p in points if p.ratio not in dominated), key=lambda p: (p.p50_ms, p.ratio))
 
 
-def judged(point: WidthPoint, students: dict[str, float], baseline_accuracy: float, max_drop_pt: float) -> WidthPoint:
-    """The width judged by its better student, as the pipeline picks it (ties go to the distilled one)."""
+def judged(point: WidthPoint, students: dict[str, float], baseline_accuracy: float,
+           max_drop_pt: float | None = None) -> WidthPoint:
+    """The width judged by its better student, as the pipeline picks it (ties go to the distilled one), against
+    `max_drop_pt` (default: the point's own allowance)."""
+    allowed = point.allowance_pt if max_drop_pt is None else max_drop_pt
     best = max(students, key=lambda n: (students[n], n == "distilled"))
     drop = round(100 * (baseline_accuracy - students[best]), 4)
     return dataclasses.replace(point, val_accuracy=students[best], student=best, students=dict(students),
-                               drop_pt=drop, allowance_pt=max_drop_pt, verdict=WITHIN if drop <= max_drop_pt else OVER)
+                               drop_pt=drop, allowance_pt=allowed, verdict=WITHIN if drop <= allowed else OVER)
 
 
 def pick(points: list[WidthPoint]) -> WidthPoint:

@@ -90,7 +90,7 @@ def body(run, out) -> dict:
     for pt in ws.training_order(points):
         log(f"[widths] ratio {pt.ratio:g}: {pt.speedup:.2f}x, training its students")
         scores, students[pt.ratio] = family.train_width(run, models[pt.ratio], epochs)
-        seen[pt.ratio] = ws.judged(pt, scores, baseline_acc, pt.allowance_pt)
+        seen[pt.ratio] = ws.judged(pt, scores, baseline_acc)
         log(f"[widths] ratio {pt.ratio:g}: the {seen[pt.ratio].student} student {seen[pt.ratio].drop_pt:.2f} pt below "
             f"the unpruned model on validation ({seen[pt.ratio].verdict}, {pt.allowance_pt:g} pt"
             + (", all the budget: its INT8 was slower than its FP32" if pt.allowance_pt != allowance(run.recipe)
